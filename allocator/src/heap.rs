@@ -1,0 +1,464 @@
+//! Thread heaps: where a thread's small blocks come from, with no lock and no
+//! atomic read-modify-write on the fast paths.
+//!
+//! A heap belongs to one thread and one arena. Per size class it has a
+//! `current` span (the fast path pops its free list), a list of other spans
+//! with free blocks (`avail`) and a list of spans that were full when last
+//! looked at (`full`). The current span carries one extra count in `used`
+//! (the pin) so that the owner's free path never finds it empty and never
+//! has to ask "is this the current span?".
+//!
+//! Slow paths (refill, a span becoming empty or un-full, thread exit) take
+//! the arena's lock only when they exchange spans with the arena.
+
+use core::ptr;
+
+use crate::arena::{Arena, ArenaState};
+use crate::diag;
+use crate::size_class::{class_of, CLASS_COUNT, MEDIUM_MAX};
+use crate::span::{Block, Span, SpanList, SpanState};
+use crate::sync::Mutex;
+
+/// How many spans of the `full` list one refill inspects for blocks that
+/// other threads freed. Bounds the work of a refill; the list rotates, so
+/// repeated refills look at all of it.
+const FULL_SCAN_LIMIT: usize = 16;
+
+#[repr(C)]
+pub struct Heap {
+    /// Span the fast path allocates from, per class (`EMPTY_SPAN` if none).
+    pub current: [*mut Span; CLASS_COUNT],
+    avail: [SpanList; CLASS_COUNT],
+    full: [SpanList; CLASS_COUNT],
+    pub arena: *const Arena,
+    /// The owning thread's id (see `thread::current_thread_id`).
+    pub thread_id: usize,
+    /// The thread's other heaps (one per arena it used).
+    pub next_in_thread: *mut Heap,
+    /// Link in the pool of unused heaps.
+    pool_next: *mut Heap,
+    /// Links in the list of heaps in use (see `HeapPool::live`).
+    live_next: *mut Heap,
+    live_prev: *mut Heap,
+}
+
+/// A `Sync` wrapper for read-only statics that contain raw pointers.
+#[repr(transparent)]
+pub struct ReadOnly<T>(pub T);
+// SAFETY: the wrapped statics are never written (their only pointers lead to
+// other such statics), so sharing them between threads is sound.
+unsafe impl<T> Sync for ReadOnly<T> {}
+
+static EMPTY_SPAN: ReadOnly<Span> = ReadOnly(Span::empty());
+
+/// The span every empty `current` entry points at: no free block, so the
+/// fast path falls into the slow path, which never writes to it.
+#[inline(always)]
+pub fn empty_span() -> *mut Span {
+    &EMPTY_SPAN.0 as *const Span as *mut Span
+}
+
+/// The heap of threads that have not allocated yet: every class leads to the
+/// slow path, which sets up a real heap.
+pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
+    current: [&EMPTY_SPAN.0 as *const Span as *mut Span; CLASS_COUNT],
+    avail: [SpanList::EMPTY; CLASS_COUNT],
+    full: [SpanList::EMPTY; CLASS_COUNT],
+    arena: ptr::null(),
+    thread_id: 0,
+    next_in_thread: ptr::null_mut(),
+    pool_next: ptr::null_mut(),
+    live_next: ptr::null_mut(),
+    live_prev: ptr::null_mut(),
+});
+
+#[inline(always)]
+pub fn empty_heap() -> *mut Heap {
+    &EMPTY_HEAP.0 as *const Heap as *mut Heap
+}
+
+/// Pops a block of `class` from `heap`'s current span, or goes slow.
+///
+/// # Safety
+/// `heap` is the calling thread's heap or `empty_heap()`.
+#[inline(always)]
+pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: `class` < CLASS_COUNT (from the size-class functions); the
+    // current span is the heap's own or the read-only empty span, and only
+    // the owner thread touches `free` and `used` of its spans.
+    unsafe {
+        let span = *(*heap).current.get_unchecked(class);
+        let block = (*span).free;
+        if !block.is_null() {
+            (*span).free = (*block).next;
+            (*span).set_used((*span).used() + 1);
+            return block.cast();
+        }
+        alloc_small_slow(heap, class)
+    }
+}
+
+/// Allocates `size <= MEDIUM_MAX` bytes from `heap`.
+///
+/// # Safety
+/// As for [`alloc_small`].
+#[inline(always)]
+pub unsafe fn alloc(heap: *mut Heap, size: usize) -> *mut u8 {
+    debug_assert!(size <= MEDIUM_MAX);
+    // SAFETY: forwarded.
+    unsafe { alloc_small(heap, class_of(size)) }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
+    let heap = if heap == empty_heap() {
+        match crate::thread::heap_for_current_thread() {
+            Some(h) => h,
+            None => return ptr::null_mut(),
+        }
+    } else {
+        heap
+    };
+    // SAFETY: `heap` is now the calling thread's own heap.
+    let h = unsafe { &mut *heap };
+    let Some(span) = h.refill(class) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: `refill` returns the current span with a free block.
+    unsafe {
+        let s = &mut *span;
+        let block = s.free;
+        s.free = (*block).next;
+        s.set_used(s.used() + 1);
+        block.cast()
+    }
+}
+
+/// Frees `block`, a block of `span`, which the calling thread owns.
+///
+/// # Safety
+/// `span` is owned by the calling thread and `block` is a live block of it.
+#[inline(always)]
+pub unsafe fn free_local(span: *mut Span, block: *mut Block) {
+    // SAFETY: owner-only fields of the caller's own span.
+    unsafe {
+        let s = &mut *span;
+        if block == s.free {
+            diag::fatal_pointer("free", "double free", block.cast());
+        }
+        (*block).next = s.free;
+        s.free = block;
+        let used = s.used() - 1;
+        s.set_used(used);
+        if used == 0 || s.is_full() {
+            free_local_slow(span);
+        }
+    }
+}
+
+/// A local free made a span empty, or gave a block to a span in the `full`
+/// list.
+#[cold]
+#[inline(never)]
+unsafe fn free_local_slow(span: *mut Span) {
+    // SAFETY: the caller owns `span`, so its heap is the caller's.
+    let s = unsafe { &mut *span };
+    // SAFETY: as above.
+    let heap = unsafe { &mut *s.heap };
+    let class = s.class as usize;
+    match s.state() {
+        SpanState::Full => {
+            // SAFETY: a Full span is in its heap's full list.
+            unsafe { heap.full[class].remove(span) };
+            if s.used() == 0 {
+                heap.retire(span);
+            } else {
+                s.set_state(SpanState::Available);
+                // SAFETY: just unlinked.
+                unsafe { heap.avail[class].push_back(span) };
+            }
+        }
+        SpanState::Available => {
+            // SAFETY: an Available span is in its heap's avail list.
+            unsafe { heap.avail[class].remove(span) };
+            heap.retire(span);
+        }
+        // The current span is pinned: reaching zero means a block was freed
+        // twice.
+        _ => diag::fatal_pointer("free", "double free (block count underflow)", s.free.cast()),
+    }
+}
+
+impl Heap {
+    fn init(&mut self, arena: *const Arena, thread_id: usize) {
+        self.current = [empty_span(); CLASS_COUNT];
+        self.avail = [SpanList::EMPTY; CLASS_COUNT];
+        self.full = [SpanList::EMPTY; CLASS_COUNT];
+        self.arena = arena;
+        self.thread_id = thread_id;
+        self.next_in_thread = ptr::null_mut();
+        self.pool_next = ptr::null_mut();
+        self.live_next = ptr::null_mut();
+        self.live_prev = ptr::null_mut();
+    }
+
+    fn arena(&self) -> &'static Arena {
+        // SAFETY: arenas live in static storage and are never moved or
+        // unmapped, so the reference is good for the life of the process.
+        unsafe { &*self.arena }
+    }
+
+    /// Makes `current[class]` a span with a free block and returns it.
+    fn refill(&mut self, class: usize) -> Option<*mut Span> {
+        let current = self.current[class];
+        if current != empty_span() {
+            // SAFETY: a real current span of this heap.
+            let s = unsafe { &mut *current };
+            s.collect_remote();
+            if !s.free.is_null() || s.extend() {
+                return Some(current);
+            }
+            // Exhausted: unpin and park it until blocks come back.
+            s.set_used(s.used() - 1);
+            s.set_state(SpanState::Full);
+            // SAFETY: the current span is in no list.
+            unsafe { self.full[class].push_back(current) };
+            self.current[class] = empty_span();
+        }
+        let span = self.find_span(class)?;
+        // SAFETY: `find_span` returns a span of this heap in no list.
+        let s = unsafe { &mut *span };
+        if s.free.is_null() && !s.extend() {
+            diag::fatal("refill found a span without room");
+        }
+        s.set_state(SpanState::Current);
+        s.set_used(s.used() + 1);
+        self.current[class] = span;
+        Some(span)
+    }
+
+    /// A span of `class` with room, owned by this heap and in no list.
+    fn find_span(&mut self, class: usize) -> Option<*mut Span> {
+        if let Some(span) = self.avail[class].pop_front() {
+            return Some(span);
+        }
+        if let Some(span) = self.reclaim_full(class) {
+            return Some(span);
+        }
+        let arena = self.arena;
+        let mut state = self.arena().state.lock();
+        while let Some(span) = state.take_abandoned(class) {
+            self.adopt(span);
+            // SAFETY: adopted: ours now.
+            let s = unsafe { &mut *span };
+            s.collect_remote();
+            if s.has_room() {
+                return Some(span);
+            }
+            s.set_state(SpanState::Full);
+            // SAFETY: in no list.
+            unsafe { self.full[class].push_back(span) };
+        }
+        let span = state.alloc_span(arena, class)?;
+        drop(state);
+        self.adopt(span);
+        Some(span)
+    }
+
+    /// Looks for blocks that other threads freed into spans of the full
+    /// list; returns a span that has some now (unlinked), retiring spans that
+    /// became empty.
+    fn reclaim_full(&mut self, class: usize) -> Option<*mut Span> {
+        for _ in 0..FULL_SCAN_LIMIT {
+            let span = self.full[class].pop_front()?;
+            // SAFETY: members of our full list are ours.
+            let s = unsafe { &mut *span };
+            s.collect_remote();
+            if s.used() == 0 {
+                self.retire(span);
+            } else if !s.free.is_null() {
+                return Some(span);
+            } else {
+                // SAFETY: unlinked above; rotate so the next scan moves on.
+                unsafe { self.full[class].push_back(span) };
+            }
+        }
+        None
+    }
+
+    fn adopt(&mut self, span: *mut Span) {
+        // SAFETY: the span was handed over under the arena lock; no other
+        // thread owns it.
+        let s = unsafe { &mut *span };
+        s.heap = self as *mut Heap;
+        s.owner_thread
+            .store(self.thread_id, core::sync::atomic::Ordering::Relaxed);
+        s.set_state(SpanState::Available);
+    }
+
+    /// Gives an empty span (in no list) back to the arena.
+    fn retire(&mut self, span: *mut Span) {
+        let mut state = self.arena().state.lock();
+        // SAFETY: empty, unlinked span of this heap's arena.
+        unsafe { state.retire_span(span) };
+    }
+
+    /// The thread is exiting (or switching away for good): hand every span to
+    /// the arena, empty ones as free slices, the rest as abandoned.
+    pub fn abandon_all(&mut self) {
+        let mut state = self.arena().state.lock();
+        for class in 0..CLASS_COUNT {
+            let current = self.current[class];
+            if current != empty_span() {
+                // SAFETY: our current span; unpin before handing it over.
+                unsafe { (*current).set_used((*current).used() - 1) };
+                self.current[class] = empty_span();
+                release_to_arena(&mut state, current);
+            }
+            while let Some(span) = self.avail[class].pop_front() {
+                release_to_arena(&mut state, span);
+            }
+            while let Some(span) = self.full[class].pop_front() {
+                release_to_arena(&mut state, span);
+            }
+        }
+    }
+}
+
+/// Hands a span of an exiting heap to its arena.
+fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
+    // SAFETY: the exiting heap still owns the span.
+    let s = unsafe { &mut *span };
+    s.collect_remote();
+    s.heap = ptr::null_mut();
+    s.owner_thread
+        .store(0, core::sync::atomic::Ordering::Relaxed);
+    if s.used() == 0 {
+        // SAFETY: no live block; in no list.
+        unsafe { state.retire_span(span) };
+    } else {
+        // SAFETY: live blocks remain; in no list, no owner.
+        unsafe { state.abandon_span(span) };
+    }
+}
+
+/// Unused heaps, carved from mapped chunks and never unmapped, so a heap
+/// pointer stays valid memory for the life of the process.
+pub(crate) struct HeapPool {
+    free: *mut Heap,
+    /// Heaps in use, so the child of a `fork` can find those of threads
+    /// that do not exist in it.
+    live: *mut Heap,
+    cursor: usize,
+    end: usize,
+}
+
+// SAFETY: only used under its mutex.
+unsafe impl Send for HeapPool {}
+
+pub(crate) static POOL: Mutex<HeapPool> = Mutex::new(HeapPool {
+    free: ptr::null_mut(),
+    live: ptr::null_mut(),
+    cursor: 0,
+    end: 0,
+});
+
+const POOL_CHUNK: usize = 256 * 1024;
+
+/// A fresh heap for `thread_id` in `arena`, or `None` if out of memory.
+pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
+    let mut pool = POOL.lock();
+    let heap = {
+        if !pool.free.is_null() {
+            let heap = pool.free;
+            // SAFETY: pool members are valid heaps.
+            pool.free = unsafe { (*heap).pool_next };
+            heap
+        } else {
+            let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+            if pool.cursor + size > pool.end {
+                let chunk = crate::os::map(POOL_CHUNK)? as usize;
+                crate::stats::mapped_add(POOL_CHUNK);
+                pool.cursor = chunk;
+                pool.end = chunk + POOL_CHUNK;
+            }
+            let heap = pool.cursor as *mut Heap;
+            pool.cursor += size;
+            heap
+        }
+    };
+    // SAFETY: the heap is ours alone: fresh from the pool; the live list is
+    // guarded by the pool lock we hold.
+    unsafe {
+        (*heap).init(arena, thread_id);
+        (*heap).live_next = pool.live;
+        if !pool.live.is_null() {
+            (*pool.live).live_prev = heap;
+        }
+    }
+    pool.live = heap;
+    Some(heap)
+}
+
+/// Returns a heap whose spans were all handed back.
+///
+/// # Safety
+/// `heap` came from [`new_heap`] and nobody uses it any more.
+pub unsafe fn recycle_heap(heap: *mut Heap) {
+    let mut pool = POOL.lock();
+    pool.unlink_live(heap);
+    // SAFETY: the caller no longer uses the heap.
+    unsafe { (*heap).pool_next = pool.free };
+    pool.free = heap;
+}
+
+impl HeapPool {
+    fn unlink_live(&mut self, heap: *mut Heap) {
+        // SAFETY: `heap` is in the live list; its neighbours are valid.
+        unsafe {
+            let (prev, next) = ((*heap).live_prev, (*heap).live_next);
+            if prev.is_null() {
+                self.live = next;
+            } else {
+                (*prev).live_next = next;
+            }
+            if !next.is_null() {
+                (*next).live_prev = prev;
+            }
+        }
+    }
+}
+
+/// In the child after `fork`: hands the spans of every heap whose thread did
+/// not survive the fork to their arenas, so a new thread that happens to get
+/// the same thread id cannot mistake them for its own.
+///
+/// # Safety
+/// Only the calling thread exists, and no lock is held.
+pub unsafe fn abandon_heaps_of_other_threads(survivor: usize) {
+    let mut dead = ptr::null_mut::<Heap>();
+    {
+        let pool = POOL.lock();
+        let mut heap = pool.live;
+        while !heap.is_null() {
+            // SAFETY: live list members are valid heaps.
+            let h = unsafe { &mut *heap };
+            if h.thread_id != survivor {
+                h.pool_next = dead;
+                dead = heap;
+            }
+            heap = h.live_next;
+        }
+    }
+    while !dead.is_null() {
+        // SAFETY: collected above; their threads are gone.
+        let next = unsafe { (*dead).pool_next };
+        // SAFETY: as above.
+        unsafe {
+            (*dead).abandon_all();
+            recycle_heap(dead);
+        }
+        dead = next;
+    }
+}

@@ -1,0 +1,322 @@
+//! arenalloc's engine: a size-class allocator built from arenas, segments,
+//! spans and thread heaps, on `core` and `libc`.
+//!
+//! ```text
+//!  thread ──TLS──► heap (thread × arena) ── current[class] ──► span ──► blocks
+//!                    │ avail / full span lists (owner only)
+//!                    ▼
+//!  arena (lock) ── segments (4 MiB, aligned) ── slices (64 KiB) ── spans
+//!              ├─ abandoned spans (their thread exited)
+//!              └─ large-block cache ── large blocks (own mapping each)
+//! ```
+//!
+//! Modules, one idea each: `size_class` (which block size serves a request),
+//! `span` (blocks of one class, free lists), `segment` (slices, the ownership
+//! map), `heap` (per-thread fast paths), `arena` (ownership of memory),
+//! `large` (direct mappings), `thread` (TLS, thread exit, fork), `stats`,
+//! `os` (every system call), `sync` (the futex lock), `diag` (messages
+//! without allocation).
+//!
+//! Nothing reachable from these functions allocates through `std`, formats
+//! or unwinds; misuse that would corrupt memory (a foreign or doubly freed
+//! pointer, where detected) prints a line to stderr and aborts.
+#![no_std]
+
+pub mod arena;
+pub mod diag;
+pub mod heap;
+pub mod large;
+pub mod os;
+pub mod segment;
+pub mod size_class;
+pub mod span;
+pub mod stats;
+pub mod sync;
+pub mod thread;
+
+use core::ptr;
+
+use arena::{Arena, DEFAULT_ARENA};
+use segment::{Segment, SegmentKind, OWNERSHIP};
+use size_class::{class_of_aligned, class_size, MEDIUM_MAX};
+use span::{Block, SpanState};
+
+pub use stats::Stats;
+
+/// Every block is aligned to at least this (`alignof(max_align_t)`).
+pub const MIN_ALIGN: usize = 16;
+/// Requests larger than this fail at once: no mapping could hold them.
+pub const MAX_ALLOC: usize = isize::MAX as usize / 2;
+
+/// The arena new blocks of the calling thread come from.
+fn current_arena() -> &'static Arena {
+    let heap = thread::current_heap();
+    // SAFETY: the current heap is the thread's own or the read-only empty heap.
+    let arena = unsafe { (*heap).arena };
+    if arena.is_null() {
+        &DEFAULT_ARENA
+    } else {
+        // SAFETY: arenas live in static storage for the life of the process.
+        unsafe { &*arena }
+    }
+}
+
+#[cold]
+fn out_of_memory() -> *mut u8 {
+    os::set_errno(libc::ENOMEM);
+    ptr::null_mut()
+}
+
+/// Allocates `size` bytes aligned to [`MIN_ALIGN`]. Returns null (errno
+/// `ENOMEM`) on failure. `malloc(0)` returns a unique, freeable block.
+#[inline]
+pub fn malloc(size: usize) -> *mut u8 {
+    if size <= MEDIUM_MAX {
+        // SAFETY: the current heap belongs to this thread.
+        let p = unsafe { heap::alloc(thread::current_heap(), size) };
+        if p.is_null() {
+            return out_of_memory();
+        }
+        p
+    } else {
+        alloc_large(size, MIN_ALIGN, false)
+    }
+}
+
+#[cold]
+fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size > MAX_ALLOC {
+        return out_of_memory();
+    }
+    match large::alloc(current_arena(), size, align) {
+        Some((p, fresh)) => {
+            if zero && !fresh {
+                // SAFETY: `p` has at least `size` usable bytes.
+                unsafe { ptr::write_bytes(p, 0, size) };
+            }
+            p
+        }
+        None => out_of_memory(),
+    }
+}
+
+/// Allocates `size` zeroed bytes.
+#[inline]
+pub fn zalloc(size: usize) -> *mut u8 {
+    zalloc_aligned(size, MIN_ALIGN)
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two). Returns null
+/// (errno `ENOMEM`, or `EINVAL` for an alignment that is not a power of two).
+#[inline]
+pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if align <= MIN_ALIGN {
+        return malloc(size);
+    }
+    malloc_aligned_slow(size, align)
+}
+
+#[cold]
+fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        os::set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    if let Some(class) = class_of_aligned(size, align) {
+        // SAFETY: the current heap belongs to this thread.
+        let p = unsafe { heap::alloc_small(thread::current_heap(), class) };
+        if p.is_null() {
+            return out_of_memory();
+        }
+        return p;
+    }
+    alloc_large(size, align, false)
+}
+
+/// Allocates `size` zeroed bytes aligned to `align`.
+pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if size > MEDIUM_MAX || align > segment::SLICE_SIZE {
+        if !align.is_power_of_two() {
+            os::set_errno(libc::EINVAL);
+            return ptr::null_mut();
+        }
+        return alloc_large(size, align.max(MIN_ALIGN), true);
+    }
+    let p = malloc_aligned(size, align);
+    if !p.is_null() {
+        // SAFETY: a block of at least `size` bytes.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// What `free`-like operations need to know about a pointer.
+enum Owner {
+    Span(*mut span::Span),
+    Large(*mut large::LargeBlock),
+}
+
+/// Finds the owner of `p`, aborting with a message if `p` is not ours.
+#[inline(always)]
+fn owner_of(p: *mut u8, operation: &str) -> Owner {
+    let Some(header) = OWNERSHIP.header_of(p as usize) else {
+        diag::fatal_pointer(operation, "pointer was not allocated by arenalloc", p)
+    };
+    // SAFETY: the ownership map only holds live headers of ours.
+    match unsafe { (*header).kind } {
+        SegmentKind::Spans => {
+            // SAFETY: `p` lies in this live span segment.
+            Owner::Span(unsafe { segment::span_of(header.cast::<Segment>(), p) })
+        }
+        SegmentKind::Large => Owner::Large(header.cast()),
+    }
+}
+
+/// Frees a block from any of the allocation functions. Null is ignored.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator, not used afterwards.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    match owner_of(p, "free") {
+        Owner::Span(span) => {
+            // SAFETY: `span` is the live span that holds `p`.
+            let owner = unsafe {
+                (*span)
+                    .owner_thread
+                    .load(core::sync::atomic::Ordering::Relaxed)
+            };
+            if owner == thread::current_thread_id() {
+                // SAFETY: this thread owns the span; `p` is its block.
+                unsafe { heap::free_local(span, p.cast::<Block>()) };
+            } else {
+                // SAFETY: as above, from another thread.
+                unsafe { free_remote(span, p) };
+            }
+        }
+        // SAFETY: `block` is the header the ownership map gives for `p`.
+        Owner::Large(block) => unsafe { large::free(block, p) },
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
+    // SAFETY: the span metadata is live (its segment is mapped).
+    let s = unsafe { &*span };
+    if s.state() == SpanState::Free || !s.is_block_start(p) {
+        diag::fatal_pointer("free", "pointer is not a block in use", p);
+    }
+    // SAFETY: `p` is a live block of `span` given up by the caller.
+    unsafe { span::free_remote(s, p.cast::<Block>()) };
+}
+
+/// Bytes usable in the block `p` (at least what was asked for).
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    match owner_of(p, "malloc_usable_size") {
+        // SAFETY: live span metadata.
+        Owner::Span(span) => unsafe { (*span).block_size as usize },
+        // SAFETY: `block` is the header the ownership map gives for `p`.
+        Owner::Large(block) => unsafe { large::usable_size(block, p) },
+    }
+}
+
+/// Resizes `p` to `new_size` bytes, keeping its contents; in place when the
+/// block has room (or, for large blocks, the mapping can grow). Returns null
+/// on failure, leaving `p` intact. `p` may be null (then: `malloc`).
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe { realloc_aligned(p, new_size, MIN_ALIGN) }
+}
+
+/// [`realloc`] for a block allocated with alignment `align`; the result has
+/// the same alignment.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator aligned to `align`.
+pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc_aligned(new_size, align);
+    }
+    if new_size > MAX_ALLOC {
+        return out_of_memory();
+    }
+    let old_usable = match owner_of(p, "realloc") {
+        Owner::Span(span) => {
+            // SAFETY: live span metadata.
+            let usable = unsafe { (*span).block_size } as usize;
+            // Keep the block if it fits and would not be mostly empty.
+            if new_size <= usable && (new_size >= usable / 2 || usable <= 128) {
+                return p;
+            }
+            usable
+        }
+        Owner::Large(block) => {
+            if new_size > MEDIUM_MAX {
+                // SAFETY: `block` is the header the ownership map gives for `p`.
+                if let Some(q) = unsafe { large::resize(block, p, new_size) } {
+                    return q;
+                }
+            }
+            // SAFETY: as above.
+            unsafe { large::usable_size(block, p) }
+        }
+    };
+    let q = malloc_aligned(new_size, align);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live and distinct; the copy fits in both.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old_usable.min(new_size));
+        free(p);
+    }
+    q
+}
+
+/// Returns memory the allocator holds but does not use to the OS: empty
+/// segments, free slices' pages, cached large blocks. Returns the number of
+/// bytes released (0: nothing to release).
+pub fn trim() -> usize {
+    let mut released = 0;
+    arena::for_each_arena(|arena| {
+        let cached = {
+            let mut state = arena.state.lock();
+            state.trim()
+        };
+        released += cached;
+    });
+    released
+}
+
+/// The allocator's figures now.
+pub fn stats() -> Stats {
+    stats::snapshot()
+}
+
+/// Whether `p` lies in memory this allocator manages (a segment or a large
+/// block of ours). Does not say whether it is a live block.
+pub fn owns(p: *const u8) -> bool {
+    OWNERSHIP.header_of(p as usize).is_some()
+}
+
+/// Size class block size for requests of `size` bytes (for tests and tools).
+pub fn block_size_for(size: usize) -> usize {
+    if size <= MEDIUM_MAX {
+        class_size(size_class::class_of(size))
+    } else {
+        0
+    }
+}

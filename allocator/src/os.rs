@@ -1,0 +1,202 @@
+//! The operating-system layer: every system call the engine makes.
+//!
+//! Everything above this module is plain logic over memory it was handed.
+//! Functions here never allocate, never panic, and report failure with
+//! `Option`/`bool` so callers decide what a failure means.
+
+use core::ptr;
+
+/// The base page size; Linux on x86-64 and aarch64 (4 KiB kernels) use this.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Maps `size` bytes of fresh, zeroed, read-write anonymous memory.
+pub fn map(size: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address has no
+    // preconditions; the result is checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        Some(p.cast())
+    }
+}
+
+/// Maps `size` bytes whose start is a multiple of `align` (a power of two
+/// that is at least a page): maps `size + align` and unmaps the slack.
+pub fn map_aligned(size: usize, align: usize) -> Option<*mut u8> {
+    let padded = size.checked_add(align)?;
+    let raw = map(padded)? as usize;
+    let start = (raw + align - 1) & !(align - 1);
+    let front = start - raw;
+    let back = padded - front - size;
+    if front > 0 {
+        unmap(raw as *mut u8, front);
+    }
+    if back > 0 {
+        unmap((start + size) as *mut u8, back);
+    }
+    Some(start as *mut u8)
+}
+
+/// Returns a mapping (or part of one) to the kernel.
+pub fn unmap(p: *mut u8, size: usize) {
+    // SAFETY: callers pass ranges that they mapped and no longer reference;
+    // munmap on such a range cannot affect memory anyone else uses.
+    unsafe {
+        libc::munmap(p.cast(), size);
+    }
+}
+
+/// Drops the physical pages behind `[p, p + size)`: RSS falls now and the
+/// next touch reads zeros.
+pub fn discard(p: *mut u8, size: usize) -> bool {
+    // SAFETY: the range is page-aligned memory the engine owns and that holds
+    // no live data; MADV_DONTNEED on it only zeroes it.
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) == 0 }
+}
+
+/// Asks the kernel not to back `[p, p + size)` with transparent huge pages,
+/// so that touching one 4 KiB page never makes 2 MiB resident.
+pub fn no_huge_pages(p: *mut u8, size: usize) {
+    // SAFETY: advisory only, on memory the engine mapped.
+    unsafe {
+        libc::madvise(p.cast(), size, libc::MADV_NOHUGEPAGE);
+    }
+}
+
+/// Grows or shrinks the mapping at `p` without moving it.
+pub fn remap_in_place(p: *mut u8, old_size: usize, new_size: usize) -> bool {
+    // SAFETY: `p`/`old_size` describe one whole mapping of ours; without
+    // MREMAP_MAYMOVE the kernel either resizes it where it is or fails.
+    let r = unsafe { libc::mremap(p.cast(), old_size, new_size, 0) };
+    r != libc::MAP_FAILED
+}
+
+/// Moves the pages of the mapping at `p` to `dest` (which the caller reserved
+/// and owns) and resizes it: a copy-free move of a large block.
+pub fn remap_to(p: *mut u8, old_size: usize, new_size: usize, dest: *mut u8) -> bool {
+    // SAFETY: `dest..dest+new_size` is a reservation of ours that MREMAP_FIXED
+    // replaces; the source is one whole mapping of ours.
+    let r = unsafe {
+        libc::mremap(
+            p.cast(),
+            old_size,
+            new_size,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dest.cast::<libc::c_void>(),
+        )
+    };
+    r != libc::MAP_FAILED
+}
+
+/// Writes all of `bytes` to a file descriptor, retrying short writes.
+pub fn write_all(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length come from a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// The calling thread's `errno`.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno`.
+pub fn set_errno(value: i32) {
+    // SAFETY: __errno_location always returns the thread's errno slot.
+    unsafe { *libc::__errno_location() = value }
+}
+
+/// Ends the process at once, without running atexit handlers or unwinding.
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// Monotonic time in milliseconds.
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Reads an environment variable without allocating (libc's `getenv` returns
+/// a pointer into the environment block).
+pub fn env_var(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv reads the environment; the returned string lives as long
+    // as nobody calls setenv for this name, which is how every C allocator
+    // treats its settings.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a NUL-terminated string.
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+/// Resident set size of this process in bytes, from `/proc/self/statm`.
+pub fn resident_bytes() -> Option<usize> {
+    let mut buf = [0u8; 128];
+    // SAFETY: the path is NUL-terminated; the fd is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reading into a stack buffer of the given length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return None;
+    }
+    let text = &buf[..n as usize];
+    let mut fields = text.split(|&c| c == b' ');
+    fields.next()?;
+    let pages = parse_decimal(fields.next()?)?;
+    Some(pages * PAGE_SIZE)
+}
+
+/// Parses an unsigned decimal number (no sign, no spaces).
+pub fn parse_decimal(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: usize = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add((d - b'0') as usize)?;
+    }
+    Some(value)
+}
+
+/// Gives up the CPU to another runnable thread.
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe {
+        libc::sched_yield();
+    }
+}

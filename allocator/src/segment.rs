@@ -1,0 +1,322 @@
+//! Segments: 4 MiB regions, aligned to their size, each owned by one arena.
+//!
+//! ```text
+//!  segment (4 MiB, 4 MiB-aligned)
+//!  ┌──────────┬──────────┬──────────┬─────┬──────────┐
+//!  │ slice 0  │ slice 1  │ slice 2  │ ... │ slice 63 │   slices: 64 KiB
+//!  │ header:  │  span A (1 slice)   │     │          │
+//!  │ arena,   │          │ span B (2 slices) ...     │
+//!  │ spans[64]│          │          │     │          │
+//!  └──────────┴──────────┴──────────┴─────┴──────────┘
+//!  block p → segment = p & !(4 MiB - 1) → slice = (p - segment) >> 16
+//!          → spans[slice] → head span (minus head_offset)
+//! ```
+//!
+//! Large blocks get a mapping of their own with the same [`SegmentHeader`]
+//! in its first page (see `large`), so one mask finds the owner of any block.
+//! The [`OwnershipMap`] (one bit per 4 MiB of address space) says whether an
+//! address is in a segment of ours before anything is read from it.
+
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arena::Arena;
+use crate::os;
+use crate::span::{Span, SpanState};
+
+pub const SEGMENT_SHIFT: usize = 22;
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+pub const SLICE_SHIFT: usize = 16;
+pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
+pub const SLICES_PER_SEGMENT: usize = SEGMENT_SIZE / SLICE_SIZE;
+/// Slice 0 holds the header.
+pub const FIRST_USABLE_SLICE: usize = 1;
+/// Bitmap of the slices that spans may use.
+const USABLE_SLICES: u64 = !1u64;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum SegmentKind {
+    /// Holds spans of size-classed blocks.
+    Spans = 1,
+    /// Holds one large block (see `large`).
+    Large = 2,
+}
+
+/// The part of a header that every segment-aligned region of ours starts with.
+#[repr(C)]
+pub struct SegmentHeader {
+    pub kind: SegmentKind,
+    pub arena: *const Arena,
+}
+
+/// A segment of spans. Lives at the start of its own slice 0.
+#[repr(C)]
+pub struct Segment {
+    pub header: SegmentHeader,
+    /// Bit `i` set: slice `i` is free. Arena lock.
+    pub free_slices: u64,
+    /// Bit `i` set: slice `i` may hold resident pages (it was used since it
+    /// was last discarded). Arena lock.
+    pub dirty_slices: u64,
+    /// Links in the arena's segment list. Arena lock.
+    pub next: *mut Segment,
+    pub prev: *mut Segment,
+    pub spans: [Span; SLICES_PER_SEGMENT],
+}
+
+const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
+
+impl Segment {
+    /// Maps and initialises a segment for `arena`.
+    pub fn create(arena: *const Arena) -> Option<*mut Segment> {
+        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE)?;
+        os::no_huge_pages(base, SEGMENT_SIZE);
+        let segment = base.cast::<Segment>();
+        // SAFETY: the mapping is fresh, zeroed and large enough for the header
+        // (checked at compile time above); zero is a valid `Span` (Free, null
+        // pointers), so only the fields below need writing.
+        unsafe {
+            (*segment).header = SegmentHeader {
+                kind: SegmentKind::Spans,
+                arena,
+            };
+            (*segment).free_slices = USABLE_SLICES;
+            (*segment).next = ptr::null_mut();
+            (*segment).prev = ptr::null_mut();
+        }
+        OWNERSHIP.insert(base as usize, false);
+        crate::stats::mapped_add(SEGMENT_SIZE);
+        Some(segment)
+    }
+
+    /// Unmaps a segment with no span in use.
+    ///
+    /// # Safety
+    /// No block of the segment is live and no list links to it.
+    pub unsafe fn destroy(segment: *mut Segment) {
+        OWNERSHIP.remove(segment as usize, false);
+        os::unmap(segment.cast(), SEGMENT_SIZE);
+        crate::stats::mapped_sub(SEGMENT_SIZE);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.free_slices == USABLE_SLICES
+    }
+
+    /// Address of slice `index`.
+    pub fn slice_start(&self, index: usize) -> *mut u8 {
+        (self as *const Segment as usize + index * SLICE_SIZE) as *mut u8
+    }
+
+    /// Takes `count` contiguous free slices and returns the head span,
+    /// initialised for `class`. Arena lock.
+    pub fn take_span(&mut self, count: usize, class: u8, block_size: usize) -> Option<*mut Span> {
+        let first = find_free_run(self.free_slices, count)?;
+        let run_mask = run_mask(first, count);
+        self.free_slices &= !run_mask;
+        self.dirty_slices |= run_mask;
+        for (offset, tail) in self.spans[first + 1..first + count].iter_mut().enumerate() {
+            tail.head_offset = (offset + 1) as u8;
+            tail.set_state(SpanState::Free);
+        }
+        let start = self.slice_start(first);
+        let head = &mut self.spans[first];
+        head.init(start, count * SLICE_SIZE, class, block_size);
+        head.slice_count = count as u8;
+        head.head_offset = 0;
+        Some(head as *mut Span)
+    }
+
+    /// Gives a span's slices back to the segment. Arena lock.
+    ///
+    /// # Safety
+    /// `span` is a head span of this segment with no live block.
+    pub unsafe fn release_span(&mut self, span: *mut Span) {
+        let index = self.span_index(span);
+        // SAFETY: the caller passes a head span of this segment.
+        let count = unsafe { (*span).slice_count } as usize;
+        // SAFETY: as above.
+        unsafe {
+            (*span).set_state(SpanState::Free);
+            (*span).block_size = 0;
+            (*span).owner_thread.store(0, Ordering::Relaxed);
+            (*span).heap = ptr::null_mut();
+        }
+        self.free_slices |= run_mask(index, count);
+    }
+
+    /// Returns the resident pages of free slices to the OS; returns the
+    /// bytes discarded. Arena lock.
+    pub fn discard_free_slices(&mut self) -> usize {
+        let mut todo = self.free_slices & self.dirty_slices;
+        let mut discarded = 0;
+        while todo != 0 {
+            let first = todo.trailing_zeros() as usize;
+            let count = (todo >> first).trailing_ones() as usize;
+            os::discard(self.slice_start(first), count * SLICE_SIZE);
+            discarded += count * SLICE_SIZE;
+            todo &= !run_mask(first, count);
+        }
+        self.dirty_slices &= !self.free_slices;
+        discarded
+    }
+
+    fn span_index(&self, span: *const Span) -> usize {
+        (span as usize - self.spans.as_ptr() as usize) / core::mem::size_of::<Span>()
+    }
+}
+
+fn run_mask(first: usize, count: usize) -> u64 {
+    let ones = if count >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << count) - 1
+    };
+    ones << first
+}
+
+/// Lowest index of `count` consecutive set bits in `free`.
+fn find_free_run(free: u64, count: usize) -> Option<usize> {
+    let mut candidates = free;
+    for shift in 1..count {
+        candidates &= free >> shift;
+    }
+    if candidates == 0 {
+        None
+    } else {
+        Some(candidates.trailing_zeros() as usize)
+    }
+}
+
+/// Segment base of any address.
+#[inline(always)]
+pub fn segment_base(p: usize) -> usize {
+    p & !(SEGMENT_SIZE - 1)
+}
+
+/// The span that holds block `p` of a `Spans` segment.
+///
+/// # Safety
+/// `segment` is a live `Spans` segment that contains `p`.
+#[inline(always)]
+pub unsafe fn span_of(segment: *mut Segment, p: *mut u8) -> *mut Span {
+    let slice = (p as usize - segment as usize) >> SLICE_SHIFT;
+    // SAFETY: `slice` < SLICES_PER_SEGMENT because `p` is inside `segment`.
+    unsafe {
+        let entry = (*segment).spans.as_mut_ptr().add(slice);
+        entry.sub((*entry).head_offset as usize)
+    }
+}
+
+/// User-space virtual addresses with 4-level page tables: 47 bits on x86-64,
+/// 48 on aarch64. One bit per segment of that range.
+#[cfg(target_arch = "x86_64")]
+const ADDRESS_BITS: usize = 47;
+#[cfg(not(target_arch = "x86_64"))]
+const ADDRESS_BITS: usize = 48;
+const MAP_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
+
+/// One bit per segment-sized piece of the address space, set while that
+/// piece starts a region of ours. It lives in `.bss`: untouched parts cost no
+/// memory. A second map marks large blocks aligned to a segment or more, whose
+/// header sits one segment below the block (see `large`).
+pub struct OwnershipMap {
+    direct: [AtomicU64; MAP_WORDS],
+    shifted: [AtomicU64; MAP_WORDS],
+}
+
+pub static OWNERSHIP: OwnershipMap = OwnershipMap {
+    direct: [const { AtomicU64::new(0) }; MAP_WORDS],
+    shifted: [const { AtomicU64::new(0) }; MAP_WORDS],
+};
+
+impl OwnershipMap {
+    fn bit(base: usize) -> Option<(usize, u64)> {
+        let index = base >> SEGMENT_SHIFT;
+        if index >= MAP_WORDS * 64 {
+            return None;
+        }
+        Some((index / 64, 1u64 << (index % 64)))
+    }
+
+    pub fn insert(&self, base: usize, shifted: bool) {
+        if let Some((word, bit)) = Self::bit(base) {
+            let map = if shifted { &self.shifted } else { &self.direct };
+            map[word].fetch_or(bit, Ordering::Release);
+        }
+    }
+
+    pub fn remove(&self, base: usize, shifted: bool) {
+        if let Some((word, bit)) = Self::bit(base) {
+            let map = if shifted { &self.shifted } else { &self.direct };
+            map[word].fetch_and(!bit, Ordering::Release);
+        }
+    }
+
+    /// The header that owns address `p`, if `p` is in a region of ours.
+    #[inline(always)]
+    pub fn header_of(&self, p: usize) -> Option<*mut SegmentHeader> {
+        let base = segment_base(p);
+        let (word, bit) = Self::bit(base)?;
+        if self.direct[word].load(Ordering::Acquire) & bit != 0 {
+            return Some(base as *mut SegmentHeader);
+        }
+        self.header_of_shifted(word, bit, base)
+    }
+
+    #[cold]
+    fn header_of_shifted(&self, word: usize, bit: u64, base: usize) -> Option<*mut SegmentHeader> {
+        if self.shifted[word].load(Ordering::Acquire) & bit != 0 {
+            Some((base - SEGMENT_SIZE) as *mut SegmentHeader)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_runs_are_found_lowest_first() {
+        assert_eq!(find_free_run(0b1110, 1), Some(1));
+        assert_eq!(find_free_run(0b1110, 3), Some(1));
+        assert_eq!(find_free_run(0b1110, 4), None);
+        assert_eq!(find_free_run(0b1101_1011, 2), Some(0));
+        assert_eq!(find_free_run(0b1101_1010, 2), Some(3));
+        assert_eq!(find_free_run(USABLE_SLICES, 16), Some(1));
+        assert_eq!(find_free_run(USABLE_SLICES, 63), Some(1));
+        assert_eq!(find_free_run(0, 1), None);
+    }
+
+    #[test]
+    fn run_masks_cover_exactly_the_run() {
+        assert_eq!(run_mask(1, 1), 0b10);
+        assert_eq!(run_mask(2, 3), 0b11100);
+        assert_eq!(run_mask(0, 64), u64::MAX);
+    }
+
+    #[test]
+    fn ownership_map_tracks_insert_and_remove() {
+        let base = 0x7012_3440_0000usize;
+        assert!(OWNERSHIP.header_of(base + 100).is_none());
+        OWNERSHIP.insert(base, false);
+        assert_eq!(OWNERSHIP.header_of(base + 100), Some(base as *mut _));
+        OWNERSHIP.remove(base, false);
+        assert!(OWNERSHIP.header_of(base + 100).is_none());
+        OWNERSHIP.insert(base, true);
+        assert_eq!(
+            OWNERSHIP.header_of(base + 100),
+            Some((base - SEGMENT_SIZE) as *mut _)
+        );
+        OWNERSHIP.remove(base, true);
+        assert!(OWNERSHIP.header_of(usize::MAX - 5).is_none());
+    }
+
+    #[test]
+    fn segment_header_fits_in_slice_zero() {
+        assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
+    }
+}

@@ -1,0 +1,87 @@
+//! Process-wide counters, kept off the fast paths: they change only when
+//! memory is mapped or unmapped and when large blocks come and go. Live bytes
+//! of small blocks are summed from span metadata on demand.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::arena::for_each_arena;
+use crate::span::SpanState;
+
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+static PEAK_MAPPED: AtomicUsize = AtomicUsize::new(0);
+static LARGE_LIVE: AtomicUsize = AtomicUsize::new(0);
+static LARGE_LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn mapped_add(bytes: usize) {
+    let now = MAPPED.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK_MAPPED.fetch_max(now, Ordering::Relaxed);
+}
+
+pub fn mapped_sub(bytes: usize) {
+    MAPPED.fetch_sub(bytes, Ordering::Relaxed);
+}
+
+pub fn large_live_add(bytes: usize) {
+    LARGE_LIVE.fetch_add(bytes, Ordering::Relaxed);
+    LARGE_LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn large_live_sub(bytes: usize) {
+    LARGE_LIVE.fetch_sub(bytes, Ordering::Relaxed);
+    LARGE_LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A snapshot of the allocator's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes mapped from the OS now (segments and large blocks).
+    pub mapped_bytes: usize,
+    /// Most bytes ever mapped at once.
+    pub peak_mapped_bytes: usize,
+    /// Bytes in blocks handed out and not freed (usable sizes), small and
+    /// large. Blocks freed by another thread count until their owner
+    /// collects them.
+    pub live_bytes: usize,
+    /// Blocks handed out and not freed.
+    pub live_blocks: usize,
+    /// Of `live_bytes`, in large blocks.
+    pub large_live_bytes: usize,
+    /// Span segments mapped.
+    pub segments: usize,
+    /// Resident set size of the process (from /proc), 0 if unknown.
+    pub resident_bytes: usize,
+}
+
+/// Gathers the current figures. Takes each arena's lock in turn.
+pub fn snapshot() -> Stats {
+    let mut s = Stats {
+        mapped_bytes: MAPPED.load(Ordering::Relaxed),
+        peak_mapped_bytes: PEAK_MAPPED.load(Ordering::Relaxed),
+        large_live_bytes: LARGE_LIVE.load(Ordering::Relaxed),
+        live_blocks: LARGE_LIVE_BLOCKS.load(Ordering::Relaxed),
+        resident_bytes: crate::os::resident_bytes().unwrap_or(0),
+        ..Stats::default()
+    };
+    s.live_bytes = s.large_live_bytes;
+    for_each_arena(|arena| {
+        let mut state = arena.state.lock();
+        state.for_each_segment(|segment| {
+            s.segments += 1;
+            let mut i = crate::segment::FIRST_USABLE_SLICE;
+            while i < segment.spans.len() {
+                let span = &segment.spans[i];
+                let state = span.state();
+                let mut count = 1;
+                if state != SpanState::Free && span.head_offset == 0 {
+                    count = (span.slice_count as usize).max(1);
+                    let pin = u32::from(state == SpanState::Current);
+                    let blocks = span.used().saturating_sub(pin) as usize;
+                    s.live_blocks += blocks;
+                    s.live_bytes += blocks * span.block_size as usize;
+                }
+                i += count;
+            }
+        });
+    });
+    s
+}

@@ -1,0 +1,155 @@
+//! Threads: which heap the calling thread uses, who the calling thread is,
+//! what happens when it exits, and `fork`.
+//!
+//! The heap pointer lives in a `const`-initialised thread local without
+//! `Drop` (no destructor registration, so no `calloc` from glibc). This is
+//! the engine's only use of `std`, for `thread_local!`, which stable Rust has
+//! no `core` equivalent for. Thread exit is seen through a pthread key
+//! destructor, created once at start-up while few keys exist.
+
+extern crate std;
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+
+use crate::arena::{for_each_arena, DEFAULT_ARENA};
+use crate::heap::{self, Heap, EMPTY_HEAP};
+
+std::thread_local! {
+    static CURRENT_HEAP: Cell<*mut Heap> =
+        const { Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap) };
+}
+
+/// The calling thread's heap for its preferred arena (`empty_heap()` until
+/// the thread first allocates).
+#[inline(always)]
+pub fn current_heap() -> *mut Heap {
+    CURRENT_HEAP.with(|h| h.get())
+}
+
+fn set_current_heap(heap: *mut Heap) {
+    CURRENT_HEAP.with(|h| h.set(heap));
+}
+
+/// A number that identifies the calling thread among live threads: the
+/// thread pointer, one register read.
+#[inline(always)]
+pub fn current_thread_id() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id: usize;
+        // SAFETY: on x86-64 Linux, fs:0 holds the thread control block's
+        // self-pointer for every thread (glibc and musl); reading it has no
+        // side effects.
+        unsafe {
+            core::arch::asm!("mov {}, fs:0", out(reg) id, options(nostack, readonly, preserves_flags));
+        }
+        id
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let id: usize;
+        // SAFETY: tpidr_el0 is the thread pointer, readable from user space.
+        unsafe {
+            core::arch::asm!("mrs {}, tpidr_el0", out(reg) id, options(nostack, nomem, preserves_flags));
+        }
+        id
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() as usize }
+    }
+}
+
+const UNINIT: u8 = 0;
+const RUNNING: u8 = 1;
+const READY: u8 = 2;
+static INIT_STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
+
+/// One-time set-up: the thread-exit key, then the fork handlers. Safe to
+/// re-enter: `READY` is published before anything that might call malloc.
+fn ensure_init() {
+    if INIT_STATE.load(Ordering::Acquire) == READY {
+        return;
+    }
+    if INIT_STATE
+        .compare_exchange(UNINIT, RUNNING, Ordering::Acquire, Ordering::Acquire)
+        .is_ok()
+    {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-pointer; the destructor is an
+        // `extern "C"` function that lives forever.
+        let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+        if rc != 0 {
+            crate::diag::fatal("pthread_key_create failed");
+        }
+        THREAD_KEY.store(key, Ordering::Relaxed);
+        INIT_STATE.store(READY, Ordering::Release);
+        // SAFETY: the handlers are `extern "C"` functions that live forever.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        return;
+    }
+    while INIT_STATE.load(Ordering::Acquire) != READY {
+        crate::os::yield_now();
+    }
+}
+
+/// Sets up the calling thread's heap in the default arena.
+#[cold]
+pub fn heap_for_current_thread() -> Option<*mut Heap> {
+    ensure_init();
+    let heap = heap::new_heap(&DEFAULT_ARENA, current_thread_id())?;
+    set_current_heap(heap);
+    // Register for thread exit after the heap is in place: this call may
+    // allocate (glibc calloc's key blocks past the first 32 keys), and that
+    // allocation must find the heap.
+    // SAFETY: the key was created in `ensure_init`.
+    unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
+    Some(heap)
+}
+
+/// Thread exit: every heap of the thread hands its spans to its arena and
+/// goes back to the pool. A destructor that allocates after this gets a new
+/// heap, and pthread calls this again for it.
+extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    set_current_heap(heap::empty_heap());
+    let mut heap = value.cast::<Heap>();
+    while !heap.is_null() {
+        // SAFETY: the key's value is the thread's first heap; its chain holds
+        // the thread's other heaps; the thread is exiting, so nothing else
+        // uses them.
+        let next = unsafe { (*heap).next_in_thread };
+        // SAFETY: as above.
+        unsafe {
+            (*heap).abandon_all();
+            heap::recycle_heap(heap);
+        }
+        heap = next;
+    }
+}
+
+/// Fork: hold every allocator lock across `fork` so the child never inherits
+/// one held by a thread that does not exist there.
+extern "C" fn fork_prepare() {
+    for_each_arena(|arena| arena.state.raw_lock());
+    heap::POOL.raw_lock();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare took these locks on this thread.
+    unsafe { heap::POOL.force_unlock() };
+    // SAFETY: as above.
+    for_each_arena(|arena| unsafe { arena.state.force_unlock() });
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: fork_prepare took these locks on this thread, which is the only
+    // thread of the child.
+    unsafe { heap::POOL.force_unlock() };
+    // SAFETY: as above.
+    for_each_arena(|arena| unsafe { arena.state.force_unlock() });
+    // SAFETY: only this thread exists and no lock is held.
+    unsafe { heap::abandon_heaps_of_other_threads(current_thread_id()) };
+}

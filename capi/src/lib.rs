@@ -1,0 +1,317 @@
+//! The C ABI of arenalloc: the `malloc` family with glibc's contract, built
+//! as `libarenalloc.so` (for `LD_PRELOAD`) and `libarenalloc.a`.
+//!
+//! This is the only crate with unmangled symbols. Each function here checks
+//! the C contract (overflow, alignment rules, `errno`) and forwards to the
+//! engine; none of them allocates through `std`.
+
+use core::ffi::{c_int, c_void};
+use core::ptr;
+
+use arenalloc_engine as engine;
+use engine::diag::Line;
+use engine::os::{self, PAGE_SIZE};
+
+/// glibc's `mallopt` parameters, all accepted (see [`mallopt`]).
+const M_MXFAST: c_int = 1;
+const M_ARENA_MAX: c_int = -8;
+
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    engine::malloc(size).cast()
+}
+
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: the C contract of free.
+    unsafe { engine::free(p.cast()) }
+}
+
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cfree(p: *mut c_void) {
+    // SAFETY: the C contract of free.
+    unsafe { engine::free(p.cast()) }
+}
+
+/// C23 sized free. The size is not needed to find the block's owner.
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
+    // SAFETY: the C contract of free.
+    unsafe { engine::free(p.cast()) }
+}
+
+/// C23 sized free of an aligned block.
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: the C contract of free.
+    unsafe { engine::free(p.cast()) }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => engine::zalloc(total).cast(),
+        None => {
+            os::set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// glibc semantics: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)` frees
+/// `p` and returns NULL; on failure the old block is left intact.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if size == 0 && !p.is_null() {
+        // SAFETY: the C contract of realloc.
+        unsafe { engine::free(p.cast()) };
+        return ptr::null_mut();
+    }
+    // SAFETY: the C contract of realloc.
+    unsafe { engine::realloc(p.cast(), size).cast() }
+}
+
+/// # Safety
+/// As [`realloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: the C contract of realloc.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            os::set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Allocates with `align` (a power of two), treating small alignments as
+/// `malloc`'s.
+fn aligned(align: usize, size: usize) -> *mut c_void {
+    engine::malloc_aligned(size, align.max(engine::MIN_ALIGN)).cast()
+}
+
+/// POSIX: `align` must be a power of two and a multiple of `sizeof(void*)`;
+/// errors are returned, not stored in errno (which is left unchanged).
+///
+/// # Safety
+/// `out` is a valid pointer to write the result to.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
+        return libc::EINVAL;
+    }
+    let saved = os::errno();
+    let p = aligned(align, size);
+    if p.is_null() {
+        let err = os::errno();
+        os::set_errno(saved);
+        return if err == 0 { libc::ENOMEM } else { err };
+    }
+    // SAFETY: the caller passes a valid out-pointer.
+    unsafe { *out = p };
+    0
+}
+
+/// C11 `aligned_alloc`: `align` must be a power of two (any size, as glibc).
+#[unsafe(no_mangle)]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        os::set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    aligned(align, size)
+}
+
+/// glibc `memalign`: an alignment that is not a power of two is rounded up to
+/// one; one too large to round is `EINVAL`.
+#[unsafe(no_mangle)]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    if align <= engine::MIN_ALIGN {
+        return engine::malloc(size).cast();
+    }
+    match align.checked_next_power_of_two() {
+        Some(a) => aligned(a, size),
+        None => {
+            os::set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    aligned(PAGE_SIZE, size)
+}
+
+/// `valloc` with the size rounded up to whole pages (at least one).
+#[unsafe(no_mangle)]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    match size.max(1).checked_next_multiple_of(PAGE_SIZE) {
+        Some(rounded) => aligned(PAGE_SIZE, rounded),
+        None => {
+            os::set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    // SAFETY: the C contract of malloc_usable_size.
+    unsafe { engine::usable_size(p.cast()) }
+}
+
+/// Returns free memory to the OS; 1 if any was released, else 0. `pad` is
+/// accepted for compatibility; arenalloc keeps no top-of-heap pad.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    c_int::from(engine::trim() > 0)
+}
+
+/// Accepts glibc's parameters (returns 1) so programs that tune glibc keep
+/// working; arenalloc's own behaviour is not changed by them. Unknown
+/// parameters return 0, as glibc does.
+#[unsafe(no_mangle)]
+pub extern "C" fn mallopt(param: c_int, _value: c_int) -> c_int {
+    c_int::from(param == M_MXFAST || (M_ARENA_MAX..=-1).contains(&param))
+}
+
+/// glibc's `struct mallinfo2`, filled from arenalloc's figures.
+#[repr(C)]
+#[derive(Default)]
+pub struct Mallinfo2 {
+    pub arena: usize,
+    pub ordblks: usize,
+    pub smblks: usize,
+    pub hblks: usize,
+    pub hblkhd: usize,
+    pub usmblks: usize,
+    pub fsmblks: usize,
+    pub uordblks: usize,
+    pub fordblks: usize,
+    pub keepcost: usize,
+}
+
+/// glibc's `struct mallinfo` (int fields; values saturate).
+#[repr(C)]
+#[derive(Default)]
+pub struct Mallinfo {
+    pub arena: c_int,
+    pub ordblks: c_int,
+    pub smblks: c_int,
+    pub hblks: c_int,
+    pub hblkhd: c_int,
+    pub usmblks: c_int,
+    pub fsmblks: c_int,
+    pub uordblks: c_int,
+    pub fordblks: c_int,
+    pub keepcost: c_int,
+}
+
+/// `arena`: bytes mapped for spans; `hblkhd`: bytes in large blocks;
+/// `uordblks`: bytes in use; `fordblks`: mapped but free.
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo2() -> Mallinfo2 {
+    let s = engine::stats();
+    Mallinfo2 {
+        arena: s.mapped_bytes.saturating_sub(s.large_live_bytes),
+        hblkhd: s.large_live_bytes,
+        uordblks: s.live_bytes,
+        fordblks: s.mapped_bytes.saturating_sub(s.live_bytes),
+        usmblks: s.peak_mapped_bytes,
+        ..Mallinfo2::default()
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo() -> Mallinfo {
+    let m = mallinfo2();
+    let clamp = |v: usize| v.min(c_int::MAX as usize) as c_int;
+    Mallinfo {
+        arena: clamp(m.arena),
+        hblkhd: clamp(m.hblkhd),
+        uordblks: clamp(m.uordblks),
+        fordblks: clamp(m.fordblks),
+        usmblks: clamp(m.usmblks),
+        ..Mallinfo::default()
+    }
+}
+
+/// Prints a summary to stderr, in the spirit of glibc's.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_stats() {
+    let s = engine::stats();
+    let rows: [(&str, usize); 6] = [
+        ("system bytes     = ", s.mapped_bytes),
+        ("in use bytes     = ", s.live_bytes),
+        ("in use blocks    = ", s.live_blocks),
+        ("large bytes      = ", s.large_live_bytes),
+        ("max system bytes = ", s.peak_mapped_bytes),
+        ("resident bytes   = ", s.resident_bytes),
+    ];
+    Line::new().text("arenalloc:\n").emit();
+    for (label, value) in rows {
+        Line::new().text(label).num(value).text("\n").emit();
+    }
+}
+
+/// glibc's `malloc_info`: an XML summary written to `stream`.
+///
+/// # Safety
+/// `stream` is a valid `FILE*` open for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 {
+        os::set_errno(libc::EINVAL);
+        return -1;
+    }
+    let s = engine::stats();
+    let mut line = Line::new();
+    line.text("<malloc version=\"arenalloc-1\">\n<system type=\"current\" size=\"")
+        .num(s.mapped_bytes)
+        .text("\"/>\n<system type=\"max\" size=\"")
+        .num(s.peak_mapped_bytes)
+        .text("\"/>\n<total type=\"inuse\" size=\"")
+        .num(s.live_bytes)
+        .text("\"/>\n</malloc>\n");
+    let bytes = line.as_bytes();
+    // SAFETY: the caller passes a valid stream; the buffer is live.
+    let written = unsafe { libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), stream) };
+    if written == bytes.len() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// Runs when the library is loaded: with `ARENALLOC_VERBOSE=1`, one line to
+/// stderr so a user can see that the preload took.
+extern "C" fn on_load() {
+    if os::env_var(c"ARENALLOC_VERBOSE").is_some_and(|v| v == b"1") {
+        Line::new()
+            .text("arenalloc: loaded (pid ")
+            .num(std::process::id() as usize)
+            .text(")\n")
+            .emit();
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
