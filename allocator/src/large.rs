@@ -237,7 +237,7 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
             if new_map < b.map_size && os::remap_in_place(b.map_base, b.map_size, new_map) {
                 stats::mapped_sub(b.map_size - new_map);
                 b.map_size = new_map;
-                stats::large_live_sub(old_usable - b.usable());
+                stats::large_live_resize(old_usable, b.usable());
             }
         }
         return Some(p);
@@ -249,7 +249,7 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
     if os::remap_in_place(b.map_base, b.map_size, new_map) {
         stats::mapped_add(new_map - b.map_size);
         b.map_size = new_map;
-        stats::large_live_add(b.usable() - old_usable);
+        stats::large_live_resize(old_usable, b.usable());
         return Some(p);
     }
     // Move the pages to a fresh segment-aligned reservation.
@@ -269,7 +269,7 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
     m.block = (dest as usize + offset) as *mut u8;
     register(moved);
     stats::mapped_add(new_map - old_size);
-    stats::large_live_add(m.usable() - old_usable);
+    stats::large_live_resize(old_usable, m.usable());
     Some(m.block)
 }
 

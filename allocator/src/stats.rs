@@ -31,6 +31,15 @@ pub fn large_live_sub(bytes: usize) {
     LARGE_LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// A live large block changed its usable size in place.
+pub fn large_live_resize(old: usize, new: usize) {
+    if new >= old {
+        LARGE_LIVE.fetch_add(new - old, Ordering::Relaxed);
+    } else {
+        LARGE_LIVE.fetch_sub(old - new, Ordering::Relaxed);
+    }
+}
+
 /// A snapshot of the allocator's figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

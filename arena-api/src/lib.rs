@@ -73,3 +73,9 @@ pub unsafe fn usable_size(ptr: *mut u8) -> usize {
     // SAFETY: forwarded from the caller.
     unsafe { arenalloc_engine::usable_size(ptr) }
 }
+
+/// Whether `ptr` lies in memory arenalloc manages. Lets a program that mixes
+/// allocators route a free to the right one.
+pub fn owns(ptr: *const u8) -> bool {
+    arenalloc_engine::owns(ptr)
+}
