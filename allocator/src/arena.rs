@@ -11,13 +11,15 @@
 use core::ptr;
 
 use crate::large::LargeCache;
-use crate::segment::{Segment, SegmentKind};
+use crate::segment::Segment;
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
-use crate::span::{Span, SpanList, SpanState};
+use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
 use crate::sync::Mutex;
 
 /// Fully empty segments an arena keeps mapped for reuse; more are unmapped.
 const SPARE_SEGMENTS: usize = 1;
+/// Abandoned spans one refill looks at before taking a fresh span.
+const ADOPT_SCAN_LIMIT: usize = 8;
 
 pub struct Arena {
     pub state: Mutex<ArenaState>,
@@ -78,7 +80,7 @@ impl ArenaState {
         let mut segment = self.segments;
         while !segment.is_null() {
             // SAFETY: segments in the list are live and ours under the lock.
-            let seg = unsafe { &mut *segment };
+            let seg = unsafe { &*segment };
             let was_empty = seg.is_empty();
             if let Some(span) = seg.take_span(slices, class as u8, block_size) {
                 if was_empty {
@@ -86,15 +88,15 @@ impl ArenaState {
                 }
                 return Some(span);
             }
-            segment = seg.next;
+            segment = seg.next.get();
         }
         let segment = Segment::create(arena)?;
         // SAFETY: a freshly created segment, not yet shared.
-        let seg = unsafe { &mut *segment };
-        seg.next = self.segments;
+        let seg = unsafe { &*segment };
+        seg.next.set(self.segments);
         if !self.segments.is_null() {
             // SAFETY: the list head is live.
-            unsafe { (*self.segments).prev = segment };
+            unsafe { (*self.segments).prev.set(segment) };
         }
         self.segments = segment;
         seg.take_span(slices, class as u8, block_size)
@@ -109,8 +111,7 @@ impl ArenaState {
     pub unsafe fn retire_span(&mut self, span: *mut Span) {
         let segment = crate::segment::segment_base(span as usize) as *mut Segment;
         // SAFETY: spans live inside their segment's header.
-        let seg = unsafe { &mut *segment };
-        debug_assert!(seg.header.kind == SegmentKind::Spans);
+        let seg = unsafe { &*segment };
         // SAFETY: forwarded from the caller.
         unsafe { seg.release_span(span) };
         if seg.is_empty() {
@@ -127,14 +128,14 @@ impl ArenaState {
     fn unlink_segment(&mut self, segment: *mut Segment) {
         // SAFETY: `segment` and its neighbours are live list members.
         unsafe {
-            let (prev, next) = ((*segment).prev, (*segment).next);
+            let (prev, next) = ((*segment).prev.get(), (*segment).next.get());
             if prev.is_null() {
                 self.segments = next;
             } else {
-                (*prev).next = next;
+                (*prev).next.set(next);
             }
             if !next.is_null() {
-                (*next).prev = prev;
+                (*next).prev.set(prev);
             }
         }
     }
@@ -147,22 +148,36 @@ impl ArenaState {
         // SAFETY: forwarded from the caller.
         unsafe {
             (*span).set_state(SpanState::Abandoned);
-            self.abandoned[(*span).class as usize].push_back(span);
+            self.abandoned[(*span).class()].push_back(span);
         }
     }
 
-    /// An abandoned span of `class`, if any; it is removed from the list.
+    /// An abandoned span of `class` worth adopting (it has free blocks or
+    /// blocks freed by other threads), removed from the list. Looks at a
+    /// bounded number of spans and rotates the others, so a pile of full
+    /// abandoned spans costs no thread more than a few looks.
     pub fn take_abandoned(&mut self, class: usize) -> Option<*mut Span> {
-        self.abandoned[class].pop_front()
+        for _ in 0..ADOPT_SCAN_LIMIT {
+            let span = self.abandoned[class].pop_front()?;
+            // SAFETY: abandoned spans are live and have no owner; the lock
+            // holder may read their owner-only fields.
+            let s = unsafe { &*span };
+            if s.has_room() || s.has_remote_frees() {
+                return Some(span);
+            }
+            // SAFETY: just unlinked.
+            unsafe { self.abandoned[class].push_back(span) };
+        }
+        None
     }
 
     /// Calls `f` for every span segment of the arena.
-    pub fn for_each_segment(&mut self, mut f: impl FnMut(&mut Segment)) {
+    pub fn for_each_segment(&self, mut f: impl FnMut(&Segment)) {
         let mut segment = self.segments;
         while !segment.is_null() {
             // SAFETY: list members are live under the lock.
-            let seg = unsafe { &mut *segment };
-            let next = seg.next;
+            let seg = unsafe { &*segment };
+            let next = seg.next.get();
             f(seg);
             segment = next;
         }
@@ -178,9 +193,9 @@ impl ArenaState {
             while !span.is_null() {
                 // SAFETY: list members are live; abandoned spans have no
                 // owner, so the lock holder may collect their remote frees.
-                let next = unsafe { (*span).next };
+                let next = unsafe { SpanList::next_of(span) };
                 // SAFETY: as above.
-                let s = unsafe { &mut *span };
+                let s = unsafe { &*span };
                 s.collect_remote();
                 if s.used() == 0 {
                     // SAFETY: `span` is a member of this list.
@@ -194,8 +209,8 @@ impl ArenaState {
         let mut segment = self.segments;
         while !segment.is_null() {
             // SAFETY: list members are live under the lock.
-            let seg = unsafe { &mut *segment };
-            let next = seg.next;
+            let seg = unsafe { &*segment };
+            let next = seg.next.get();
             if seg.is_empty() {
                 self.unlink_segment(segment);
                 self.empty_segments -= 1;
@@ -209,5 +224,21 @@ impl ArenaState {
         }
         released += self.large_cache.release_all();
         released
+    }
+
+    /// In the child after `fork`: marks every span owned by a thread other
+    /// than `survivor` as owned by no live thread. Those threads' heaps may
+    /// have been caught mid-update, so they are never walked; their spans'
+    /// blocks can still be freed (remotely), and a new thread that reuses a
+    /// dead thread's id cannot take them for its own.
+    pub fn orphan_spans_of_other_threads(&self, survivor: usize) {
+        self.for_each_segment(|segment| {
+            segment.for_each_span(|span| {
+                let owner = span.owner_thread();
+                if owner != 0 && owner != survivor {
+                    span.set_owner(span.heap(), DEAD_OWNER);
+                }
+            })
+        });
     }
 }

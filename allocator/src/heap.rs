@@ -15,7 +15,7 @@ use core::ptr;
 
 use crate::arena::{Arena, ArenaState};
 use crate::diag;
-use crate::size_class::{class_of, CLASS_COUNT, MEDIUM_MAX};
+use crate::size_class::{class_of, CLASS_COUNT};
 use crate::span::{Block, Span, SpanList, SpanState};
 use crate::sync::Mutex;
 
@@ -37,9 +37,6 @@ pub struct Heap {
     pub next_in_thread: *mut Heap,
     /// Link in the pool of unused heaps.
     pool_next: *mut Heap,
-    /// Links in the list of heaps in use (see `HeapPool::live`).
-    live_next: *mut Heap,
-    live_prev: *mut Heap,
 }
 
 /// A `Sync` wrapper for read-only statics that contain raw pointers.
@@ -68,8 +65,6 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     thread_id: 0,
     next_in_thread: ptr::null_mut(),
     pool_next: ptr::null_mut(),
-    live_next: ptr::null_mut(),
-    live_prev: ptr::null_mut(),
 });
 
 #[inline(always)]
@@ -87,11 +82,11 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // current span is the heap's own or the read-only empty span, and only
     // the owner thread touches `free` and `used` of its spans.
     unsafe {
-        let span = *(*heap).current.get_unchecked(class);
-        let block = (*span).free;
+        let span = &**(*heap).current.get_unchecked(class);
+        let block = span.free_head();
         if !block.is_null() {
-            (*span).free = (*block).next;
-            (*span).set_used((*span).used() + 1);
+            span.set_free_head((*block).next);
+            span.set_used(span.used() + 1);
             return block.cast();
         }
         alloc_small_slow(heap, class)
@@ -104,7 +99,6 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
 /// As for [`alloc_small`].
 #[inline(always)]
 pub unsafe fn alloc(heap: *mut Heap, size: usize) -> *mut u8 {
-    debug_assert!(size <= MEDIUM_MAX);
     // SAFETY: forwarded.
     unsafe { alloc_small(heap, class_of(size)) }
 }
@@ -125,11 +119,12 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     let Some(span) = h.refill(class) else {
         return ptr::null_mut();
     };
-    // SAFETY: `refill` returns the current span with a free block.
+    // SAFETY: `refill` returns the current span of this thread's heap, with
+    // a free block.
     unsafe {
-        let s = &mut *span;
-        let block = s.free;
-        s.free = (*block).next;
+        let s = &*span;
+        let block = s.free_head();
+        s.set_free_head((*block).next);
         s.set_used(s.used() + 1);
         block.cast()
     }
@@ -141,15 +136,17 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 /// `span` is owned by the calling thread and `block` is a live block of it.
 #[inline(always)]
 pub unsafe fn free_local(span: *mut Span, block: *mut Block) {
-    // SAFETY: owner-only fields of the caller's own span.
+    // SAFETY: owner-only fields of the caller's own span; `block` is a live
+    // block of it, so its first word is ours to use once freed.
     unsafe {
-        let s = &mut *span;
-        if block == s.free {
+        let s = &*span;
+        let head = s.free_head();
+        if block == head {
             diag::fatal_pointer("free", "double free", block.cast());
         }
-        (*block).next = s.free;
-        s.free = block;
-        let used = s.used() - 1;
+        (*block).next = head;
+        s.set_free_head(block);
+        let used = s.used().wrapping_sub(1);
         s.set_used(used);
         if used == 0 || s.is_full() {
             free_local_slow(span);
@@ -163,10 +160,10 @@ pub unsafe fn free_local(span: *mut Span, block: *mut Block) {
 #[inline(never)]
 unsafe fn free_local_slow(span: *mut Span) {
     // SAFETY: the caller owns `span`, so its heap is the caller's.
-    let s = unsafe { &mut *span };
+    let s = unsafe { &*span };
     // SAFETY: as above.
-    let heap = unsafe { &mut *s.heap };
-    let class = s.class as usize;
+    let heap = unsafe { &mut *s.heap() };
+    let class = s.class();
     match s.state() {
         SpanState::Full => {
             // SAFETY: a Full span is in its heap's full list.
@@ -186,7 +183,11 @@ unsafe fn free_local_slow(span: *mut Span) {
         }
         // The current span is pinned: reaching zero means a block was freed
         // twice.
-        _ => diag::fatal_pointer("free", "double free (block count underflow)", s.free.cast()),
+        _ => diag::fatal_pointer(
+            "free",
+            "double free (block count underflow)",
+            s.free_head().cast(),
+        ),
     }
 }
 
@@ -199,8 +200,6 @@ impl Heap {
         self.thread_id = thread_id;
         self.next_in_thread = ptr::null_mut();
         self.pool_next = ptr::null_mut();
-        self.live_next = ptr::null_mut();
-        self.live_prev = ptr::null_mut();
     }
 
     fn arena(&self) -> &'static Arena {
@@ -214,9 +213,9 @@ impl Heap {
         let current = self.current[class];
         if current != empty_span() {
             // SAFETY: a real current span of this heap.
-            let s = unsafe { &mut *current };
+            let s = unsafe { &*current };
             s.collect_remote();
-            if !s.free.is_null() || s.extend() {
+            if !s.free_head().is_null() || s.extend() {
                 return Some(current);
             }
             // Exhausted: unpin and park it until blocks come back.
@@ -228,8 +227,8 @@ impl Heap {
         }
         let span = self.find_span(class)?;
         // SAFETY: `find_span` returns a span of this heap in no list.
-        let s = unsafe { &mut *span };
-        if s.free.is_null() && !s.extend() {
+        let s = unsafe { &*span };
+        if s.free_head().is_null() && !s.extend() {
             diag::fatal("refill found a span without room");
         }
         s.set_state(SpanState::Current);
@@ -251,7 +250,7 @@ impl Heap {
         while let Some(span) = state.take_abandoned(class) {
             self.adopt(span);
             // SAFETY: adopted: ours now.
-            let s = unsafe { &mut *span };
+            let s = unsafe { &*span };
             s.collect_remote();
             if s.has_room() {
                 return Some(span);
@@ -270,19 +269,27 @@ impl Heap {
     /// list; returns a span that has some now (unlinked), retiring spans that
     /// became empty.
     fn reclaim_full(&mut self, class: usize) -> Option<*mut Span> {
+        let mut first_rotated = ptr::null_mut();
         for _ in 0..FULL_SCAN_LIMIT {
-            let span = self.full[class].pop_front()?;
-            // SAFETY: members of our full list are ours.
-            let s = unsafe { &mut *span };
-            s.collect_remote();
-            if s.used() == 0 {
-                self.retire(span);
-            } else if !s.free.is_null() {
-                return Some(span);
-            } else {
-                // SAFETY: unlinked above; rotate so the next scan moves on.
-                unsafe { self.full[class].push_back(span) };
+            let span = self.full[class].head;
+            if span.is_null() || span == first_rotated {
+                return None;
             }
+            // SAFETY: the head of our full list: a span of ours.
+            unsafe { self.full[class].remove(span) };
+            // SAFETY: as above.
+            let s = unsafe { &*span };
+            s.collect_remote();
+            if !s.free_head().is_null() {
+                // Possibly entirely free: reuse it rather than retire it and
+                // take it (or another) back from the arena.
+                return Some(span);
+            }
+            if first_rotated.is_null() {
+                first_rotated = span;
+            }
+            // SAFETY: unlinked above; rotate so the next scan moves on.
+            unsafe { self.full[class].push_back(span) };
         }
         None
     }
@@ -290,10 +297,8 @@ impl Heap {
     fn adopt(&mut self, span: *mut Span) {
         // SAFETY: the span was handed over under the arena lock; no other
         // thread owns it.
-        let s = unsafe { &mut *span };
-        s.heap = self as *mut Heap;
-        s.owner_thread
-            .store(self.thread_id, core::sync::atomic::Ordering::Relaxed);
+        let s = unsafe { &*span };
+        s.set_owner(self as *mut Heap, self.thread_id);
         s.set_state(SpanState::Available);
     }
 
@@ -329,11 +334,9 @@ impl Heap {
 /// Hands a span of an exiting heap to its arena.
 fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
     // SAFETY: the exiting heap still owns the span.
-    let s = unsafe { &mut *span };
+    let s = unsafe { &*span };
     s.collect_remote();
-    s.heap = ptr::null_mut();
-    s.owner_thread
-        .store(0, core::sync::atomic::Ordering::Relaxed);
+    s.set_owner(ptr::null_mut(), 0);
     if s.used() == 0 {
         // SAFETY: no live block; in no list.
         unsafe { state.retire_span(span) };
@@ -347,9 +350,6 @@ fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
 /// pointer stays valid memory for the life of the process.
 pub(crate) struct HeapPool {
     free: *mut Heap,
-    /// Heaps in use, so the child of a `fork` can find those of threads
-    /// that do not exist in it.
-    live: *mut Heap,
     cursor: usize,
     end: usize,
 }
@@ -359,7 +359,6 @@ unsafe impl Send for HeapPool {}
 
 pub(crate) static POOL: Mutex<HeapPool> = Mutex::new(HeapPool {
     free: ptr::null_mut(),
-    live: ptr::null_mut(),
     cursor: 0,
     end: 0,
 });
@@ -368,11 +367,11 @@ const POOL_CHUNK: usize = 256 * 1024;
 
 /// A fresh heap for `thread_id` in `arena`, or `None` if out of memory.
 pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
-    let mut pool = POOL.lock();
     let heap = {
+        let mut pool = POOL.lock();
         if !pool.free.is_null() {
             let heap = pool.free;
-            // SAFETY: pool members are valid heaps.
+            // SAFETY: pool members are valid heaps that nobody uses.
             pool.free = unsafe { (*heap).pool_next };
             heap
         } else {
@@ -388,16 +387,9 @@ pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
             heap
         }
     };
-    // SAFETY: the heap is ours alone: fresh from the pool; the live list is
-    // guarded by the pool lock we hold.
-    unsafe {
-        (*heap).init(arena, thread_id);
-        (*heap).live_next = pool.live;
-        if !pool.live.is_null() {
-            (*pool.live).live_prev = heap;
-        }
-    }
-    pool.live = heap;
+    // SAFETY: the heap is ours alone: fresh from the pool (mapped, aligned,
+    // writable memory that nothing else references).
+    unsafe { (*heap).init(arena, thread_id) };
     Some(heap)
 }
 
@@ -407,58 +399,7 @@ pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
 /// `heap` came from [`new_heap`] and nobody uses it any more.
 pub unsafe fn recycle_heap(heap: *mut Heap) {
     let mut pool = POOL.lock();
-    pool.unlink_live(heap);
     // SAFETY: the caller no longer uses the heap.
     unsafe { (*heap).pool_next = pool.free };
     pool.free = heap;
-}
-
-impl HeapPool {
-    fn unlink_live(&mut self, heap: *mut Heap) {
-        // SAFETY: `heap` is in the live list; its neighbours are valid.
-        unsafe {
-            let (prev, next) = ((*heap).live_prev, (*heap).live_next);
-            if prev.is_null() {
-                self.live = next;
-            } else {
-                (*prev).live_next = next;
-            }
-            if !next.is_null() {
-                (*next).live_prev = prev;
-            }
-        }
-    }
-}
-
-/// In the child after `fork`: hands the spans of every heap whose thread did
-/// not survive the fork to their arenas, so a new thread that happens to get
-/// the same thread id cannot mistake them for its own.
-///
-/// # Safety
-/// Only the calling thread exists, and no lock is held.
-pub unsafe fn abandon_heaps_of_other_threads(survivor: usize) {
-    let mut dead = ptr::null_mut::<Heap>();
-    {
-        let pool = POOL.lock();
-        let mut heap = pool.live;
-        while !heap.is_null() {
-            // SAFETY: live list members are valid heaps.
-            let h = unsafe { &mut *heap };
-            if h.thread_id != survivor {
-                h.pool_next = dead;
-                dead = heap;
-            }
-            heap = h.live_next;
-        }
-    }
-    while !dead.is_null() {
-        // SAFETY: collected above; their threads are gone.
-        let next = unsafe { (*dead).pool_next };
-        // SAFETY: as above.
-        unsafe {
-            (*dead).abandon_all();
-            recycle_heap(dead);
-        }
-        dead = next;
-    }
 }

@@ -77,7 +77,15 @@ fn round_map_size(bytes: usize) -> Option<usize> {
 /// Returns the block and whether its memory is known to be zero.
 pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u8, bool)> {
     let align = align.max(16);
-    if let Some(block) = arena.state.lock().large_cache.take(size, align) {
+    let (reused, expired) = {
+        let mut state = arena.state.lock();
+        let expired = state.large_cache.take_expired(os::now_ms());
+        (state.large_cache.take(size, align), expired)
+    };
+    for victim in expired.into_iter().flatten() {
+        unmap_block(victim);
+    }
+    if let Some(block) = reused {
         // SAFETY: cached headers are live mappings of ours.
         let b = unsafe { &mut *block };
         b.cached = false;
@@ -196,6 +204,12 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
     stats::large_live_sub(b.usable());
     // SAFETY: a large block's arena outlives its blocks.
     let arena = unsafe { &*b.header.arena };
+    if b.shifted {
+        // Cached blocks are reused only without a shifted header; do not let
+        // one occupy the cache.
+        unmap_block(header);
+        return;
+    }
     let evicted = {
         let mut state = arena.state.lock();
         b.cached = true;
@@ -257,8 +271,11 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
     let (old_base, old_size, offset) = (b.map_base, b.map_size, b.offset());
     unregister(header);
     if !os::remap_to(old_base, old_size, new_map, dest) {
+        // The kernel may already have unmapped `dest` before failing, and
+        // another thread may have mapped something there since: never unmap
+        // it. The reservation is untouched address space; this path is rare
+        // (a block whose mapping was split by the program, e.g. mprotect).
         register(header);
-        os::unmap(dest, new_map);
         return None;
     }
     let moved = dest.cast::<LargeBlock>();
@@ -326,15 +343,9 @@ impl LargeCache {
             out[0] = Some(block);
             return out;
         }
-        for i in 0..CACHE_SLOTS {
-            let slot = self.slots[i];
-            // SAFETY: non-null slots are live cached headers.
-            if !slot.is_null()
-                && now.saturating_sub(unsafe { (*slot).freed_at_ms }) > CACHE_MAX_AGE_MS
-            {
-                out[n] = Some(self.evict(i));
-                n += 1;
-            }
+        for victim in self.take_expired(now).into_iter().flatten() {
+            out[n] = Some(victim);
+            n += 1;
         }
         while self.bytes + size > CACHE_MAX_BYTES || self.slots.iter().all(|s| !s.is_null()) {
             let Some(oldest) = self.oldest() else { break };
@@ -344,6 +355,24 @@ impl LargeCache {
         let free_slot = self.slots.iter().position(|s| s.is_null()).unwrap_or(0);
         self.slots[free_slot] = block;
         self.bytes += size;
+        out
+    }
+
+    /// Removes the blocks cached for longer than `CACHE_MAX_AGE_MS`; the
+    /// caller unmaps them (outside the lock).
+    fn take_expired(&mut self, now_ms: u64) -> [Option<*mut LargeBlock>; CACHE_SLOTS] {
+        let mut out = [None; CACHE_SLOTS];
+        for (i, out) in out.iter_mut().enumerate() {
+            let slot = self.slots[i];
+            if slot.is_null() {
+                continue;
+            }
+            // SAFETY: non-null slots are live cached headers.
+            let age = now_ms.saturating_sub(unsafe { (*slot).freed_at_ms });
+            if age > CACHE_MAX_AGE_MS {
+                *out = Some(self.evict(i));
+            }
+        }
         out
     }
 

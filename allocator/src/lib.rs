@@ -135,12 +135,13 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
 
 /// Allocates `size` zeroed bytes aligned to `align`.
 pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
+    let align = align.max(MIN_ALIGN);
     if size > MEDIUM_MAX || align > segment::SLICE_SIZE {
         if !align.is_power_of_two() {
             os::set_errno(libc::EINVAL);
             return ptr::null_mut();
         }
-        return alloc_large(size, align.max(MIN_ALIGN), true);
+        return alloc_large(size, align, true);
     }
     let p = malloc_aligned(size, align);
     if !p.is_null() {
@@ -184,11 +185,7 @@ pub unsafe fn free(p: *mut u8) {
     match owner_of(p, "free") {
         Owner::Span(span) => {
             // SAFETY: `span` is the live span that holds `p`.
-            let owner = unsafe {
-                (*span)
-                    .owner_thread
-                    .load(core::sync::atomic::Ordering::Relaxed)
-            };
+            let owner = unsafe { (*span).owner_thread() };
             if owner == thread::current_thread_id() {
                 // SAFETY: this thread owns the span; `p` is its block.
                 unsafe { heap::free_local(span, p.cast::<Block>()) };
@@ -205,13 +202,17 @@ pub unsafe fn free(p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
-    // SAFETY: the span metadata is live (its segment is mapped).
-    let s = unsafe { &*span };
-    if s.state() == SpanState::Free || !s.is_block_start(p) {
-        diag::fatal_pointer("free", "pointer is not a block in use", p);
+    {
+        // SAFETY: the span metadata is live (its segment is mapped, and it
+        // holds `p`); this reference ends before the push below, after which
+        // the owner may recycle the span.
+        let s = unsafe { &*span };
+        if s.state() == SpanState::Free || !s.is_block_start(p) {
+            diag::fatal_pointer("free", "pointer is not a block in use", p);
+        }
     }
     // SAFETY: `p` is a live block of `span` given up by the caller.
-    unsafe { span::free_remote(s, p.cast::<Block>()) };
+    unsafe { span::free_remote(span, p.cast::<Block>()) };
 }
 
 /// Bytes usable in the block `p` (at least what was asked for).
@@ -224,7 +225,7 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
     match owner_of(p, "malloc_usable_size") {
         // SAFETY: live span metadata.
-        Owner::Span(span) => unsafe { (*span).block_size as usize },
+        Owner::Span(span) => unsafe { (*span).block_size() },
         // SAFETY: `block` is the header the ownership map gives for `p`.
         Owner::Large(block) => unsafe { large::usable_size(block, p) },
     }
@@ -256,7 +257,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     let old_usable = match owner_of(p, "realloc") {
         Owner::Span(span) => {
             // SAFETY: live span metadata.
-            let usable = unsafe { (*span).block_size } as usize;
+            let usable = unsafe { (*span).block_size() };
             // Keep the block if it fits and would not be mostly empty.
             if new_size <= usable && (new_size >= usable / 2 || usable <= 128) {
                 return p;

@@ -17,12 +17,13 @@
 //! The [`OwnershipMap`] (one bit per 4 MiB of address space) says whether an
 //! address is in a segment of ours before anything is read from it.
 
+use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arena::Arena;
 use crate::os;
-use crate::span::{Span, SpanState};
+use crate::span::Span;
 
 pub const SEGMENT_SHIFT: usize = 22;
 pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
@@ -50,18 +51,20 @@ pub struct SegmentHeader {
     pub arena: *const Arena,
 }
 
-/// A segment of spans. Lives at the start of its own slice 0.
+/// A segment of spans. Lives at the start of its own slice 0. Reached only
+/// through shared references: the span table is shared with the spans'
+/// owners, and the arena-lock fields are `Cell`s.
 #[repr(C)]
 pub struct Segment {
     pub header: SegmentHeader,
     /// Bit `i` set: slice `i` is free. Arena lock.
-    pub free_slices: u64,
+    free_slices: Cell<u64>,
     /// Bit `i` set: slice `i` may hold resident pages (it was used since it
     /// was last discarded). Arena lock.
-    pub dirty_slices: u64,
+    dirty_slices: Cell<u64>,
     /// Links in the arena's segment list. Arena lock.
-    pub next: *mut Segment,
-    pub prev: *mut Segment,
+    pub next: Cell<*mut Segment>,
+    pub prev: Cell<*mut Segment>,
     pub spans: [Span; SLICES_PER_SEGMENT],
 }
 
@@ -74,16 +77,15 @@ impl Segment {
         os::no_huge_pages(base, SEGMENT_SIZE);
         let segment = base.cast::<Segment>();
         // SAFETY: the mapping is fresh, zeroed and large enough for the header
-        // (checked at compile time above); zero is a valid `Span` (Free, null
-        // pointers), so only the fields below need writing.
+        // (checked at compile time above). All-zero bytes are a valid
+        // `Segment` body (free spans, null links, empty bitmaps), so only the
+        // header and the free bitmap need writing, through raw pointers.
         unsafe {
-            (*segment).header = SegmentHeader {
+            ptr::addr_of_mut!((*segment).header).write(SegmentHeader {
                 kind: SegmentKind::Spans,
                 arena,
-            };
-            (*segment).free_slices = USABLE_SLICES;
-            (*segment).next = ptr::null_mut();
-            (*segment).prev = ptr::null_mut();
+            });
+            ptr::addr_of_mut!((*segment).free_slices).write(Cell::new(USABLE_SLICES));
         }
         OWNERSHIP.insert(base as usize, false);
         crate::stats::mapped_add(SEGMENT_SIZE);
@@ -101,7 +103,7 @@ impl Segment {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.free_slices == USABLE_SLICES
+        self.free_slices.get() == USABLE_SLICES
     }
 
     /// Address of slice `index`.
@@ -111,45 +113,44 @@ impl Segment {
 
     /// Takes `count` contiguous free slices and returns the head span,
     /// initialised for `class`. Arena lock.
-    pub fn take_span(&mut self, count: usize, class: u8, block_size: usize) -> Option<*mut Span> {
-        let first = find_free_run(self.free_slices, count)?;
+    pub fn take_span(&self, count: usize, class: u8, block_size: usize) -> Option<*mut Span> {
+        let first = find_free_run(self.free_slices.get(), count)?;
         let run_mask = run_mask(first, count);
-        self.free_slices &= !run_mask;
-        self.dirty_slices |= run_mask;
-        for (offset, tail) in self.spans[first + 1..first + count].iter_mut().enumerate() {
-            tail.head_offset = (offset + 1) as u8;
-            tail.set_state(SpanState::Free);
+        self.free_slices.set(self.free_slices.get() & !run_mask);
+        self.dirty_slices.set(self.dirty_slices.get() | run_mask);
+        for (offset, tail) in self.spans[first + 1..first + count].iter().enumerate() {
+            tail.init_tail(offset + 1);
         }
-        let start = self.slice_start(first);
-        let head = &mut self.spans[first];
-        head.init(start, count * SLICE_SIZE, class, block_size);
-        head.slice_count = count as u8;
-        head.head_offset = 0;
-        Some(head as *mut Span)
+        let head = &self.spans[first];
+        head.init(
+            self.slice_start(first),
+            count,
+            count * SLICE_SIZE,
+            class,
+            block_size,
+        );
+        Some(head as *const Span as *mut Span)
     }
 
     /// Gives a span's slices back to the segment. Arena lock.
     ///
     /// # Safety
     /// `span` is a head span of this segment with no live block.
-    pub unsafe fn release_span(&mut self, span: *mut Span) {
+    pub unsafe fn release_span(&self, span: *mut Span) {
         let index = self.span_index(span);
         // SAFETY: the caller passes a head span of this segment.
-        let count = unsafe { (*span).slice_count } as usize;
-        // SAFETY: as above.
-        unsafe {
-            (*span).set_state(SpanState::Free);
-            (*span).block_size = 0;
-            (*span).owner_thread.store(0, Ordering::Relaxed);
-            (*span).heap = ptr::null_mut();
-        }
-        self.free_slices |= run_mask(index, count);
+        let s = unsafe { &*span };
+        let count = s.slice_count();
+        s.clear();
+        self.free_slices
+            .set(self.free_slices.get() | run_mask(index, count));
     }
 
     /// Returns the resident pages of free slices to the OS; returns the
     /// bytes discarded. Arena lock.
-    pub fn discard_free_slices(&mut self) -> usize {
-        let mut todo = self.free_slices & self.dirty_slices;
+    pub fn discard_free_slices(&self) -> usize {
+        let free = self.free_slices.get();
+        let mut todo = free & self.dirty_slices.get();
         let mut discarded = 0;
         while todo != 0 {
             let first = todo.trailing_zeros() as usize;
@@ -158,8 +159,23 @@ impl Segment {
             discarded += count * SLICE_SIZE;
             todo &= !run_mask(first, count);
         }
-        self.dirty_slices &= !self.free_slices;
+        self.dirty_slices.set(self.dirty_slices.get() & !free);
         discarded
+    }
+
+    /// Head spans in use, in slice order. Arena lock (their `used` and state
+    /// are read racily, as statistics).
+    pub fn for_each_span(&self, mut f: impl FnMut(&Span)) {
+        let mut i = FIRST_USABLE_SLICE;
+        while i < SLICES_PER_SEGMENT {
+            let span = &self.spans[i];
+            if self.free_slices.get() & (1 << i) == 0 && span.head_offset() == 0 {
+                f(span);
+                i += span.slice_count().max(1);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn span_index(&self, span: *const Span) -> usize {
@@ -202,10 +218,11 @@ pub fn segment_base(p: usize) -> usize {
 #[inline(always)]
 pub unsafe fn span_of(segment: *mut Segment, p: *mut u8) -> *mut Span {
     let slice = (p as usize - segment as usize) >> SLICE_SHIFT;
-    // SAFETY: `slice` < SLICES_PER_SEGMENT because `p` is inside `segment`.
+    // SAFETY: `slice` < SLICES_PER_SEGMENT because `p` is inside `segment`,
+    // and a slice's head_offset never leads outside its segment.
     unsafe {
-        let entry = (*segment).spans.as_mut_ptr().add(slice);
-        entry.sub((*entry).head_offset as usize)
+        let entry = ptr::addr_of!((*segment).spans).cast::<Span>().add(slice);
+        entry.sub((*entry).head_offset()).cast_mut()
     }
 }
 

@@ -12,7 +12,11 @@
 //! `used` counts blocks handed out and not yet back on `free`. It is written
 //! only by the owner (plain load/store, never a read-modify-write) and read
 //! racily by statistics.
+//!
+//! Span metadata is only ever reached through shared references: the
+//! owner's fields are `Cell`s, what other threads touch is atomic.
 
+use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
@@ -41,80 +45,121 @@ pub enum SpanState {
     Abandoned = 4,
 }
 
+/// Span metadata. Shared between threads through `&Span` only: fields that
+/// only the owner (or the arena-lock holder) writes are `Cell`s, fields that
+/// other threads read or write are atomics (relaxed loads and stores compile
+/// to plain moves).
 #[repr(C)]
 pub struct Span {
     /// Owner's free list.
-    pub free: *mut Block,
+    free: Cell<*mut Block>,
     /// Blocks out (including remote frees not yet collected; plus one while
     /// the span is its heap's current span, so the owner's free path never
     /// sees zero for it).
-    pub used: AtomicU32,
-    pub block_size: u32,
-    /// Blocks carved from the bump region so far.
-    pub capacity: u32,
-    /// Blocks that fit in the span.
-    pub reserved: u32,
-    pub class: u8,
-    /// A `SpanState`; atomic only so statistics may read it while the owner
-    /// changes it (plain loads and stores, no read-modify-write).
+    used: AtomicU32,
+    /// Block size; set while the span has no live block, read by any thread
+    /// holding one of its blocks.
+    block_size: AtomicU32,
+    /// Blocks carved from the bump region so far. Owner only.
+    capacity: Cell<u32>,
+    /// Blocks that fit in the span (fixed while the span is in use).
+    reserved: AtomicU32,
+    class: Cell<u8>,
+    /// A `SpanState`.
     state: AtomicU8,
-    /// Slices in this span (valid in the head slice).
-    pub slice_count: u8,
-    /// Distance in slices from this slice to its span's head slice.
-    pub head_offset: u8,
-    /// Thread that owns the span (0: none). Compared on every free to tell a
-    /// local free from a remote one.
-    pub owner_thread: AtomicUsize,
+    /// Slices in this span (valid in the head slice). Arena lock.
+    slice_count: Cell<u8>,
+    /// Distance in slices from this slice to its span's head slice; read by
+    /// `free` from any thread, written only while the slice holds no block.
+    head_offset: AtomicU8,
+    /// Thread that owns the span (0: none; `DEAD_OWNER`: a thread that did
+    /// not survive a fork). Compared on every free to tell a local free from
+    /// a remote one.
+    owner_thread: AtomicUsize,
     /// Owning heap (null when free or abandoned). Owner and arena lock only.
-    pub heap: *mut Heap,
+    heap: Cell<*mut Heap>,
     /// Blocks freed by threads other than the owner.
-    pub thread_free: AtomicPtr<Block>,
-    /// First block.
-    pub start: *mut u8,
+    thread_free: AtomicPtr<Block>,
+    /// First block (fixed while the span is in use).
+    start: AtomicPtr<u8>,
     /// Links in a heap list or the arena's abandoned list.
-    pub next: *mut Span,
-    pub prev: *mut Span,
+    next: Cell<*mut Span>,
+    prev: Cell<*mut Span>,
 }
+
+// SAFETY: the `Cell` fields follow an ownership protocol: only the thread in
+// `owner_thread` (or, for spans with no owner, the holder of the arena lock)
+// reads or writes them, and ownership changes hands under the arena lock.
+// Everything other threads touch is atomic.
+unsafe impl Sync for Span {}
+
+/// `owner_thread` of spans whose thread did not survive a `fork`: never equal
+/// to a real thread pointer, so frees to them always take the remote path.
+pub const DEAD_OWNER: usize = 1;
 
 impl Span {
     /// A span that has no blocks: every heap's `current` entry points at one
     /// of these until it has a real span, so the fast path needs no null test.
     pub const fn empty() -> Span {
         Span {
-            free: ptr::null_mut(),
+            free: Cell::new(ptr::null_mut()),
             used: AtomicU32::new(0),
-            block_size: 0,
-            capacity: 0,
-            reserved: 0,
-            class: 0,
+            block_size: AtomicU32::new(0),
+            capacity: Cell::new(0),
+            reserved: AtomicU32::new(0),
+            class: Cell::new(0),
             state: AtomicU8::new(SpanState::Free as u8),
-            slice_count: 0,
-            head_offset: 0,
+            slice_count: Cell::new(0),
+            head_offset: AtomicU8::new(0),
             owner_thread: AtomicUsize::new(0),
-            heap: ptr::null_mut(),
+            heap: Cell::new(ptr::null_mut()),
             thread_free: AtomicPtr::new(ptr::null_mut()),
-            start: ptr::null_mut(),
-            next: ptr::null_mut(),
-            prev: ptr::null_mut(),
+            start: AtomicPtr::new(ptr::null_mut()),
+            next: Cell::new(ptr::null_mut()),
+            prev: Cell::new(ptr::null_mut()),
         }
     }
 
     /// Sets up a span of `slice_count` slices at `start` for blocks of
-    /// `block_size` bytes. Slices are fresh or retired, so no block is live.
-    pub fn init(&mut self, start: *mut u8, slice_bytes: usize, class: u8, block_size: usize) {
-        self.free = ptr::null_mut();
+    /// `block_size` bytes. Arena lock; the slices hold no live block.
+    pub fn init(
+        &self,
+        start: *mut u8,
+        slice_count: usize,
+        slice_bytes: usize,
+        class: u8,
+        block_size: usize,
+    ) {
+        self.free.set(ptr::null_mut());
         self.used.store(0, Ordering::Relaxed);
-        self.block_size = block_size as u32;
-        self.capacity = 0;
-        self.reserved = (slice_bytes / block_size) as u32;
-        self.class = class;
+        self.block_size.store(block_size as u32, Ordering::Relaxed);
+        self.capacity.set(0);
+        self.reserved
+            .store((slice_bytes / block_size) as u32, Ordering::Relaxed);
+        self.class.set(class);
         self.set_state(SpanState::Free);
+        self.slice_count.set(slice_count as u8);
+        self.head_offset.store(0, Ordering::Relaxed);
         self.owner_thread.store(0, Ordering::Relaxed);
-        self.heap = ptr::null_mut();
+        self.heap.set(ptr::null_mut());
         self.thread_free.store(ptr::null_mut(), Ordering::Relaxed);
-        self.start = start;
-        self.next = ptr::null_mut();
-        self.prev = ptr::null_mut();
+        self.start.store(start, Ordering::Relaxed);
+        self.next.set(ptr::null_mut());
+        self.prev.set(ptr::null_mut());
+    }
+
+    /// Marks a slice as the `offset`-th tail slice of a span. Arena lock.
+    pub fn init_tail(&self, offset: usize) {
+        self.head_offset.store(offset as u8, Ordering::Relaxed);
+        self.set_state(SpanState::Free);
+    }
+
+    /// Returns the span to the free state. Arena lock; no live block.
+    pub fn clear(&self) {
+        self.set_state(SpanState::Free);
+        self.block_size.store(0, Ordering::Relaxed);
+        self.owner_thread.store(0, Ordering::Relaxed);
+        self.heap.set(ptr::null_mut());
     }
 
     #[inline(always)]
@@ -149,28 +194,78 @@ impl Span {
         self.used.store(value, Ordering::Relaxed)
     }
 
+    #[inline(always)]
+    pub fn free_head(&self) -> *mut Block {
+        self.free.get()
+    }
+
+    #[inline(always)]
+    pub fn set_free_head(&self, block: *mut Block) {
+        self.free.set(block)
+    }
+
+    #[inline(always)]
+    pub fn block_size(&self) -> usize {
+        self.block_size.load(Ordering::Relaxed) as usize
+    }
+
+    pub fn class(&self) -> usize {
+        self.class.get() as usize
+    }
+
+    pub fn slice_count(&self) -> usize {
+        self.slice_count.get() as usize
+    }
+
+    #[inline(always)]
+    pub fn head_offset(&self) -> usize {
+        self.head_offset.load(Ordering::Relaxed) as usize
+    }
+
+    #[inline(always)]
+    pub fn owner_thread(&self) -> usize {
+        self.owner_thread.load(Ordering::Relaxed)
+    }
+
+    /// Hands the span to a heap of thread `thread_id` (arena lock or owner).
+    pub fn set_owner(&self, heap: *mut Heap, thread_id: usize) {
+        self.heap.set(heap);
+        self.owner_thread.store(thread_id, Ordering::Relaxed);
+    }
+
+    pub fn heap(&self) -> *mut Heap {
+        self.heap.get()
+    }
+
+    pub fn has_remote_frees(&self) -> bool {
+        !self.thread_free.load(Ordering::Relaxed).is_null()
+    }
+
     /// Whether `p` is the start of a block of this span (not an interior or
-    /// out-of-range pointer).
+    /// out-of-range pointer). Reads only fields that are fixed while the span
+    /// is in use, so any thread may ask.
     pub fn is_block_start(&self, p: *mut u8) -> bool {
-        let offset = (p as usize).wrapping_sub(self.start as usize);
-        self.block_size != 0
-            && offset < self.capacity as usize * self.block_size as usize
-            && offset.is_multiple_of(self.block_size as usize)
+        let size = self.block_size();
+        let offset = (p as usize).wrapping_sub(self.start.load(Ordering::Relaxed) as usize);
+        size != 0
+            && offset < self.reserved.load(Ordering::Relaxed) as usize * size
+            && offset.is_multiple_of(size)
     }
 
     /// Carves more never-used blocks onto the free list: about a page worth,
     /// at least one. Owner only. Returns false if the span is fully carved.
-    pub fn extend(&mut self) -> bool {
-        let left = self.reserved - self.capacity;
+    pub fn extend(&self) -> bool {
+        let capacity = self.capacity.get();
+        let left = self.reserved.load(Ordering::Relaxed) - capacity;
         if left == 0 {
             return false;
         }
-        let per_page = (PAGE_SIZE / self.block_size as usize).max(1) as u32;
+        let size = self.block_size();
+        let per_page = (PAGE_SIZE / size).max(1) as u32;
         let count = left.min(per_page);
-        let size = self.block_size as usize;
-        let first = self.start as usize + self.capacity as usize * size;
+        let first = self.start.load(Ordering::Relaxed) as usize + capacity as usize * size;
         // Link in address order so consecutive mallocs are adjacent.
-        let mut next = self.free;
+        let mut next = self.free.get();
         let mut i = count as usize;
         while i > 0 {
             i -= 1;
@@ -180,57 +275,70 @@ impl Span {
             unsafe { (*block).next = next };
             next = block;
         }
-        self.free = next;
-        self.capacity += count;
+        self.free.set(next);
+        self.capacity.set(capacity + count);
         true
     }
 
     /// Moves blocks freed by other threads onto the owner's free list and
     /// returns how many there were. Owner only.
-    pub fn collect_remote(&mut self) -> u32 {
-        if self.thread_free.load(Ordering::Relaxed).is_null() {
+    pub fn collect_remote(&self) -> u32 {
+        if !self.has_remote_frees() {
             return 0;
         }
         let mut list = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut free = self.free.get();
         let mut count = 0u32;
         while !list.is_null() {
             // SAFETY: every block on thread_free was pushed by `free_remote`
             // and is not live; the Acquire swap made its link visible.
             let next = unsafe { (*list).next };
             // SAFETY: as above; the block is ours again, relink it.
-            unsafe { (*list).next = self.free };
-            self.free = list;
+            unsafe { (*list).next = free };
+            free = list;
             list = next;
             count += 1;
         }
-        self.set_used(self.used() - count);
+        self.free.set(free);
+        match self.used().checked_sub(count) {
+            Some(used) => self.set_used(used),
+            None => crate::diag::fatal("more blocks freed than allocated in a span (double free)"),
+        }
         count
     }
 
     /// Whether the owner can hand out a block from this span without more
     /// work than `extend`.
     pub fn has_room(&self) -> bool {
-        !self.free.is_null() || self.capacity < self.reserved
+        !self.free.get().is_null() || self.capacity.get() < self.reserved.load(Ordering::Relaxed)
     }
 }
 
 /// Pushes `block` on `span`'s remote list: one atomic operation (a CAS,
-/// retried only if another thread pushed at the same moment).
+/// retried only if another thread pushed at the same moment). Aborts on a
+/// block pushed twice in a row (a double free).
 ///
 /// # Safety
-/// `block` is a live block of `span` that the caller gives up.
+/// `span` is the live span that holds `block`, a live block that the caller
+/// gives up. After the push the owner may recycle the span at any time, so
+/// nothing of it is touched once the CAS succeeds.
 #[inline]
-pub unsafe fn free_remote(span: &Span, block: *mut Block) {
-    let mut head = span.thread_free.load(Ordering::Relaxed);
+pub unsafe fn free_remote(span: *const Span, block: *mut Block) {
+    // SAFETY: the span is live until our push lands (it holds `block`).
+    let list = unsafe { ptr::addr_of!((*span).thread_free) };
+    // SAFETY: as above.
+    let mut head = unsafe { (*list).load(Ordering::Relaxed) };
     loop {
+        if head == block {
+            crate::diag::fatal_pointer("free", "double free", block.cast());
+        }
         // SAFETY: the caller gave up `block`; its first word is ours to use.
         unsafe { (*block).next = head };
-        match span.thread_free.compare_exchange_weak(
-            head,
-            block,
-            Ordering::Release,
-            Ordering::Relaxed,
-        ) {
+        // SAFETY: as above; the reference lives only for the CAS.
+        let result = unsafe {
+            (*list).compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed)
+        };
+        match result {
             Ok(_) => return,
             Err(actual) => head = actual,
         }
@@ -260,12 +368,12 @@ impl SpanList {
         // SAFETY: caller guarantees `span` is valid and unlinked; list
         // members are valid while linked.
         unsafe {
-            (*span).next = ptr::null_mut();
-            (*span).prev = self.tail;
+            (*span).next.set(ptr::null_mut());
+            (*span).prev.set(self.tail);
             if self.tail.is_null() {
                 self.head = span;
             } else {
-                (*self.tail).next = span;
+                (*self.tail).next.set(span);
             }
         }
         self.tail = span;
@@ -276,19 +384,19 @@ impl SpanList {
     pub unsafe fn remove(&mut self, span: *mut Span) {
         // SAFETY: members of the list and their neighbours are valid.
         unsafe {
-            let (prev, next) = ((*span).prev, (*span).next);
+            let (prev, next) = ((*span).prev.get(), (*span).next.get());
             if prev.is_null() {
                 self.head = next;
             } else {
-                (*prev).next = next;
+                (*prev).next.set(next);
             }
             if next.is_null() {
                 self.tail = prev;
             } else {
-                (*next).prev = prev;
+                (*next).prev.set(prev);
             }
-            (*span).next = ptr::null_mut();
-            (*span).prev = ptr::null_mut();
+            (*span).next.set(ptr::null_mut());
+            (*span).prev.set(ptr::null_mut());
         }
     }
 
@@ -300,5 +408,14 @@ impl SpanList {
         // SAFETY: the head is a member of this list.
         unsafe { self.remove(span) };
         Some(span)
+    }
+
+    /// The member after `span`.
+    ///
+    /// # Safety
+    /// `span` is a member of this list.
+    pub unsafe fn next_of(span: *mut Span) -> *mut Span {
+        // SAFETY: members are valid.
+        unsafe { (*span).next.get() }
     }
 }

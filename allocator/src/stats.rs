@@ -73,23 +73,18 @@ pub fn snapshot() -> Stats {
     };
     s.live_bytes = s.large_live_bytes;
     for_each_arena(|arena| {
-        let mut state = arena.state.lock();
+        let state = arena.state.lock();
         state.for_each_segment(|segment| {
             s.segments += 1;
-            let mut i = crate::segment::FIRST_USABLE_SLICE;
-            while i < segment.spans.len() {
-                let span = &segment.spans[i];
+            segment.for_each_span(|span| {
                 let state = span.state();
-                let mut count = 1;
-                if state != SpanState::Free && span.head_offset == 0 {
-                    count = (span.slice_count as usize).max(1);
+                if state != SpanState::Free {
                     let pin = u32::from(state == SpanState::Current);
                     let blocks = span.used().saturating_sub(pin) as usize;
                     s.live_blocks += blocks;
-                    s.live_bytes += blocks * span.block_size as usize;
+                    s.live_bytes += blocks * span.block_size();
                 }
-                i += count;
-            }
+            });
         });
     });
     s

@@ -10,7 +10,7 @@
 extern crate std;
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arena::{for_each_arena, DEFAULT_ARENA};
 use crate::heap::{self, Heap, EMPTY_HEAP};
@@ -66,18 +66,24 @@ const UNINIT: u8 = 0;
 const RUNNING: u8 = 1;
 const READY: u8 = 2;
 static INIT_STATE: AtomicU8 = AtomicU8::new(UNINIT);
+/// The thread running the one-time set-up, so that an allocation it makes
+/// from inside `pthread_atfork` (musl's does) proceeds instead of waiting for
+/// itself.
+static INIT_THREAD: AtomicUsize = AtomicUsize::new(0);
 static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
 
-/// One-time set-up: the thread-exit key, then the fork handlers. Safe to
-/// re-enter: `READY` is published before anything that might call malloc.
+/// One-time set-up: the thread-exit key, then the fork handlers, before any
+/// thread allocates. Safe to re-enter from the set-up thread itself.
 fn ensure_init() {
     if INIT_STATE.load(Ordering::Acquire) == READY {
         return;
     }
+    let me = current_thread_id();
     if INIT_STATE
         .compare_exchange(UNINIT, RUNNING, Ordering::Acquire, Ordering::Acquire)
         .is_ok()
     {
+        INIT_THREAD.store(me, Ordering::Relaxed);
         let mut key: libc::pthread_key_t = 0;
         // SAFETY: `key` is a valid out-pointer; the destructor is an
         // `extern "C"` function that lives forever.
@@ -86,9 +92,13 @@ fn ensure_init() {
             crate::diag::fatal("pthread_key_create failed");
         }
         THREAD_KEY.store(key, Ordering::Relaxed);
-        INIT_STATE.store(READY, Ordering::Release);
         // SAFETY: the handlers are `extern "C"` functions that live forever.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        INIT_STATE.store(READY, Ordering::Release);
+        return;
+    }
+    if INIT_THREAD.load(Ordering::Relaxed) == me {
+        // Re-entered from pthread_atfork: the key already exists.
         return;
     }
     while INIT_STATE.load(Ordering::Acquire) != READY {
@@ -100,13 +110,22 @@ fn ensure_init() {
 #[cold]
 pub fn heap_for_current_thread() -> Option<*mut Heap> {
     ensure_init();
+    // The set-up may have allocated (re-entrantly) and so created the heap.
+    let existing = current_heap();
+    if existing != heap::empty_heap() {
+        return Some(existing);
+    }
     let heap = heap::new_heap(&DEFAULT_ARENA, current_thread_id())?;
     set_current_heap(heap);
     // Register for thread exit after the heap is in place: this call may
     // allocate (glibc calloc's key blocks past the first 32 keys), and that
     // allocation must find the heap.
     // SAFETY: the key was created in `ensure_init`.
-    unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
+    let rc = unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
+    if rc != 0 {
+        // Without the key the heap would outlive its thread unnoticed.
+        crate::diag::fatal("pthread_setspecific failed");
+    }
     Some(heap)
 }
 
@@ -150,6 +169,9 @@ extern "C" fn fork_child() {
     unsafe { heap::POOL.force_unlock() };
     // SAFETY: as above.
     for_each_arena(|arena| unsafe { arena.state.force_unlock() });
-    // SAFETY: only this thread exists and no lock is held.
-    unsafe { heap::abandon_heaps_of_other_threads(current_thread_id()) };
+    // The other threads' heaps may have been caught mid-update: leave them
+    // alone (their memory stays with the child, as glibc's does), but make
+    // sure no new thread can take their spans for its own.
+    let survivor = current_thread_id();
+    for_each_arena(|arena| arena.state.lock().orphan_spans_of_other_threads(survivor));
 }
