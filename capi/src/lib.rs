@@ -186,7 +186,8 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 
 /// Accepts glibc's parameters (returns 1) so programs that tune glibc keep
 /// working; arenalloc's own behaviour is not changed by them. Unknown
-/// parameters return 0, as glibc does.
+/// parameters return 0, the documented failure value (glibc 2.36 returns 1
+/// for them too, which hides typos).
 #[unsafe(no_mangle)]
 pub extern "C" fn mallopt(param: c_int, _value: c_int) -> c_int {
     c_int::from(param == M_MXFAST || (M_ARENA_MAX..=-1).contains(&param))
