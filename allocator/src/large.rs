@@ -28,7 +28,10 @@ use crate::stats;
 /// How many freed large blocks an arena keeps.
 const CACHE_SLOTS: usize = 8;
 /// Most bytes of mappings the cache keeps.
-const CACHE_MAX_BYTES: usize = 256 << 20;
+const CACHE_MAX_BYTES: usize = 128 << 20;
+/// A cached block more than this many times the request is trimmed when
+/// reused.
+const SHRINK_RATIO: usize = 4;
 /// How long a freed large block is kept for reuse.
 pub const CACHE_MAX_AGE_MS: u64 = 1000;
 
@@ -79,16 +82,32 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
     let align = align.max(16);
     let (reused, expired) = {
         let mut state = arena.state.lock();
-        let expired = state.large_cache.take_expired(os::now_ms());
-        (state.large_cache.take(size, align), expired)
+        let cache = &mut state.large_cache;
+        if cache.is_empty() {
+            (None, [None; CACHE_SLOTS])
+        } else {
+            let expired = cache.take_expired(os::now_ms());
+            (cache.take(size, align), expired)
+        }
     };
     for victim in expired.into_iter().flatten() {
         unmap_block(victim);
     }
     if let Some(block) = reused {
-        // SAFETY: cached headers are live mappings of ours.
+        // SAFETY: cached headers are live mappings of ours, and this one is
+        // no longer in the cache.
         let b = unsafe { &mut *block };
         b.cached = false;
+        // A block much bigger than the request gives its tail back rather
+        // than pin it; its head pages stay warm.
+        if b.usable() / SHRINK_RATIO > size {
+            if let Some(new_map) = round_map_size(b.offset() + size) {
+                if new_map < b.map_size && os::remap_in_place(b.map_base, b.map_size, new_map) {
+                    stats::mapped_sub(b.map_size - new_map);
+                    b.map_size = new_map;
+                }
+            }
+        }
         stats::large_live_add(b.usable());
         return Some((b.block, false));
     }
@@ -294,18 +313,26 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
 pub struct LargeCache {
     slots: [*mut LargeBlock; CACHE_SLOTS],
     bytes: usize,
+    /// When the longest-cached block was freed (`u64::MAX`: empty), so that
+    /// most calls need not scan for expired blocks.
+    earliest_freed_ms: u64,
 }
 
 impl LargeCache {
     pub const EMPTY: LargeCache = LargeCache {
         slots: [ptr::null_mut(); CACHE_SLOTS],
         bytes: 0,
+        earliest_freed_ms: u64::MAX,
     };
 
-    /// Takes the best-fitting cached block for `size`/`align` (at most twice
-    /// the size needed, so a small request does not pin a huge mapping).
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Takes the smallest cached block that holds `size` bytes at `align`
+    /// (the caller trims it if it is much bigger).
     fn take(&mut self, size: usize, align: usize) -> Option<*mut LargeBlock> {
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, usize)> = None;
         for (i, &slot) in self.slots.iter().enumerate() {
             if slot.is_null() {
                 continue;
@@ -313,21 +340,13 @@ impl LargeCache {
             // SAFETY: non-null slots are live cached headers.
             let b = unsafe { &*slot };
             let usable = b.usable();
-            let fits = usable >= size
-                && usable / 2 <= size
-                && (b.block as usize).is_multiple_of(align)
-                && !b.shifted;
-            // SAFETY: `best` indexes a non-null slot.
-            if fits && best.is_none_or(|j| usable < unsafe { (*self.slots[j]).usable() }) {
-                best = Some(i);
+            let fits = usable >= size && (b.block as usize).is_multiple_of(align);
+            if fits && best.is_none_or(|(_, best_usable)| usable < best_usable) {
+                best = Some((i, usable));
             }
         }
-        let i = best?;
-        let block = self.slots[i];
-        self.slots[i] = ptr::null_mut();
-        // SAFETY: was a live cached header.
-        self.bytes -= unsafe { (*block).map_size };
-        Some(block)
+        let (i, _) = best?;
+        Some(self.evict(i))
     }
 
     /// Caches `block`; returns the blocks that must be unmapped to keep the
@@ -347,14 +366,19 @@ impl LargeCache {
             out[n] = Some(victim);
             n += 1;
         }
+        // Over the bounds, drop the smallest blocks first: a big cached block
+        // serves any smaller request, a small one only its own size.
         while self.bytes + size > CACHE_MAX_BYTES || self.slots.iter().all(|s| !s.is_null()) {
-            let Some(oldest) = self.oldest() else { break };
-            out[n] = Some(self.evict(oldest));
+            let Some(smallest) = self.smallest() else {
+                break;
+            };
+            out[n] = Some(self.evict(smallest));
             n += 1;
         }
         let free_slot = self.slots.iter().position(|s| s.is_null()).unwrap_or(0);
         self.slots[free_slot] = block;
         self.bytes += size;
+        self.earliest_freed_ms = self.earliest_freed_ms.min(now);
         out
     }
 
@@ -362,6 +386,9 @@ impl LargeCache {
     /// caller unmaps them (outside the lock).
     fn take_expired(&mut self, now_ms: u64) -> [Option<*mut LargeBlock>; CACHE_SLOTS] {
         let mut out = [None; CACHE_SLOTS];
+        if now_ms.saturating_sub(self.earliest_freed_ms) <= CACHE_MAX_AGE_MS {
+            return out;
+        }
         for (i, out) in out.iter_mut().enumerate() {
             let slot = self.slots[i];
             if slot.is_null() {
@@ -374,6 +401,21 @@ impl LargeCache {
             }
         }
         out
+    }
+
+    fn smallest(&self) -> Option<usize> {
+        let mut smallest: Option<(usize, usize)> = None;
+        for (i, &slot) in self.slots.iter().enumerate() {
+            if slot.is_null() {
+                continue;
+            }
+            // SAFETY: non-null slots are live cached headers.
+            let size = unsafe { (*slot).map_size };
+            if smallest.is_none_or(|(_, s)| size < s) {
+                smallest = Some((i, size));
+            }
+        }
+        smallest.map(|(i, _)| i)
     }
 
     fn oldest(&self) -> Option<usize> {
@@ -397,6 +439,10 @@ impl LargeCache {
         self.slots[i] = ptr::null_mut();
         // SAFETY: was a live cached header.
         self.bytes -= unsafe { (*block).map_size };
+        self.earliest_freed_ms = self
+            .oldest()
+            // SAFETY: `oldest` indexes a non-null slot.
+            .map_or(u64::MAX, |j| unsafe { (*self.slots[j]).freed_at_ms });
         block
     }
 
