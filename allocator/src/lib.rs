@@ -88,7 +88,12 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > MAX_ALLOC {
         return out_of_memory();
     }
-    match large::alloc(current_arena(), size, align) {
+    // The fork handlers must be in place before any arena lock is taken,
+    // even in a program whose first allocation is large.
+    thread::ensure_init();
+    // A zero-byte block still needs a byte of its own, or it would point
+    // just past its mapping.
+    match large::alloc(current_arena(), size.max(1), align) {
         Some((p, fresh)) => {
             if zero && !fresh {
                 // SAFETY: `p` has at least `size` usable bytes.
@@ -110,7 +115,7 @@ pub fn zalloc(size: usize) -> *mut u8 {
 /// (errno `ENOMEM`, or `EINVAL` for an alignment that is not a power of two).
 #[inline]
 pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
-    if align <= MIN_ALIGN {
+    if align <= MIN_ALIGN && align.is_power_of_two() {
         return malloc(size);
     }
     malloc_aligned_slow(size, align)
@@ -135,12 +140,12 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
 
 /// Allocates `size` zeroed bytes aligned to `align`.
 pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        os::set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
     let align = align.max(MIN_ALIGN);
     if size > MEDIUM_MAX || align > segment::SLICE_SIZE {
-        if !align.is_power_of_two() {
-            os::set_errno(libc::EINVAL);
-            return ptr::null_mut();
-        }
         return alloc_large(size, align, true);
     }
     let p = malloc_aligned(size, align);
@@ -291,6 +296,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
 /// segments, free slices' pages, cached large blocks. Returns the number of
 /// bytes released (0: nothing to release).
 pub fn trim() -> usize {
+    thread::ensure_init();
     let mut released = 0;
     arena::for_each_arena(|arena| {
         let cached = {
@@ -304,6 +310,7 @@ pub fn trim() -> usize {
 
 /// The allocator's figures now.
 pub fn stats() -> Stats {
+    thread::ensure_init();
     stats::snapshot()
 }
 

@@ -73,8 +73,9 @@ static INIT_THREAD: AtomicUsize = AtomicUsize::new(0);
 static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
 
 /// One-time set-up: the thread-exit key, then the fork handlers, before any
-/// thread allocates. Safe to re-enter from the set-up thread itself.
-fn ensure_init() {
+/// thread allocates. Safe to re-enter from the set-up thread itself. Called
+/// before the first use of any allocator lock.
+pub fn ensure_init() {
     if INIT_STATE.load(Ordering::Acquire) == READY {
         return;
     }
