@@ -38,7 +38,7 @@ impl Line {
                 break;
             }
         }
-        for &d in &digits[i..] {
+        for &d in digits.get(i..).unwrap_or(&[]) {
             self.text_byte(d);
         }
         self
@@ -74,7 +74,7 @@ impl Line {
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.get(..self.len).unwrap_or(&[])
     }
 
     /// Writes the line to stderr.

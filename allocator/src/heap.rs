@@ -163,7 +163,7 @@ unsafe fn free_local_slow(span: *mut Span) {
     let s = unsafe { &*span };
     // SAFETY: as above.
     let heap = unsafe { &mut *s.heap() };
-    let class = s.class();
+    let class = s.class().min(CLASS_COUNT - 1);
     match s.state() {
         SpanState::Full => {
             // SAFETY: a Full span is in its heap's full list.

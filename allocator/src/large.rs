@@ -329,6 +329,11 @@ impl LargeCache {
         self.bytes == 0
     }
 
+    /// Slot `i` (null when empty or out of range: indexing that cannot panic).
+    fn slot(&self, i: usize) -> *mut LargeBlock {
+        self.slots.get(i).copied().unwrap_or(ptr::null_mut())
+    }
+
     /// Takes the smallest cached block that holds `size` bytes at `align`
     /// (the caller trims it if it is much bigger).
     fn take(&mut self, size: usize, align: usize) -> Option<*mut LargeBlock> {
@@ -363,7 +368,9 @@ impl LargeCache {
             return out;
         }
         for victim in self.take_expired(now).into_iter().flatten() {
-            out[n] = Some(victim);
+            if let Some(o) = out.get_mut(n) {
+                *o = Some(victim);
+            }
             n += 1;
         }
         // Over the bounds, drop the smallest blocks first: a big cached block
@@ -372,7 +379,10 @@ impl LargeCache {
             let Some(smallest) = self.smallest() else {
                 break;
             };
-            out[n] = Some(self.evict(smallest));
+            let victim = self.evict(smallest);
+            if let Some(o) = out.get_mut(n) {
+                *o = Some(victim);
+            }
             n += 1;
         }
         let free_slot = self.slots.iter().position(|s| s.is_null()).unwrap_or(0);
@@ -390,7 +400,7 @@ impl LargeCache {
             return out;
         }
         for (i, out) in out.iter_mut().enumerate() {
-            let slot = self.slots[i];
+            let slot = self.slot(i);
             if slot.is_null() {
                 continue;
             }
@@ -427,7 +437,7 @@ impl LargeCache {
             // SAFETY: non-null slots are live cached headers.
             let t = unsafe { (*slot).freed_at_ms };
             // SAFETY: `oldest` indexes a non-null slot.
-            if oldest.is_none_or(|j| t < unsafe { (*self.slots[j]).freed_at_ms }) {
+            if oldest.is_none_or(|j| t < unsafe { (*self.slot(j)).freed_at_ms }) {
                 oldest = Some(i);
             }
         }
@@ -435,14 +445,19 @@ impl LargeCache {
     }
 
     fn evict(&mut self, i: usize) -> *mut LargeBlock {
-        let block = self.slots[i];
-        self.slots[i] = ptr::null_mut();
+        let block = self.slot(i);
+        if block.is_null() {
+            return block;
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = ptr::null_mut();
+        }
         // SAFETY: was a live cached header.
         self.bytes -= unsafe { (*block).map_size };
         self.earliest_freed_ms = self
             .oldest()
             // SAFETY: `oldest` indexes a non-null slot.
-            .map_or(u64::MAX, |j| unsafe { (*self.slots[j]).freed_at_ms });
+            .map_or(u64::MAX, |j| unsafe { (*self.slot(j)).freed_at_ms });
         block
     }
 
@@ -450,7 +465,7 @@ impl LargeCache {
     pub fn release_all(&mut self) -> usize {
         let mut released = 0;
         for i in 0..CACHE_SLOTS {
-            if !self.slots[i].is_null() {
+            if !self.slot(i).is_null() {
                 let block = self.evict(i);
                 // SAFETY: was a live cached header.
                 released += unsafe { (*block).map_size };

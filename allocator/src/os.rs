@@ -109,7 +109,7 @@ pub fn write_all(fd: i32, mut bytes: &[u8]) {
             }
             return;
         }
-        bytes = &bytes[n as usize..];
+        bytes = bytes.get(n as usize..).unwrap_or(&[]);
     }
 }
 

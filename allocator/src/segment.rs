@@ -118,10 +118,11 @@ impl Segment {
         let run_mask = run_mask(first, count);
         self.free_slices.set(self.free_slices.get() & !run_mask);
         self.dirty_slices.set(self.dirty_slices.get() | run_mask);
-        for (offset, tail) in self.spans[first + 1..first + count].iter().enumerate() {
-            tail.init_tail(offset + 1);
+        let run = self.spans.get(first..first + count)?;
+        for (offset, tail) in run.iter().enumerate().skip(1) {
+            tail.init_tail(offset);
         }
-        let head = &self.spans[first];
+        let head = run.first()?;
         head.init(
             self.slice_start(first),
             count,
@@ -276,7 +277,7 @@ impl OwnershipMap {
     pub fn header_of(&self, p: usize) -> Option<*mut SegmentHeader> {
         let base = segment_base(p);
         let (word, bit) = Self::bit(base)?;
-        if self.direct[word].load(Ordering::Acquire) & bit != 0 {
+        if self.direct.get(word)?.load(Ordering::Acquire) & bit != 0 {
             return Some(base as *mut SegmentHeader);
         }
         self.header_of_shifted(word, bit, base)
@@ -284,7 +285,7 @@ impl OwnershipMap {
 
     #[cold]
     fn header_of_shifted(&self, word: usize, bit: u64, base: usize) -> Option<*mut SegmentHeader> {
-        if self.shifted[word].load(Ordering::Acquire) & bit != 0 {
+        if self.shifted.get(word)?.load(Ordering::Acquire) & bit != 0 {
             Some((base - SEGMENT_SIZE) as *mut SegmentHeader)
         } else {
             None

@@ -134,8 +134,10 @@ impl Span {
         self.used.store(0, Ordering::Relaxed);
         self.block_size.store(block_size as u32, Ordering::Relaxed);
         self.capacity.set(0);
-        self.reserved
-            .store((slice_bytes / block_size) as u32, Ordering::Relaxed);
+        self.reserved.store(
+            slice_bytes.checked_div(block_size).unwrap_or(0) as u32,
+            Ordering::Relaxed,
+        );
         self.class.set(class);
         self.set_state(SpanState::Free);
         self.slice_count.set(slice_count as u8);
@@ -261,7 +263,7 @@ impl Span {
             return false;
         }
         let size = self.block_size();
-        let per_page = (PAGE_SIZE / size).max(1) as u32;
+        let per_page = PAGE_SIZE.checked_div(size).unwrap_or(0).max(1) as u32;
         let count = left.min(per_page);
         let first = self.start.load(Ordering::Relaxed) as usize + capacity as usize * size;
         // Link in address order so consecutive mallocs are adjacent.
