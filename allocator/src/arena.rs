@@ -39,9 +39,6 @@ pub struct ArenaState {
 // SAFETY: the raw pointers in ArenaState are only followed under the lock.
 unsafe impl Send for ArenaState {}
 
-/// The arena every thread uses unless told otherwise.
-pub static DEFAULT_ARENA: Arena = Arena::new();
-
 impl Arena {
     pub const fn new() -> Self {
         Self {
@@ -65,11 +62,7 @@ impl Default for Arena {
     }
 }
 
-/// Calls `f` for every arena. (One arena for now; the arena registry will
-/// extend this.)
-pub fn for_each_arena(mut f: impl FnMut(&'static Arena)) {
-    f(&DEFAULT_ARENA);
-}
+pub use crate::registry::{default_arena, for_each_arena};
 
 impl ArenaState {
     /// A fresh span of `class` from this arena's segments, mapping a new

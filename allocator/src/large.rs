@@ -313,8 +313,9 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
 pub struct LargeCache {
     slots: [*mut LargeBlock; CACHE_SLOTS],
     bytes: usize,
-    /// When the longest-cached block was freed (`u64::MAX`: empty), so that
-    /// most calls need not scan for expired blocks.
+    /// When the longest-cached block was freed (0: empty, so that arenas
+    /// stay all-zero statics in `.bss`), so that most calls need not scan
+    /// for expired blocks.
     earliest_freed_ms: u64,
 }
 
@@ -322,7 +323,7 @@ impl LargeCache {
     pub const EMPTY: LargeCache = LargeCache {
         slots: [ptr::null_mut(); CACHE_SLOTS],
         bytes: 0,
-        earliest_freed_ms: u64::MAX,
+        earliest_freed_ms: 0,
     };
 
     fn is_empty(&self) -> bool {
@@ -388,7 +389,10 @@ impl LargeCache {
         let free_slot = self.slots.iter().position(|s| s.is_null()).unwrap_or(0);
         self.slots[free_slot] = block;
         self.bytes += size;
-        self.earliest_freed_ms = self.earliest_freed_ms.min(now);
+        self.earliest_freed_ms = match self.earliest_freed_ms {
+            0 => now,
+            earliest => earliest.min(now),
+        };
         out
     }
 
@@ -396,7 +400,9 @@ impl LargeCache {
     /// caller unmaps them (outside the lock).
     fn take_expired(&mut self, now_ms: u64) -> [Option<*mut LargeBlock>; CACHE_SLOTS] {
         let mut out = [None; CACHE_SLOTS];
-        if now_ms.saturating_sub(self.earliest_freed_ms) <= CACHE_MAX_AGE_MS {
+        if self.earliest_freed_ms == 0
+            || now_ms.saturating_sub(self.earliest_freed_ms) <= CACHE_MAX_AGE_MS
+        {
             return out;
         }
         for (i, out) in out.iter_mut().enumerate() {
@@ -457,7 +463,7 @@ impl LargeCache {
         self.earliest_freed_ms = self
             .oldest()
             // SAFETY: `oldest` indexes a non-null slot.
-            .map_or(u64::MAX, |j| unsafe { (*self.slot(j)).freed_at_ms });
+            .map_or(0, |j| unsafe { (*self.slot(j)).freed_at_ms });
         block
     }
 

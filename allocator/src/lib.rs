@@ -27,6 +27,7 @@ pub mod diag;
 pub mod heap;
 pub mod large;
 pub mod os;
+pub mod registry;
 pub mod segment;
 pub mod size_class;
 pub mod span;
@@ -36,7 +37,7 @@ pub mod thread;
 
 use core::ptr;
 
-use arena::{Arena, DEFAULT_ARENA};
+use arena::Arena;
 use segment::{Segment, SegmentKind, OWNERSHIP};
 use size_class::{class_of_aligned, class_size, MEDIUM_MAX};
 use span::{Block, SpanState};
@@ -47,19 +48,6 @@ pub use stats::Stats;
 pub const MIN_ALIGN: usize = 16;
 /// Requests larger than this fail at once: no mapping could hold them.
 pub const MAX_ALLOC: usize = isize::MAX as usize / 2;
-
-/// The arena new blocks of the calling thread come from.
-fn current_arena() -> &'static Arena {
-    let heap = thread::current_heap();
-    // SAFETY: the current heap is the thread's own or the read-only empty heap.
-    let arena = unsafe { (*heap).arena };
-    if arena.is_null() {
-        &DEFAULT_ARENA
-    } else {
-        // SAFETY: arenas live in static storage for the life of the process.
-        unsafe { &*arena }
-    }
-}
 
 #[cold]
 fn out_of_memory() -> *mut u8 {
@@ -79,12 +67,12 @@ pub fn malloc(size: usize) -> *mut u8 {
         }
         p
     } else {
-        alloc_large(size, MIN_ALIGN, false)
+        alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false)
     }
 }
 
 #[cold]
-fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
+fn alloc_large(arena: &'static Arena, size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > MAX_ALLOC {
         return out_of_memory();
     }
@@ -93,7 +81,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     thread::ensure_init();
     // A zero-byte block still needs a byte of its own, or it would point
     // just past its mapping.
-    match large::alloc(current_arena(), size.max(1), align) {
+    match large::alloc(arena, size.max(1), align) {
         Some((p, fresh)) => {
             if zero && !fresh {
                 // SAFETY: `p` has at least `size` usable bytes.
@@ -135,7 +123,7 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
         }
         return p;
     }
-    alloc_large(size, align, false)
+    alloc_large(thread::preferred_arena(), size, align, false)
 }
 
 /// Allocates `size` zeroed bytes aligned to `align`.
@@ -146,7 +134,7 @@ pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
     }
     let align = align.max(MIN_ALIGN);
     if size > MEDIUM_MAX || align > segment::SLICE_SIZE {
-        return alloc_large(size, align, true);
+        return alloc_large(thread::preferred_arena(), size, align, true);
     }
     let p = malloc_aligned(size, align);
     if !p.is_null() {
@@ -259,7 +247,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     if new_size > MAX_ALLOC {
         return out_of_memory();
     }
-    let old_usable = match owner_of(p, "realloc") {
+    let (old_usable, arena) = match owner_of(p, "realloc") {
         Owner::Span(span) => {
             // SAFETY: live span metadata.
             let usable = unsafe { (*span).block_size() };
@@ -267,7 +255,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             if new_size <= usable && (new_size >= usable / 2 || usable <= 128) {
                 return p;
             }
-            usable
+            (usable, arena_of_header(p))
         }
         Owner::Large(block) => {
             if new_size > MEDIUM_MAX {
@@ -277,10 +265,16 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
                 }
             }
             // SAFETY: as above.
-            unsafe { large::usable_size(block, p) }
+            (unsafe { large::usable_size(block, p) }, arena_of_header(p))
         }
     };
-    let q = malloc_aligned(new_size, align);
+    // The block stays in the arena that owns it, whatever arena this thread
+    // prefers now.
+    let q = if core::ptr::eq(arena, thread::preferred_arena()) {
+        malloc_aligned(new_size, align)
+    } else {
+        alloc_in(arena, new_size, align, false)
+    };
     if q.is_null() {
         return q;
     }
@@ -290,6 +284,105 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
         free(p);
     }
     q
+}
+
+/// The arena that owns the live block `p` (from its segment or large header).
+fn arena_of_header(p: *mut u8) -> &'static Arena {
+    match OWNERSHIP.header_of(p as usize) {
+        // SAFETY: live headers of ours name their arena, which lives in the
+        // static registry.
+        Some(header) => unsafe { &*(*header).arena },
+        None => diag::fatal_pointer("realloc", "pointer was not allocated by arenalloc", p),
+    }
+}
+
+/// Allocates in `arena` through the calling thread's heap for it (created on
+/// first use), without changing the thread's preferred arena.
+fn alloc_in(arena: &'static Arena, size: usize, align: usize, zero: bool) -> *mut u8 {
+    if !align.is_power_of_two() {
+        os::set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    let align = align.max(MIN_ALIGN);
+    let class = if align == MIN_ALIGN && size <= MEDIUM_MAX {
+        Some(size_class::class_of(size))
+    } else {
+        class_of_aligned(size, align)
+    };
+    let Some(class) = class else {
+        return alloc_large(arena, size, align, zero);
+    };
+    let Some(heap) = thread::heap_in(arena) else {
+        return out_of_memory();
+    };
+    // SAFETY: `heap` is the calling thread's own heap for `arena`.
+    let p = unsafe { heap::alloc_small(heap, class) };
+    if p.is_null() {
+        return out_of_memory();
+    }
+    if zero {
+        // SAFETY: a block of at least `size` bytes.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+pub use registry::ArenaHandle;
+
+/// Creates an arena: a separate set of segments that no other arena's blocks
+/// share. Returns `None` (errno `ENOMEM`) when no more arenas can exist.
+pub fn arena_new() -> Option<ArenaHandle> {
+    let handle = registry::create();
+    if handle.is_none() {
+        os::set_errno(libc::ENOMEM);
+    }
+    handle
+}
+
+/// The default arena's handle.
+pub fn arena_default() -> ArenaHandle {
+    registry::default_handle()
+}
+
+/// The calling thread's preferred arena.
+pub fn arena_current() -> ArenaHandle {
+    registry::handle_of(thread::preferred_arena())
+}
+
+/// Makes `handle` the calling thread's preferred arena and returns the
+/// previous one. A stale or foreign handle is refused (`None`, errno
+/// `EINVAL`) and the preferred arena stays as it was.
+pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
+    let Some(arena) = registry::resolve(handle) else {
+        os::set_errno(libc::EINVAL);
+        return None;
+    };
+    match thread::set_preferred_arena(arena) {
+        Some(previous) => Some(registry::handle_of(previous)),
+        None => {
+            os::set_errno(libc::ENOMEM);
+            None
+        }
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` in the arena `handle`, without
+/// changing the thread's preferred arena; zeroed if `zero`. Null with errno
+/// `EINVAL` for a stale or foreign handle or a bad alignment, `ENOMEM` when
+/// out of memory.
+pub fn arena_alloc(handle: ArenaHandle, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some(arena) = registry::resolve(handle) else {
+        os::set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    };
+    alloc_in(arena, size, align, zero)
+}
+
+/// The arena that owns `p`, if `p` is in memory of ours.
+pub fn arena_of(p: *const u8) -> Option<ArenaHandle> {
+    let header = OWNERSHIP.header_of(p as usize)?;
+    // SAFETY: live headers of ours name their arena, in the static registry.
+    Some(registry::handle_of(unsafe { &*(*header).arena }))
 }
 
 /// Returns memory the allocator holds but does not use to the OS: empty

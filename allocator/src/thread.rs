@@ -12,12 +12,15 @@ extern crate std;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
-use crate::arena::{for_each_arena, DEFAULT_ARENA};
+use crate::arena::{default_arena, for_each_arena, Arena};
 use crate::heap::{self, Heap, EMPTY_HEAP};
 
 std::thread_local! {
+    /// The heap of the thread's preferred arena.
     static CURRENT_HEAP: Cell<*mut Heap> =
         const { Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap) };
+    /// The thread's first heap; the others hang off it (`next_in_thread`).
+    static THREAD_HEAPS: Cell<*mut Heap> = const { Cell::new(core::ptr::null_mut()) };
 }
 
 /// The calling thread's heap for its preferred arena (`empty_heap()` until
@@ -107,27 +110,84 @@ pub fn ensure_init() {
     }
 }
 
-/// Sets up the calling thread's heap in the default arena.
+/// Sets up the calling thread's heap in the default arena and makes it the
+/// current one.
 #[cold]
 pub fn heap_for_current_thread() -> Option<*mut Heap> {
-    ensure_init();
-    // The set-up may have allocated (re-entrantly) and so created the heap.
-    let existing = current_heap();
-    if existing != heap::empty_heap() {
-        return Some(existing);
-    }
-    let heap = heap::new_heap(&DEFAULT_ARENA, current_thread_id())?;
+    let heap = heap_in(default_arena())?;
     set_current_heap(heap);
-    // Register for thread exit after the heap is in place: this call may
-    // allocate (glibc calloc's key blocks past the first 32 keys), and that
-    // allocation must find the heap.
-    // SAFETY: the key was created in `ensure_init`.
-    let rc = unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
-    if rc != 0 {
-        // Without the key the heap would outlive its thread unnoticed.
-        crate::diag::fatal("pthread_setspecific failed");
+    Some(heap)
+}
+
+/// The calling thread's heap for `arena`, created on first use. A thread's
+/// heaps form a chain from the first one, which the thread-exit key holds.
+pub fn heap_in(arena: &'static Arena) -> Option<*mut Heap> {
+    let first = THREAD_HEAPS.with(|h| h.get());
+    let mut heap = first;
+    while !heap.is_null() {
+        // SAFETY: the chain holds this thread's own live heaps.
+        let h = unsafe { &*heap };
+        if core::ptr::eq(h.arena, arena) {
+            return Some(heap);
+        }
+        heap = h.next_in_thread;
+    }
+    new_heap_in(arena, first)
+}
+
+#[cold]
+fn new_heap_in(arena: &'static Arena, first: *mut Heap) -> Option<*mut Heap> {
+    ensure_init();
+    // The set-up may have allocated (re-entrantly) and so created a heap.
+    if first.is_null() && !THREAD_HEAPS.with(|h| h.get()).is_null() {
+        return heap_in(arena);
+    }
+    let heap = heap::new_heap(arena, current_thread_id())?;
+    if first.is_null() {
+        THREAD_HEAPS.with(|h| h.set(heap));
+        // Register for thread exit after the heap is in place: this call may
+        // allocate (glibc calloc's key blocks past the first 32 keys), and
+        // that allocation must find the heap.
+        // SAFETY: the key was created in `ensure_init`.
+        let rc =
+            unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
+        if rc != 0 {
+            // Without the key the heap would outlive its thread unnoticed.
+            crate::diag::fatal("pthread_setspecific failed");
+        }
+    } else {
+        // SAFETY: `first` is this thread's live first heap; `heap` is new.
+        unsafe {
+            (*heap).next_in_thread = (*first).next_in_thread;
+            (*first).next_in_thread = heap;
+        }
     }
     Some(heap)
+}
+
+/// The arena the calling thread allocates from.
+pub fn preferred_arena() -> &'static Arena {
+    let heap = current_heap();
+    // SAFETY: the current heap is the thread's own or the read-only empty
+    // heap, whose arena is null.
+    let arena = unsafe { (*heap).arena };
+    if arena.is_null() {
+        default_arena()
+    } else {
+        // SAFETY: arenas live in the static registry.
+        unsafe { &*arena }
+    }
+}
+
+/// Makes `arena` the calling thread's preferred arena; returns the previous
+/// one, or `None` if the thread's heap for it cannot be created.
+pub fn set_preferred_arena(arena: &'static Arena) -> Option<&'static Arena> {
+    let previous = preferred_arena();
+    if !core::ptr::eq(previous, arena) {
+        let heap = heap_in(arena)?;
+        set_current_heap(heap);
+    }
+    Some(previous)
 }
 
 /// Thread exit: every heap of the thread hands its spans to its arena and
@@ -135,6 +195,7 @@ pub fn heap_for_current_thread() -> Option<*mut Heap> {
 /// heap, and pthread calls this again for it.
 extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     set_current_heap(heap::empty_heap());
+    THREAD_HEAPS.with(|h| h.set(core::ptr::null_mut()));
     let mut heap = value.cast::<Heap>();
     while !heap.is_null() {
         // SAFETY: the key's value is the thread's first heap; its chain holds
@@ -153,6 +214,7 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 /// Fork: hold every allocator lock across `fork` so the child never inherits
 /// one held by a thread that does not exist there.
 extern "C" fn fork_prepare() {
+    crate::registry::create_lock().raw_lock();
     for_each_arena(|arena| arena.state.raw_lock());
     heap::POOL.raw_lock();
 }
@@ -162,6 +224,8 @@ extern "C" fn fork_parent() {
     unsafe { heap::POOL.force_unlock() };
     // SAFETY: as above.
     for_each_arena(|arena| unsafe { arena.state.force_unlock() });
+    // SAFETY: as above.
+    unsafe { crate::registry::create_lock().force_unlock() };
 }
 
 extern "C" fn fork_child() {
@@ -170,6 +234,8 @@ extern "C" fn fork_child() {
     unsafe { heap::POOL.force_unlock() };
     // SAFETY: as above.
     for_each_arena(|arena| unsafe { arena.state.force_unlock() });
+    // SAFETY: as above.
+    unsafe { crate::registry::create_lock().force_unlock() };
     // The other threads' heaps may have been caught mid-update: leave them
     // alone (their memory stays with the child, as glibc's does), but make
     // sure no new thread can take their spans for its own.

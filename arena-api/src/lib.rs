@@ -15,6 +15,9 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+mod arena;
+pub use arena::{Arena, ArenaError, ArenaGuard};
+
 pub use arenalloc_engine::Stats;
 
 /// The arenalloc global allocator: a zero-sized handle to the engine.

@@ -168,6 +168,23 @@ fn bench_thread_spawn(c: &mut Criterion) {
     compare(group, &ThreadSpawn);
 }
 
+/// The cost of wrapping a library call in a dedicated arena: switch to it
+/// and back (`malloc_set_arena` twice), with the thread's heap for it
+/// already created. arenalloc only; the other allocators have no shared
+/// per-thread arena switch to compare with.
+fn bench_arena_switch(c: &mut Criterion) {
+    let library = arenalloc::Arena::new().expect("an arena");
+    drop(library.run(|| Box::new(1u8))); // creates this thread's heap for it
+    let mut group = c.benchmark_group("arena_switch_and_restore");
+    group.bench_function("arenalloc", |b| {
+        b.iter(|| {
+            let guard = std::hint::black_box(&library).enter().expect("enter");
+            drop(std::hint::black_box(guard));
+        })
+    });
+    group.finish();
+}
+
 /// Short enough for the whole suite (56 benchmarks) to finish in about five
 /// minutes on two cores; override per run with
 /// `-- --warm-up-time S --measurement-time S` (not for large_churn, whose
@@ -183,6 +200,6 @@ criterion_group! {
     name = benches;
     config = config();
     targets = bench_malloc_free, bench_batch, bench_realloc, bench_cross_thread,
-        bench_large_churn, bench_thread_spawn
+        bench_large_churn, bench_thread_spawn, bench_arena_switch
 }
 criterion_main!(benches);

@@ -316,3 +316,93 @@ extern "C" fn on_load() {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static ON_LOAD: extern "C" fn() = on_load;
+
+/// An arena handle, opaque to C: `arena_hd *` in `arenalloc.h`. It is never
+/// dereferenced; its bits name a registry slot and a generation, so a stale
+/// or made-up handle is detected.
+#[repr(C)]
+pub struct ArenaHd {
+    _opaque: [u8; 0],
+}
+
+fn to_c(handle: engine::ArenaHandle) -> *mut ArenaHd {
+    handle.to_raw() as usize as *mut ArenaHd
+}
+
+fn from_c(handle: *mut ArenaHd) -> Option<engine::ArenaHandle> {
+    engine::ArenaHandle::from_raw(handle as usize as u64)
+}
+
+/// Creates an arena. NULL with `errno = ENOMEM` when no more can exist.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_new_arena() -> *mut ArenaHd {
+    engine::arena_new().map_or(ptr::null_mut(), to_c)
+}
+
+/// Makes `arena` the calling thread's preferred arena; returns the previous
+/// one. NULL with `errno = EINVAL` for a stale, destroyed or foreign handle
+/// (the thread's arena is unchanged).
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_set_arena(arena: *mut ArenaHd) -> *mut ArenaHd {
+    match from_c(arena) {
+        Some(handle) => engine::arena_set(handle).map_or(ptr::null_mut(), to_c),
+        None => {
+            os::set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// The calling thread's preferred arena.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_get_arena() -> *mut ArenaHd {
+    to_c(engine::arena_current())
+}
+
+/// The default arena (never NULL, never destroyed).
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_default_arena() -> *mut ArenaHd {
+    to_c(engine::arena_default())
+}
+
+fn arena_alloc(arena: *mut ArenaHd, size: usize, align: usize, zero: bool) -> *mut c_void {
+    match from_c(arena) {
+        Some(handle) => engine::arena_alloc(handle, size, align, zero).cast(),
+        None => {
+            os::set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `malloc` in `arena` without switching to it.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_arena_malloc(arena: *mut ArenaHd, size: usize) -> *mut c_void {
+    arena_alloc(arena, size, engine::MIN_ALIGN, false)
+}
+
+/// `calloc` in `arena` without switching to it.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_arena_calloc(
+    arena: *mut ArenaHd,
+    count: usize,
+    size: usize,
+) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => arena_alloc(arena, total, engine::MIN_ALIGN, true),
+        None => {
+            os::set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `aligned_alloc` in `arena` without switching to it.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_arena_aligned_alloc(
+    arena: *mut ArenaHd,
+    align: usize,
+    size: usize,
+) -> *mut c_void {
+    arena_alloc(arena, size, align, false)
+}
