@@ -33,6 +33,9 @@ pub struct Heap {
     pub arena: *const Arena,
     /// The owning thread's id (see `thread::current_thread_id`).
     pub thread_id: usize,
+    /// The arena's handle, kept here so an arena switch can return the
+    /// previous one without a registry lookup (1: the default arena).
+    pub arena_handle: u64,
     /// The thread's other heaps (one per arena it used).
     pub next_in_thread: *mut Heap,
     /// Link in the pool of unused heaps.
@@ -63,6 +66,7 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     full: [SpanList::EMPTY; CLASS_COUNT],
     arena: ptr::null(),
     thread_id: 0,
+    arena_handle: 1,
     next_in_thread: ptr::null_mut(),
     pool_next: ptr::null_mut(),
 });
@@ -198,6 +202,8 @@ impl Heap {
         self.full = [SpanList::EMPTY; CLASS_COUNT];
         self.arena = arena;
         self.thread_id = thread_id;
+        // SAFETY: heaps are created for live arenas of the static registry.
+        self.arena_handle = crate::registry::handle_of(unsafe { &*arena }).to_raw();
         self.next_in_thread = ptr::null_mut();
         self.pool_next = ptr::null_mut();
     }

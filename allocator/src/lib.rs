@@ -357,13 +357,15 @@ pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
         os::set_errno(libc::EINVAL);
         return None;
     };
-    match thread::set_preferred_arena(arena) {
-        Some(previous) => Some(registry::handle_of(previous)),
-        None => {
-            os::set_errno(libc::ENOMEM);
-            None
-        }
+    let current = thread::current_heap();
+    // SAFETY: the current heap is the thread's own or the read-only empty
+    // heap (whose handle is the default arena's).
+    let (current_arena, previous) = unsafe { ((*current).arena, (*current).arena_handle) };
+    if !core::ptr::eq(current_arena, arena) && thread::set_preferred_arena(arena).is_none() {
+        os::set_errno(libc::ENOMEM);
+        return None;
     }
+    ArenaHandle::from_raw(previous)
 }
 
 /// Allocates `size` bytes aligned to `align` in the arena `handle`, without
