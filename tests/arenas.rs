@@ -217,3 +217,27 @@ fn four_thousand_arenas_can_exist_and_allocate() {
         assert_eq!(Arena::of(v.as_ptr().cast()), Some(*arena));
     }
 }
+
+#[test]
+fn realloc_that_moves_a_block_keeps_it_in_its_own_arena() {
+    let x = Arena::new().unwrap();
+    let hx = engine::ArenaHandle::from_raw(x.as_raw()).unwrap();
+    let mut p = engine::arena_alloc(hx, 24, 16, false);
+    // SAFETY: 24 writable bytes.
+    unsafe { std::ptr::write_bytes(p, 0x5a, 24) };
+    // This thread prefers the default arena; grow through every size range,
+    // small to medium to large, forcing moves.
+    assert_eq!(Arena::current(), Arena::default_arena());
+    for size in [200, 5000, 100_000, 3 << 20] {
+        // SAFETY: a live block of ours.
+        p = unsafe { engine::realloc(p, size) };
+        assert!(!p.is_null());
+        assert_eq!(Arena::of(p), Some(x), "realloc to {size} left arena X");
+        // SAFETY: at least 24 readable bytes were kept.
+        assert!(unsafe { std::slice::from_raw_parts(p, 24) }
+            .iter()
+            .all(|&b| b == 0x5a));
+    }
+    // SAFETY: a live block of ours.
+    unsafe { engine::free(p) };
+}

@@ -31,6 +31,13 @@ const ENTRY_POINTS: &[&str] = &[
     "valloc",
     "pvalloc",
     "malloc_usable_size",
+    "malloc_new_arena",
+    "malloc_set_arena",
+    "malloc_get_arena",
+    "malloc_default_arena",
+    "malloc_arena_malloc",
+    "malloc_arena_calloc",
+    "malloc_arena_aligned_alloc",
 ];
 
 /// Symbols (mangled, v0 or legacy) that belong to the panic or formatting

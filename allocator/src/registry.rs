@@ -76,7 +76,8 @@ fn is_live(slot: usize, generation: u32) -> bool {
 
 /// The default arena.
 pub fn default_arena() -> &'static Arena {
-    &SLOTS_TABLE[0].arena
+    let [default, ..] = &SLOTS_TABLE;
+    &default.arena
 }
 
 /// The handle of the default arena.
@@ -89,13 +90,17 @@ pub fn create() -> Option<ArenaHandle> {
     let _guard = CREATE_LOCK.lock();
     let used = USED_SLOTS.load(Ordering::Relaxed);
     // Reuse a free slot, else take a new one.
-    let slot = (1..used)
-        .find(|&i| SLOTS_TABLE[i].generation.load(Ordering::Relaxed) & 1 == 0)
-        .or_else(|| (used < SLOTS).then_some(used))?;
-    let generation = SLOTS_TABLE[slot].generation.load(Ordering::Relaxed) + 1;
-    SLOTS_TABLE[slot]
-        .generation
-        .store(generation, Ordering::Release);
+    let free_slot = SLOTS_TABLE
+        .iter()
+        .enumerate()
+        .take(used)
+        .skip(1)
+        .find(|(_, slot)| slot.generation.load(Ordering::Relaxed) & 1 == 0)
+        .map(|(i, _)| i);
+    let slot = free_slot.or_else(|| (used < SLOTS).then_some(used))?;
+    let entry = SLOTS_TABLE.get(slot)?;
+    let generation = entry.generation.load(Ordering::Relaxed) + 1;
+    entry.generation.store(generation, Ordering::Release);
     if slot == used {
         USED_SLOTS.store(used + 1, Ordering::Release);
     }
