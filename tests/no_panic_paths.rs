@@ -38,6 +38,10 @@ const ENTRY_POINTS: &[&str] = &[
     "malloc_arena_malloc",
     "malloc_arena_calloc",
     "malloc_arena_aligned_alloc",
+    "malloc_arena_destroy",
+    "malloc_arena_trim",
+    "malloc_arena_stats",
+    "malloc_arena_set_limit",
 ];
 
 /// Symbols (mangled, v0 or legacy) that belong to the panic or formatting

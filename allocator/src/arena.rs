@@ -7,13 +7,21 @@
 //! holding live blocks at thread exit wait in `abandoned` until a heap of the
 //! same arena adopts them. Everything here runs under the arena's lock, on
 //! slow paths only.
+//!
+//! The arena also keeps what per-arena control needs: the heaps of every
+//! thread that uses it (to count the threads that prefer it and to detach
+//! them when it is destroyed), its live large blocks (so destroy can unmap
+//! them), and its accounts (bytes in use, peak, limit).
 
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::large::LargeCache;
-use crate::segment::Segment;
+use crate::heap::{Heap, HeapList};
+use crate::large::{LargeCache, LargeList};
+use crate::segment::{Segment, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
+use crate::stats::{ArenaAccounts, ArenaStats};
 use crate::sync::Mutex;
 
 /// Fully empty segments an arena keeps mapped for reuse; more are unmapped.
@@ -23,6 +31,9 @@ const ADOPT_SCAN_LIMIT: usize = 8;
 
 pub struct Arena {
     pub state: Mutex<ArenaState>,
+    /// Bytes mapped for the arena. Atomic because large blocks are unmapped
+    /// outside the lock.
+    mapped: AtomicUsize,
 }
 
 pub struct ArenaState {
@@ -34,6 +45,13 @@ pub struct ArenaState {
     abandoned: [SpanList; CLASS_COUNT],
     /// Freed large blocks kept for reuse.
     pub large_cache: LargeCache,
+    /// Live large blocks.
+    pub large_blocks: LargeList,
+    /// Heaps of the threads that use the arena.
+    heaps: HeapList,
+    pub accounts: ArenaAccounts,
+    /// Destroyed (or not yet created): refuses new spans, blocks and heaps.
+    closed: bool,
 }
 
 // SAFETY: the raw pointers in ArenaState are only followed under the lock.
@@ -47,12 +65,33 @@ impl Arena {
                 empty_segments: 0,
                 abandoned: [SpanList::EMPTY; CLASS_COUNT],
                 large_cache: LargeCache::EMPTY,
+                large_blocks: LargeList::EMPTY,
+                heaps: HeapList::EMPTY,
+                accounts: ArenaAccounts::EMPTY,
+                closed: false,
             }),
+            mapped: AtomicUsize::new(0),
         }
     }
 
     pub fn as_ptr(&self) -> *const Arena {
         self as *const Arena
+    }
+
+    /// Counts `bytes` newly mapped for this arena (and for the process).
+    pub fn mapped_add(&self, bytes: usize) {
+        self.mapped.fetch_add(bytes, Ordering::Relaxed);
+        crate::stats::mapped_add(bytes);
+    }
+
+    /// Counts `bytes` of this arena's mappings returned to the OS.
+    pub fn mapped_sub(&self, bytes: usize) {
+        self.mapped.fetch_sub(bytes, Ordering::Relaxed);
+        crate::stats::mapped_sub(bytes);
+    }
+
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapped.load(Ordering::Relaxed)
     }
 }
 
@@ -65,11 +104,125 @@ impl Default for Arena {
 pub use crate::registry::{default_arena, for_each_arena};
 
 impl ArenaState {
+    pub fn is_open(&self) -> bool {
+        !self.closed
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Registers a heap of a thread that uses the arena. False if closed.
+    ///
+    /// # Safety
+    /// `heap` came from the heap pool and is in no arena's list.
+    pub unsafe fn add_heap(&mut self, heap: *mut Heap) -> bool {
+        if self.closed {
+            return false;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.heaps.push(heap) };
+        true
+    }
+
+    /// # Safety
+    /// `heap` is in this arena's heap list.
+    pub unsafe fn remove_heap(&mut self, heap: *mut Heap) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.heaps.remove(heap) };
+    }
+
+    /// The arena's figures (walks its spans; `mincore` on its mappings).
+    pub fn stats(&self, arena: &Arena) -> ArenaStats {
+        let mut s = ArenaStats {
+            live_bytes: self.accounts.large_live_bytes,
+            live_blocks: self.accounts.large_live_blocks,
+            resident_bytes: self.large_blocks.resident_bytes() + self.large_cache.resident_bytes(),
+            mapped_bytes: arena.mapped_bytes(),
+            in_use_bytes: self.accounts.in_use_bytes,
+            peak_in_use_bytes: self.accounts.peak_in_use_bytes,
+            limit_bytes: self.accounts.limit_bytes,
+            threads: self.heaps.count_preferred(),
+        };
+        self.for_each_segment(|segment| {
+            s.resident_bytes += segment.resident_bytes();
+            segment.for_each_span(|span| {
+                let (blocks, bytes) = span.live();
+                s.live_blocks += blocks;
+                s.live_bytes += bytes;
+            });
+        });
+        s
+    }
+
+    /// Reopens a destroyed (or never used) arena for a new life in its slot.
+    pub fn open(&mut self) {
+        self.closed = false;
+        self.accounts = ArenaAccounts::EMPTY;
+    }
+
+    /// Destroys the arena's contents: every heap of it dies (its thread falls
+    /// back to the default arena), every segment and large block is unmapped,
+    /// and the arena is closed to new memory until [`ArenaState::open`].
+    ///
+    /// # Safety
+    /// No thread is inside the allocator for this arena, and no block of it
+    /// is used again.
+    pub unsafe fn destroy_contents(&mut self) {
+        self.closed = true;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.heaps.detach_all() };
+        let mut segment = self.segments;
+        while !segment.is_null() {
+            // SAFETY: list members are live under the lock.
+            let next = unsafe { (*segment).next.get() };
+            // SAFETY: no block of the arena is used again (the caller's
+            // guarantee) and no heap refers to the segment any more.
+            unsafe { Segment::destroy(segment) };
+            segment = next;
+        }
+        self.segments = ptr::null_mut();
+        self.empty_segments = 0;
+        self.abandoned = [SpanList::EMPTY; CLASS_COUNT];
+        self.large_blocks.unmap_all();
+        self.large_cache.release_all();
+        self.accounts = ArenaAccounts::EMPTY;
+    }
+
+    /// In the child after `fork`: forgets the heaps of threads that did not
+    /// survive (their memory is left alone, see
+    /// [`ArenaState::orphan_spans_of_other_threads`]).
+    pub fn forget_heaps_of_other_threads(&mut self, survivor: usize) {
+        // SAFETY: heaps in the list are pool heaps; `thread_id` is fixed for
+        // a heap's life in the list.
+        self.heaps
+            .retain(|heap| unsafe { (*heap).thread_id } == survivor);
+    }
+
     /// A fresh span of `class` from this arena's segments, mapping a new
     /// segment if none has room.
-    pub fn alloc_span(&mut self, arena: *const Arena, class: usize) -> Option<*mut Span> {
+    /// `None` when out of memory, past the arena's limit, or the arena is
+    /// closed.
+    pub fn alloc_span(&mut self, arena: &'static Arena, class: usize) -> Option<*mut Span> {
         let slices = span_slices(class);
         let block_size = class_size(class);
+        if self.closed || !self.accounts.reserve(slices * SLICE_SIZE) {
+            return None;
+        }
+        let span = self.take_or_map_span(arena, slices, class, block_size);
+        if span.is_none() {
+            self.accounts.release(slices * SLICE_SIZE);
+        }
+        span
+    }
+
+    fn take_or_map_span(
+        &mut self,
+        arena: &'static Arena,
+        slices: usize,
+        class: usize,
+        block_size: usize,
+    ) -> Option<*mut Span> {
         let mut segment = self.segments;
         while !segment.is_null() {
             // SAFETY: segments in the list are live and ours under the lock.
@@ -105,6 +258,9 @@ impl ArenaState {
         let segment = crate::segment::segment_base(span as usize) as *mut Segment;
         // SAFETY: spans live inside their segment's header.
         let seg = unsafe { &*segment };
+        // SAFETY: forwarded from the caller.
+        self.accounts
+            .release(unsafe { (*span).slice_count() } * SLICE_SIZE);
         // SAFETY: forwarded from the caller.
         unsafe { seg.release_span(span) };
         if seg.is_empty() {

@@ -11,7 +11,9 @@
 //! Slow paths (refill, a span becoming empty or un-full, thread exit) take
 //! the arena's lock only when they exchange spans with the arena.
 
+use core::cell::Cell;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arena::{Arena, ArenaState};
 use crate::diag;
@@ -30,6 +32,8 @@ pub struct Heap {
     pub current: [*mut Span; CLASS_COUNT],
     avail: [SpanList; CLASS_COUNT],
     full: [SpanList; CLASS_COUNT],
+    /// Null once the arena has been destroyed: the heap is dead, holds no
+    /// span, and its thread falls back to the default arena.
     pub arena: *const Arena,
     /// The owning thread's id (see `thread::current_thread_id`).
     pub thread_id: usize,
@@ -110,7 +114,11 @@ pub unsafe fn alloc(heap: *mut Heap, size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
-    let heap = if heap == empty_heap() {
+    // SAFETY: the thread's own heap or the read-only empty heap.
+    let dead = unsafe { (*heap).arena.is_null() };
+    // A thread without a heap yet, or whose preferred arena was destroyed,
+    // allocates in the default arena.
+    let heap = if dead {
         match crate::thread::heap_for_current_thread() {
             Some(h) => h,
             None => return ptr::null_mut(),
@@ -196,7 +204,9 @@ unsafe fn free_local_slow(span: *mut Span) {
 }
 
 impl Heap {
-    fn init(&mut self, arena: *const Arena, thread_id: usize) {
+    /// Makes the heap an empty heap of `arena` for `thread_id`, keeping its
+    /// place in its thread's chain.
+    fn init(&mut self, arena: *const Arena, thread_id: usize, next_in_thread: *mut Heap) {
         self.current = [empty_span(); CLASS_COUNT];
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
@@ -204,8 +214,21 @@ impl Heap {
         self.thread_id = thread_id;
         // SAFETY: heaps are created for live arenas of the static registry.
         self.arena_handle = crate::registry::handle_of(unsafe { &*arena }).to_raw();
-        self.next_in_thread = ptr::null_mut();
+        self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
+    }
+
+    /// The heap's arena is being destroyed, and with it every span: forget
+    /// them and become dead (the thread then falls back to the default
+    /// arena). Arena lock; the owner thread is not inside the allocator for
+    /// this arena (the destroy contract), and the destroyer's membarrier
+    /// orders these stores before the owner's next look.
+    fn detach(&mut self) {
+        self.current = [empty_span(); CLASS_COUNT];
+        self.avail = [SpanList::EMPTY; CLASS_COUNT];
+        self.full = [SpanList::EMPTY; CLASS_COUNT];
+        self.arena = ptr::null();
+        self.arena_handle = crate::registry::default_handle().to_raw();
     }
 
     fn arena(&self) -> &'static Arena {
@@ -251,8 +274,8 @@ impl Heap {
         if let Some(span) = self.reclaim_full(class) {
             return Some(span);
         }
-        let arena = self.arena;
-        let mut state = self.arena().state.lock();
+        let arena = self.arena();
+        let mut state = arena.state.lock();
         while let Some(span) = state.take_abandoned(class) {
             self.adopt(span);
             // SAFETY: adopted: ours now.
@@ -315,10 +338,15 @@ impl Heap {
         unsafe { state.retire_span(span) };
     }
 
-    /// The thread is exiting (or switching away for good): hand every span to
-    /// the arena, empty ones as free slices, the rest as abandoned.
+    /// The thread is exiting: hand every span to the arena, empty ones as
+    /// free slices, the rest as abandoned, and leave the arena's heap list.
     pub fn abandon_all(&mut self) {
+        if self.arena.is_null() {
+            return;
+        }
         let mut state = self.arena().state.lock();
+        // SAFETY: this heap is in its arena's list; we hold the lock.
+        unsafe { state.remove_heap(self) };
         for class in 0..CLASS_COUNT {
             let current = self.current[class];
             if current != empty_span() {
@@ -352,6 +380,141 @@ fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
     }
 }
 
+/// What an arena needs of each of its heaps, kept beside the heap (not in it)
+/// so that the owner's `&mut Heap` never covers what other threads touch.
+pub struct HeapLinks {
+    /// Links in the arena's heap list. Arena lock.
+    next: Cell<*mut Heap>,
+    prev: Cell<*mut Heap>,
+    /// The heap is its thread's current heap (the thread prefers its arena).
+    /// Stored by the owner, read by statistics.
+    preferred: AtomicBool,
+}
+
+// SAFETY: the `Cell`s are only touched under the arena lock; `preferred` is
+// atomic.
+unsafe impl Sync for HeapLinks {}
+
+/// A heap and its links, as the pool hands them out (`*mut Heap` points at
+/// the start, `repr(C)`).
+#[repr(C)]
+struct HeapSlot {
+    heap: Heap,
+    links: HeapLinks,
+}
+
+/// The links of a heap from the pool.
+///
+/// # Safety
+/// `heap` came from [`new_heap`] (never the empty heap).
+unsafe fn links<'a>(heap: *mut Heap) -> &'a HeapLinks {
+    // SAFETY: pool heaps are the first field of a `HeapSlot`, which is never
+    // unmapped; only shared references to the links are ever made.
+    unsafe { &*ptr::addr_of!((*heap.cast::<HeapSlot>()).links) }
+}
+
+/// Marks whether `heap` is its thread's current heap (owner thread).
+///
+/// # Safety
+/// `heap` is the empty heap or came from [`new_heap`].
+pub unsafe fn set_preferred(heap: *mut Heap, preferred: bool) {
+    if heap != empty_heap() {
+        // SAFETY: every heap but the empty one comes from the pool.
+        unsafe { links(heap) }
+            .preferred
+            .store(preferred, Ordering::Relaxed);
+    }
+}
+
+/// The heaps of one arena, linked through their [`HeapLinks`]. Arena lock.
+pub struct HeapList {
+    head: *mut Heap,
+}
+
+impl HeapList {
+    pub const EMPTY: HeapList = HeapList {
+        head: ptr::null_mut(),
+    };
+
+    /// # Safety
+    /// `heap` came from the pool and is in no arena's list.
+    pub unsafe fn push(&mut self, heap: *mut Heap) {
+        // SAFETY: pool heaps; members of this list are pool heaps.
+        unsafe {
+            let l = links(heap);
+            l.prev.set(ptr::null_mut());
+            l.next.set(self.head);
+            if !self.head.is_null() {
+                links(self.head).prev.set(heap);
+            }
+        }
+        self.head = heap;
+    }
+
+    /// # Safety
+    /// `heap` is a member of this list.
+    pub unsafe fn remove(&mut self, heap: *mut Heap) {
+        // SAFETY: members and their neighbours are pool heaps.
+        unsafe {
+            let l = links(heap);
+            let (prev, next) = (l.prev.get(), l.next.get());
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                links(prev).next.set(next);
+            }
+            if !next.is_null() {
+                links(next).prev.set(prev);
+            }
+            l.next.set(ptr::null_mut());
+            l.prev.set(ptr::null_mut());
+        }
+    }
+
+    /// Threads whose current heap is in the list.
+    pub fn count_preferred(&self) -> usize {
+        let mut count = 0;
+        let mut heap = self.head;
+        while !heap.is_null() {
+            // SAFETY: members are pool heaps.
+            let l = unsafe { links(heap) };
+            count += usize::from(l.preferred.load(Ordering::Relaxed));
+            heap = l.next.get();
+        }
+        count
+    }
+
+    /// Removes the heaps for which `f` says so, calling `f` on every member.
+    pub fn retain(&mut self, mut keep: impl FnMut(*mut Heap) -> bool) {
+        let mut heap = self.head;
+        while !heap.is_null() {
+            // SAFETY: members are pool heaps.
+            let next = unsafe { links(heap) }.next.get();
+            if !keep(heap) {
+                // SAFETY: a member.
+                unsafe { self.remove(heap) };
+            }
+            heap = next;
+        }
+    }
+
+    /// The arena is being destroyed: every heap forgets its spans and dies;
+    /// the list ends empty.
+    ///
+    /// # Safety
+    /// The owner threads of the heaps are not inside the allocator for this
+    /// arena (see [`Heap::detach`]).
+    pub unsafe fn detach_all(&mut self) {
+        while !self.head.is_null() {
+            let heap = self.head;
+            // SAFETY: the head is a member.
+            unsafe { self.remove(heap) };
+            // SAFETY: the caller's guarantee: nobody else uses the heap now.
+            unsafe { (*heap).detach() };
+        }
+    }
+}
+
 /// Unused heaps, carved from mapped chunks and never unmapped, so a heap
 /// pointer stays valid memory for the life of the process.
 pub(crate) struct HeapPool {
@@ -371,8 +534,9 @@ pub(crate) static POOL: Mutex<HeapPool> = Mutex::new(HeapPool {
 
 const POOL_CHUNK: usize = 256 * 1024;
 
-/// A fresh heap for `thread_id` in `arena`, or `None` if out of memory.
-pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
+/// A fresh heap for `thread_id` in `arena`, registered with the arena, or
+/// `None` if out of memory or the arena is closed.
+pub fn new_heap(arena: &'static Arena, thread_id: usize) -> Option<*mut Heap> {
     let heap = {
         let mut pool = POOL.lock();
         if !pool.free.is_null() {
@@ -381,7 +545,7 @@ pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
             pool.free = unsafe { (*heap).pool_next };
             heap
         } else {
-            let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+            let size = core::mem::size_of::<HeapSlot>().next_multiple_of(64);
             if pool.cursor + size > pool.end {
                 let chunk = crate::os::map(POOL_CHUNK)? as usize;
                 crate::stats::mapped_add(POOL_CHUNK);
@@ -394,9 +558,34 @@ pub fn new_heap(arena: *const Arena, thread_id: usize) -> Option<*mut Heap> {
         }
     };
     // SAFETY: the heap is ours alone: fresh from the pool (mapped, aligned,
-    // writable memory that nothing else references).
-    unsafe { (*heap).init(arena, thread_id) };
-    Some(heap)
+    // writable memory that nothing else references; all-zero links are
+    // valid ones).
+    unsafe { (*heap).init(arena.as_ptr(), thread_id, ptr::null_mut()) };
+    if join_arena(arena, heap) {
+        Some(heap)
+    } else {
+        // SAFETY: nobody else has seen the heap.
+        unsafe { recycle_heap(heap) };
+        None
+    }
+}
+
+/// Makes the dead heap `heap` (of the calling thread) a heap of `arena`.
+///
+/// # Safety
+/// `heap` is the calling thread's own dead heap.
+pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena) -> bool {
+    // SAFETY: the caller's own heap, in no arena's list.
+    let h = unsafe { &mut *heap };
+    h.init(arena.as_ptr(), h.thread_id, h.next_in_thread);
+    join_arena(arena, heap)
+}
+
+/// Registers a heap with its arena; false if the arena is closed.
+fn join_arena(arena: &'static Arena, heap: *mut Heap) -> bool {
+    let mut state = arena.state.lock();
+    // SAFETY: a pool heap in no list.
+    state.is_open() && unsafe { state.add_heap(heap) }
 }
 
 /// Returns a heap whose spans were all handed back.

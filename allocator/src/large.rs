@@ -20,7 +20,7 @@
 
 use core::ptr;
 
-use crate::arena::Arena;
+use crate::arena::{Arena, ArenaState};
 use crate::os::{self, PAGE_SIZE};
 use crate::segment::{SegmentHeader, SegmentKind, OWNERSHIP, SEGMENT_SIZE};
 use crate::stats;
@@ -47,6 +47,9 @@ pub struct LargeBlock {
     /// Freed and parked in the cache.
     cached: bool,
     freed_at_ms: u64,
+    /// Links in the arena's live list (while not cached).
+    next: *mut LargeBlock,
+    prev: *mut LargeBlock,
 }
 
 impl LargeBlock {
@@ -76,50 +79,122 @@ fn round_map_size(bytes: usize) -> Option<usize> {
     pages.checked_add(step - 1).map(|v| v & !(step - 1))
 }
 
-/// Allocates a large block of at least `size` bytes aligned to `align`.
-/// Returns the block and whether its memory is known to be zero.
+/// The size of the mapping [`map_block`] makes for `size` bytes at `align`.
+fn fresh_map_size(size: usize, align: usize) -> Option<usize> {
+    if align >= SEGMENT_SIZE {
+        round_map_size(size)?.checked_add(SEGMENT_SIZE)
+    } else {
+        round_map_size(align.max(PAGE_SIZE).checked_add(size)?)
+    }
+}
+
+/// Allocates a large block of at least `size` bytes aligned to `align` in
+/// `arena`. Returns the block and whether its memory is known to be zero;
+/// `None` when out of memory, past the arena's limit or the arena is closed.
 pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u8, bool)> {
     let align = align.max(16);
-    let (reused, expired) = {
+    let map_size = fresh_map_size(size, align)?;
+    let mut expired = [None; CACHE_SLOTS];
+    let reused = {
         let mut state = arena.state.lock();
-        let cache = &mut state.large_cache;
-        if cache.is_empty() {
-            (None, [None; CACHE_SLOTS])
+        if state.is_closed() {
+            return None;
+        }
+        let reused = if state.large_cache.is_empty() {
+            None
         } else {
-            let expired = cache.take_expired(os::now_ms());
-            (cache.take(size, align), expired)
+            expired = state.large_cache.take_expired(os::now_ms());
+            let headroom = state.accounts.headroom();
+            state.large_cache.take(size, align, headroom)
+        };
+        match reused {
+            Some(block) => {
+                reuse_cached(arena, block, size);
+                // SAFETY: a live header, no longer cached.
+                let mapped = unsafe { (*block).map_size };
+                // The cache only offered a block that fits the headroom.
+                state.accounts.reserve(mapped);
+                track_live(&mut state, block);
+                Some(block)
+            }
+            None if !state.accounts.reserve(map_size) => {
+                drop(state);
+                unmap_all(expired);
+                return None;
+            }
+            None => None,
         }
     };
-    for victim in expired.into_iter().flatten() {
-        unmap_block(victim);
-    }
+    unmap_all(expired);
     if let Some(block) = reused {
-        // SAFETY: cached headers are live mappings of ours, and this one is
-        // no longer in the cache.
-        let b = unsafe { &mut *block };
-        b.cached = false;
-        // A block much bigger than the request gives its tail back rather
-        // than pin it; its head pages stay warm.
-        if b.usable() / SHRINK_RATIO > size {
-            if let Some(new_map) = round_map_size(b.offset() + size) {
-                if new_map < b.map_size && os::remap_in_place(b.map_base, b.map_size, new_map) {
-                    stats::mapped_sub(b.map_size - new_map);
-                    b.map_size = new_map;
-                }
+        // SAFETY: a live header of ours.
+        return Some((unsafe { (*block).block }, false));
+    }
+    let block = map_block(arena, size, align);
+    let mut state = arena.state.lock();
+    match block {
+        Some(block) => {
+            track_live(&mut state, block);
+            // SAFETY: just mapped.
+            Some((unsafe { (*block).block }, true))
+        }
+        None => {
+            state.accounts.release(map_size);
+            None
+        }
+    }
+}
+
+/// Takes a block out of the cache for a request of `size` bytes: a block
+/// much bigger than the request gives its tail back rather than pin it (its
+/// head pages stay warm). Arena lock.
+fn reuse_cached(arena: &Arena, block: *mut LargeBlock, size: usize) {
+    // SAFETY: cached headers are live mappings of ours, and this one is no
+    // longer in the cache.
+    let b = unsafe { &mut *block };
+    b.cached = false;
+    if b.usable() / SHRINK_RATIO > size {
+        if let Some(new_map) = round_map_size(b.offset() + size) {
+            if new_map < b.map_size && os::remap_in_place(b.map_base, b.map_size, new_map) {
+                arena.mapped_sub(b.map_size - new_map);
+                b.map_size = new_map;
             }
         }
-        stats::large_live_add(b.usable());
-        return Some((b.block, false));
     }
-    let block = map_block(arena.as_ptr(), size, align)?;
-    // SAFETY: just mapped.
-    let b = unsafe { &*block };
-    stats::large_live_add(b.usable());
-    Some((b.block, true))
+}
+
+/// Counts a block as live in its arena and links it in the live list. Arena
+/// lock.
+fn track_live(state: &mut ArenaState, block: *mut LargeBlock) {
+    // SAFETY: a live header of ours, in no list.
+    let usable = unsafe { (*block).usable() };
+    stats::large_live_add(usable);
+    state.accounts.large_live_bytes += usable;
+    state.accounts.large_live_blocks += 1;
+    // SAFETY: as above.
+    unsafe { state.large_blocks.push(block) };
+}
+
+/// Undoes [`track_live`]. Arena lock.
+fn untrack_live(state: &mut ArenaState, block: *mut LargeBlock) {
+    // SAFETY: a live header of ours, in the arena's live list.
+    let (usable, mapped) = unsafe { ((*block).usable(), (*block).map_size) };
+    stats::large_live_sub(usable);
+    state.accounts.large_live_bytes -= usable;
+    state.accounts.large_live_blocks -= 1;
+    state.accounts.release(mapped);
+    // SAFETY: as above.
+    unsafe { state.large_blocks.remove(block) };
+}
+
+/// A live block's usable size changed from `old` in place. Arena lock.
+fn resized_live(state: &mut ArenaState, old: usize, new: usize) {
+    stats::large_live_resize(old, new);
+    state.accounts.large_live_bytes = state.accounts.large_live_bytes - old + new;
 }
 
 /// Maps a fresh large block.
-fn map_block(arena: *const Arena, size: usize, align: usize) -> Option<*mut LargeBlock> {
+fn map_block(arena: &'static Arena, size: usize, align: usize) -> Option<*mut LargeBlock> {
     let header: *mut LargeBlock;
     let map_base;
     let map_size;
@@ -156,7 +231,7 @@ fn map_block(arena: *const Arena, size: usize, align: usize) -> Option<*mut Larg
         header.write(LargeBlock {
             header: SegmentHeader {
                 kind: SegmentKind::Large,
-                arena,
+                arena: arena.as_ptr(),
             },
             map_base,
             map_size,
@@ -164,10 +239,12 @@ fn map_block(arena: *const Arena, size: usize, align: usize) -> Option<*mut Larg
             shifted,
             cached: false,
             freed_at_ms: 0,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
         });
     }
     register(header);
-    stats::mapped_add(map_size);
+    arena.mapped_add(map_size);
     Some(header)
 }
 
@@ -191,12 +268,26 @@ fn unregister(header: *mut LargeBlock) {
     }
 }
 
-fn unmap_block(header: *mut LargeBlock) {
+/// Unmaps a block that is in no list.
+pub(crate) fn unmap_block(header: *mut LargeBlock) {
     unregister(header);
-    // SAFETY: a live header of ours; read before the mapping goes.
-    let (base, size) = unsafe { ((*header).map_base, (*header).map_size) };
+    // SAFETY: a live header of ours; read before the mapping goes. Its
+    // arena is static.
+    let (base, size, arena) = unsafe {
+        (
+            (*header).map_base,
+            (*header).map_size,
+            &*(*header).header.arena,
+        )
+    };
     os::unmap(base, size);
-    stats::mapped_sub(size);
+    arena.mapped_sub(size);
+}
+
+fn unmap_all<const N: usize>(blocks: [Option<*mut LargeBlock>; N]) {
+    for block in blocks.into_iter().flatten() {
+        unmap_block(block);
+    }
 }
 
 /// Checks that `p` is the block of `header`, and not already freed.
@@ -218,25 +309,24 @@ fn validate(header: *mut LargeBlock, p: *mut u8, what: &str) {
 /// for `p`.
 pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
     validate(header, p, "free");
-    // SAFETY: validated live header.
-    let b = unsafe { &mut *header };
-    stats::large_live_sub(b.usable());
-    // SAFETY: a large block's arena outlives its blocks.
-    let arena = unsafe { &*b.header.arena };
-    if b.shifted {
-        // Cached blocks are reused only without a shifted header; do not let
-        // one occupy the cache.
-        unmap_block(header);
-        return;
-    }
+    // SAFETY: validated live header; a large block's arena is static.
+    let (b, arena) = unsafe { (&mut *header, &*(*header).header.arena) };
     let evicted = {
         let mut state = arena.state.lock();
-        b.cached = true;
-        b.freed_at_ms = os::now_ms();
-        state.large_cache.insert(header)
+        untrack_live(&mut state, header);
+        if b.shifted {
+            // Cached blocks are reused only without a shifted header; do not
+            // let one occupy the cache.
+            None
+        } else {
+            b.cached = true;
+            b.freed_at_ms = os::now_ms();
+            Some(state.large_cache.insert(header))
+        }
     };
-    for victim in evicted.into_iter().flatten() {
-        unmap_block(victim);
+    match evicted {
+        Some(evicted) => unmap_all(evicted),
+        None => unmap_block(header),
     }
 }
 
@@ -253,24 +343,30 @@ pub unsafe fn usable_size(header: *mut LargeBlock, p: *mut u8) -> usize {
 
 /// Resizes the large block `p` to at least `new_size` bytes (still large)
 /// without copying: in place, or by moving its pages with `mremap`. Returns
-/// `None` if neither works; the block is then unchanged.
+/// `None` if neither works (or the arena's limit forbids the growth); the
+/// block is then unchanged. Mapping changes happen under the arena lock, so
+/// the arena's live list and accounts follow the block.
 ///
 /// # Safety
 /// `header` is the live large-block header that the ownership map gives
 /// for `p`.
 pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Option<*mut u8> {
     validate(header, p, "realloc");
-    // SAFETY: validated live header.
-    let b = unsafe { &mut *header };
+    // SAFETY: validated live header; a large block's arena is static.
+    let (b, arena) = unsafe { (&mut *header, &*(*header).header.arena) };
     let old_usable = b.usable();
     if new_size <= old_usable {
         // Shrink the mapping when more than half would be idle.
         if new_size < old_usable / 2 && !b.shifted {
             let new_map = round_map_size(b.offset() + new_size)?;
-            if new_map < b.map_size && os::remap_in_place(b.map_base, b.map_size, new_map) {
-                stats::mapped_sub(b.map_size - new_map);
-                b.map_size = new_map;
-                stats::large_live_resize(old_usable, b.usable());
+            if new_map < b.map_size {
+                let mut state = arena.state.lock();
+                if os::remap_in_place(b.map_base, b.map_size, new_map) {
+                    arena.mapped_sub(b.map_size - new_map);
+                    state.accounts.release(b.map_size - new_map);
+                    b.map_size = new_map;
+                    resized_live(&mut state, old_usable, b.usable());
+                }
             }
         }
         return Some(p);
@@ -279,15 +375,25 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
         return None;
     }
     let new_map = round_map_size(b.offset().checked_add(new_size)?)?;
+    let growth = new_map - b.map_size;
+    let mut state = arena.state.lock();
+    if !state.accounts.reserve(growth) {
+        return None;
+    }
     if os::remap_in_place(b.map_base, b.map_size, new_map) {
-        stats::mapped_add(new_map - b.map_size);
+        arena.mapped_add(growth);
         b.map_size = new_map;
-        stats::large_live_resize(old_usable, b.usable());
+        resized_live(&mut state, old_usable, b.usable());
         return Some(p);
     }
     // Move the pages to a fresh segment-aligned reservation.
-    let dest = os::map_aligned(new_map, SEGMENT_SIZE)?;
+    let Some(dest) = os::map_aligned(new_map, SEGMENT_SIZE) else {
+        state.accounts.release(growth);
+        return None;
+    };
     let (old_base, old_size, offset) = (b.map_base, b.map_size, b.offset());
+    // SAFETY: a live block in the arena's list; relinked below.
+    unsafe { state.large_blocks.remove(header) };
     unregister(header);
     if !os::remap_to(old_base, old_size, new_map, dest) {
         // The kernel may already have unmapped `dest` before failing, and
@@ -295,6 +401,9 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
         // it. The reservation is untouched address space; this path is rare
         // (a block whose mapping was split by the program, e.g. mprotect).
         register(header);
+        // SAFETY: unlinked above, unchanged.
+        unsafe { state.large_blocks.push(header) };
+        state.accounts.release(growth);
         return None;
     }
     let moved = dest.cast::<LargeBlock>();
@@ -304,9 +413,84 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
     m.map_size = new_map;
     m.block = (dest as usize + offset) as *mut u8;
     register(moved);
-    stats::mapped_add(new_map - old_size);
-    stats::large_live_resize(old_usable, m.usable());
+    // SAFETY: the moved header is live and in no list.
+    unsafe { state.large_blocks.push(moved) };
+    arena.mapped_add(growth);
+    resized_live(&mut state, old_usable, m.usable());
     Some(m.block)
+}
+
+/// An arena's live large blocks, linked through their headers. Arena lock.
+pub struct LargeList {
+    head: *mut LargeBlock,
+}
+
+impl LargeList {
+    pub const EMPTY: LargeList = LargeList {
+        head: ptr::null_mut(),
+    };
+
+    /// # Safety
+    /// `block` is a live header in no list.
+    unsafe fn push(&mut self, block: *mut LargeBlock) {
+        // SAFETY: the caller's guarantee; members are live headers.
+        unsafe {
+            (*block).prev = ptr::null_mut();
+            (*block).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = block;
+            }
+        }
+        self.head = block;
+    }
+
+    /// # Safety
+    /// `block` is a member of this list.
+    unsafe fn remove(&mut self, block: *mut LargeBlock) {
+        // SAFETY: members and their neighbours are live headers.
+        unsafe {
+            let (prev, next) = ((*block).prev, (*block).next);
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+        }
+    }
+
+    /// Unmaps every block in the list (the arena is being destroyed) and
+    /// returns the bytes unmapped.
+    pub fn unmap_all(&mut self) -> usize {
+        let mut released = 0;
+        while !self.head.is_null() {
+            let block = self.head;
+            // SAFETY: the head is a member.
+            unsafe { self.remove(block) };
+            // SAFETY: a live header, now in no list.
+            let b = unsafe { &*block };
+            stats::large_live_sub(b.usable());
+            released += b.map_size;
+            unmap_block(block);
+        }
+        released
+    }
+
+    /// Bytes of the listed blocks resident now.
+    pub fn resident_bytes(&self) -> usize {
+        let mut resident = 0;
+        let mut block = self.head;
+        while !block.is_null() {
+            // SAFETY: members are live headers.
+            let b = unsafe { &*block };
+            // SAFETY: a live block's mapping is [map_base, map_base + map_size).
+            resident += unsafe { os::resident_bytes_in(b.map_base, b.map_size) };
+            block = b.next;
+        }
+        resident
+    }
 }
 
 /// Freed large blocks of one arena, kept for reuse for a short time.
@@ -337,7 +521,7 @@ impl LargeCache {
 
     /// Takes the smallest cached block that holds `size` bytes at `align`
     /// (the caller trims it if it is much bigger).
-    fn take(&mut self, size: usize, align: usize) -> Option<*mut LargeBlock> {
+    fn take(&mut self, size: usize, align: usize, max_map: usize) -> Option<*mut LargeBlock> {
         let mut best: Option<(usize, usize)> = None;
         for (i, &slot) in self.slots.iter().enumerate() {
             if slot.is_null() {
@@ -346,7 +530,8 @@ impl LargeCache {
             // SAFETY: non-null slots are live cached headers.
             let b = unsafe { &*slot };
             let usable = b.usable();
-            let fits = usable >= size && (b.block as usize).is_multiple_of(align);
+            let fits =
+                usable >= size && b.map_size <= max_map && (b.block as usize).is_multiple_of(align);
             if fits && best.is_none_or(|(_, best_usable)| usable < best_usable) {
                 best = Some((i, usable));
             }
@@ -465,6 +650,20 @@ impl LargeCache {
             // SAFETY: `oldest` indexes a non-null slot.
             .map_or(0, |j| unsafe { (*self.slot(j)).freed_at_ms });
         block
+    }
+
+    /// Bytes of the cached blocks resident now.
+    pub fn resident_bytes(&self) -> usize {
+        let mut resident = 0;
+        for &slot in &self.slots {
+            if !slot.is_null() {
+                // SAFETY: non-null slots are live cached headers.
+                let b = unsafe { &*slot };
+                // SAFETY: a cached block's mapping is [map_base, map_base + map_size).
+                resident += unsafe { os::resident_bytes_in(b.map_base, b.map_size) };
+            }
+        }
+        resident
     }
 
     /// Unmaps every cached block; returns the bytes unmapped.

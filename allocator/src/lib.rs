@@ -42,7 +42,7 @@ use segment::{Segment, SegmentKind, OWNERSHIP};
 use size_class::{class_of_aligned, class_size, MEDIUM_MAX};
 use span::{Block, SpanState};
 
-pub use stats::Stats;
+pub use stats::{ArenaStats, Stats};
 
 /// Every block is aligned to at least this (`alignof(max_align_t)`).
 pub const MIN_ALIGN: usize = 16;
@@ -359,13 +359,74 @@ pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
     };
     let current = thread::current_heap();
     // SAFETY: the current heap is the thread's own or the read-only empty
-    // heap (whose handle is the default arena's).
+    // heap (whose handle is the default arena's, as is a dead heap's).
     let (current_arena, previous) = unsafe { ((*current).arena, (*current).arena_handle) };
     if !core::ptr::eq(current_arena, arena) && thread::set_preferred_arena(arena).is_none() {
         os::set_errno(libc::ENOMEM);
         return None;
     }
     ArenaHandle::from_raw(previous)
+}
+
+/// Resolves a handle for the arena-control functions; errno `EINVAL` if it
+/// is stale or foreign.
+fn live_arena(handle: ArenaHandle) -> Option<&'static Arena> {
+    let arena = registry::resolve(handle);
+    if arena.is_none() {
+        os::set_errno(libc::EINVAL);
+    }
+    arena
+}
+
+/// Destroys the arena `handle`: every block of it is freed at once and its
+/// memory returned to the OS; threads that prefer it fall back to the
+/// default arena; the handle (and every copy) is refused from now on. The
+/// default arena cannot be destroyed. False (errno `EINVAL`) for the default
+/// arena or a stale or foreign handle.
+///
+/// # Safety
+/// No block of the arena is used after this call, and no thread allocates
+/// in, frees to or switches to the arena while it runs.
+pub unsafe fn arena_destroy(handle: ArenaHandle) -> bool {
+    thread::ensure_init();
+    // SAFETY: forwarded from the caller.
+    let destroyed = unsafe { registry::destroy(handle) };
+    if !destroyed {
+        os::set_errno(libc::EINVAL);
+    }
+    destroyed
+}
+
+/// Returns the free memory of one arena to the OS now; the bytes released,
+/// or `None` (errno `EINVAL`) for a stale or foreign handle.
+pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
+    thread::ensure_init();
+    let arena = live_arena(handle)?;
+    let released = arena.state.lock().trim();
+    Some(released)
+}
+
+/// One arena's figures; `None` (errno `EINVAL`) for a stale or foreign
+/// handle.
+pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
+    thread::ensure_init();
+    let arena = live_arena(handle)?;
+    let stats = arena.state.lock().stats(arena);
+    Some(stats)
+}
+
+/// Caps the bytes an arena may hold in use (spans and large blocks; see
+/// [`ArenaStats::in_use_bytes`]): past it, allocations in the arena fail with
+/// null and `ENOMEM`. 0 removes the limit. A limit below what the arena
+/// holds now only stops it from growing. False (errno `EINVAL`) for a stale
+/// or foreign handle.
+pub fn arena_set_limit(handle: ArenaHandle, bytes: usize) -> bool {
+    thread::ensure_init();
+    let Some(arena) = live_arena(handle) else {
+        return false;
+    };
+    arena.state.lock().accounts.limit_bytes = bytes;
+    true
 }
 
 /// Allocates `size` bytes aligned to `align` in the arena `handle`, without

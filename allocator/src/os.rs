@@ -200,3 +200,50 @@ pub fn yield_now() {
         libc::sched_yield();
     }
 }
+
+/// Bytes of `[p, p + size)` (page-aligned, mapped) resident now, counted with
+/// `mincore` through a stack buffer.
+///
+/// # Safety
+/// `[p, p + size)` is one mapping of ours.
+pub unsafe fn resident_bytes_in(p: *mut u8, size: usize) -> usize {
+    const CHUNK_PAGES: usize = 1024;
+    let mut vec = [0u8; CHUNK_PAGES];
+    let mut resident = 0;
+    let mut offset = 0;
+    while offset < size {
+        let len = (size - offset).min(CHUNK_PAGES * PAGE_SIZE);
+        // SAFETY: the range lies in a mapping of ours; `vec` holds one byte
+        // per page of `len` (at most CHUNK_PAGES pages).
+        let rc = unsafe { libc::mincore(p.add(offset).cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            let pages = len.div_ceil(PAGE_SIZE);
+            resident += vec.iter().take(pages).filter(|&&b| b & 1 != 0).count() * PAGE_SIZE;
+        }
+        offset += len;
+    }
+    resident
+}
+
+/// Makes every thread of the process pass a full memory barrier before this
+/// returns (`membarrier`), so plain stores made before it are seen by any
+/// thread's next plain load. Falls back to a local fence where the kernel
+/// lacks the call; the callers' `munmap` TLB shoot-downs then order it.
+pub fn membarrier() {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+    /// 0: not tried, 1: registered, 2: unavailable.
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    if STATE.load(Ordering::Acquire) == 0 {
+        // SAFETY: membarrier registration has no memory preconditions.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_PRIVATE_EXPEDITED, 0) };
+        STATE.store(if rc == 0 { 1 } else { 2 }, Ordering::Release);
+    }
+    if STATE.load(Ordering::Acquire) == 1 {
+        // SAFETY: as above; registered, so the command is allowed.
+        unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0) };
+    } else {
+        core::sync::atomic::fence(Ordering::SeqCst);
+    }
+}

@@ -21,7 +21,7 @@ const SLOTS: usize = MAX_EXTRA_ARENAS + 1;
 struct Slot {
     arena: Arena,
     /// Odd: the slot holds a live arena. Bumped when an arena is created in
-    /// it (and, later, when it is destroyed), so old handles stop matching.
+    /// it and when it is destroyed, so old handles stop matching.
     generation: AtomicU32,
 }
 
@@ -99,12 +99,41 @@ pub fn create() -> Option<ArenaHandle> {
         .map(|(i, _)| i);
     let slot = free_slot.or_else(|| (used < SLOTS).then_some(used))?;
     let entry = SLOTS_TABLE.get(slot)?;
-    let generation = entry.generation.load(Ordering::Relaxed) + 1;
+    entry.arena.state.lock().open();
+    let generation = entry.generation.load(Ordering::Relaxed).wrapping_add(1);
     entry.generation.store(generation, Ordering::Release);
     if slot == used {
         USED_SLOTS.store(used + 1, Ordering::Release);
     }
     Some(ArenaHandle::new(slot, generation))
+}
+
+/// Destroys the arena `handle` names (see `arena_destroy`): its handle stops
+/// resolving first, then its contents go. False for the default arena or a
+/// handle that is not current.
+///
+/// # Safety
+/// No block of the arena is used afterwards, and no thread is inside the
+/// allocator for this arena meanwhile.
+pub unsafe fn destroy(handle: ArenaHandle) -> bool {
+    let _guard = CREATE_LOCK.lock();
+    if handle.slot() == 0 {
+        return false;
+    }
+    let (Some(arena), Some(entry)) = (resolve(handle), SLOTS_TABLE.get(handle.slot())) else {
+        return false;
+    };
+    // Even: dead. The slot cannot be reused before we are done (creation
+    // takes the lock we hold).
+    entry
+        .generation
+        .store(handle.generation().wrapping_add(1), Ordering::Release);
+    // SAFETY: forwarded from the caller.
+    unsafe { arena.state.lock().destroy_contents() };
+    // The heaps of other threads were reset with plain stores; make every
+    // thread see that before its next allocation.
+    crate::os::membarrier();
+    true
 }
 
 /// The arena a handle names, if the handle is current.

@@ -72,7 +72,7 @@ const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
 
 impl Segment {
     /// Maps and initialises a segment for `arena`.
-    pub fn create(arena: *const Arena) -> Option<*mut Segment> {
+    pub fn create(arena: &'static Arena) -> Option<*mut Segment> {
         let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE)?;
         os::no_huge_pages(base, SEGMENT_SIZE);
         let segment = base.cast::<Segment>();
@@ -83,12 +83,12 @@ impl Segment {
         unsafe {
             ptr::addr_of_mut!((*segment).header).write(SegmentHeader {
                 kind: SegmentKind::Spans,
-                arena,
+                arena: arena.as_ptr(),
             });
             ptr::addr_of_mut!((*segment).free_slices).write(Cell::new(USABLE_SLICES));
         }
         OWNERSHIP.insert(base as usize, false);
-        crate::stats::mapped_add(SEGMENT_SIZE);
+        arena.mapped_add(SEGMENT_SIZE);
         Some(segment)
     }
 
@@ -97,9 +97,17 @@ impl Segment {
     /// # Safety
     /// No block of the segment is live and no list links to it.
     pub unsafe fn destroy(segment: *mut Segment) {
+        // SAFETY: the caller passes a live segment; its arena is static.
+        let arena = unsafe { &*(*segment).header.arena };
         OWNERSHIP.remove(segment as usize, false);
         os::unmap(segment.cast(), SEGMENT_SIZE);
-        crate::stats::mapped_sub(SEGMENT_SIZE);
+        arena.mapped_sub(SEGMENT_SIZE);
+    }
+
+    /// Bytes of the segment resident now.
+    pub fn resident_bytes(&self) -> usize {
+        // SAFETY: a live segment is one mapping of SEGMENT_SIZE bytes.
+        unsafe { os::resident_bytes_in(self as *const Segment as *mut u8, SEGMENT_SIZE) }
     }
 
     pub fn is_empty(&self) -> bool {

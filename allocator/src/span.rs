@@ -156,6 +156,18 @@ impl Span {
         self.set_state(SpanState::Free);
     }
 
+    /// Live blocks and their bytes, as statistics (`used` is read racily;
+    /// the current span's pin is not a block).
+    pub fn live(&self) -> (usize, usize) {
+        let state = self.state();
+        if state == SpanState::Free {
+            return (0, 0);
+        }
+        let pin = u32::from(state == SpanState::Current);
+        let blocks = self.used().saturating_sub(pin) as usize;
+        (blocks, blocks * self.block_size())
+    }
+
     /// Returns the span to the free state. Arena lock; no live block.
     pub fn clear(&self) {
         self.set_state(SpanState::Free);

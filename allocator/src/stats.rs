@@ -5,7 +5,6 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::arena::for_each_arena;
-use crate::span::SpanState;
 
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 static PEAK_MAPPED: AtomicUsize = AtomicUsize::new(0);
@@ -77,15 +76,85 @@ pub fn snapshot() -> Stats {
         state.for_each_segment(|segment| {
             s.segments += 1;
             segment.for_each_span(|span| {
-                let state = span.state();
-                if state != SpanState::Free {
-                    let pin = u32::from(state == SpanState::Current);
-                    let blocks = span.used().saturating_sub(pin) as usize;
-                    s.live_blocks += blocks;
-                    s.live_bytes += blocks * span.block_size();
-                }
+                let (blocks, bytes) = span.live();
+                s.live_blocks += blocks;
+                s.live_bytes += bytes;
             });
         });
     });
     s
+}
+
+/// What one arena holds, kept under its lock (slow paths only: spans taken
+/// from and given back to the arena, large blocks mapped and freed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArenaAccounts {
+    /// Bytes of spans handed to heaps (or abandoned) plus large mappings in
+    /// use: what the arena's limit applies to.
+    pub in_use_bytes: usize,
+    /// Most `in_use_bytes` ever.
+    pub peak_in_use_bytes: usize,
+    /// 0: no limit.
+    pub limit_bytes: usize,
+    /// Usable bytes and count of live large blocks.
+    pub large_live_bytes: usize,
+    pub large_live_blocks: usize,
+}
+
+impl ArenaAccounts {
+    pub const EMPTY: ArenaAccounts = ArenaAccounts {
+        in_use_bytes: 0,
+        peak_in_use_bytes: 0,
+        limit_bytes: 0,
+        large_live_bytes: 0,
+        large_live_blocks: 0,
+    };
+
+    /// Bytes the arena may still put in use before it reaches its limit.
+    pub fn headroom(&self) -> usize {
+        if self.limit_bytes == 0 {
+            usize::MAX
+        } else {
+            self.limit_bytes.saturating_sub(self.in_use_bytes)
+        }
+    }
+
+    /// Puts `bytes` more in use if the limit allows; false (nothing changed)
+    /// otherwise.
+    pub fn reserve(&mut self, bytes: usize) -> bool {
+        if bytes > self.headroom() {
+            return false;
+        }
+        self.in_use_bytes += bytes;
+        self.peak_in_use_bytes = self.peak_in_use_bytes.max(self.in_use_bytes);
+        true
+    }
+
+    pub fn release(&mut self, bytes: usize) {
+        self.in_use_bytes = self.in_use_bytes.saturating_sub(bytes);
+    }
+}
+
+/// One arena's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// Bytes in the arena's live blocks (usable sizes). Blocks freed by
+    /// another thread count until their span's owner collects them.
+    pub live_bytes: usize,
+    /// The arena's live blocks.
+    pub live_blocks: usize,
+    /// Bytes of the arena's mappings that are resident now (from `mincore`).
+    pub resident_bytes: usize,
+    /// Bytes the arena has mapped (segments, large blocks, cached ones).
+    pub mapped_bytes: usize,
+    /// Bytes in spans that hold or may hold blocks, plus large mappings in
+    /// use: live bytes rounded up to whole spans. The limit applies to this.
+    pub in_use_bytes: usize,
+    /// Most `in_use_bytes` at any time: an upper bound of peak live bytes,
+    /// exact to a span.
+    pub peak_in_use_bytes: usize,
+    /// The arena's limit (0: none).
+    pub limit_bytes: usize,
+    /// Threads whose preferred arena this is.
+    pub threads: usize,
 }

@@ -30,8 +30,15 @@ pub fn current_heap() -> *mut Heap {
     CURRENT_HEAP.with(|h| h.get())
 }
 
+/// Makes `heap` the thread's current heap (and marks which heap its thread
+/// prefers, for the arenas' thread counts).
 fn set_current_heap(heap: *mut Heap) {
-    CURRENT_HEAP.with(|h| h.set(heap));
+    let previous = CURRENT_HEAP.with(|h| h.replace(heap));
+    // SAFETY: a thread's current heap is the empty heap or a pool heap.
+    unsafe {
+        heap::set_preferred(previous, false);
+        heap::set_preferred(heap, true);
+    }
 }
 
 /// A number that identifies the calling thread among live threads: the
@@ -120,17 +127,27 @@ pub fn heap_for_current_thread() -> Option<*mut Heap> {
 }
 
 /// The calling thread's heap for `arena`, created on first use. A thread's
-/// heaps form a chain from the first one, which the thread-exit key holds.
+/// heaps form a chain from the first one, which the thread-exit key holds;
+/// heaps whose arena was destroyed stay in the chain, dead, until reused.
 pub fn heap_in(arena: &'static Arena) -> Option<*mut Heap> {
     let first = THREAD_HEAPS.with(|h| h.get());
     let mut heap = first;
+    let mut dead = core::ptr::null_mut();
     while !heap.is_null() {
-        // SAFETY: the chain holds this thread's own live heaps.
+        // SAFETY: the chain holds this thread's own heaps.
         let h = unsafe { &*heap };
         if core::ptr::eq(h.arena, arena) {
             return Some(heap);
         }
+        // The current heap, even dead, must not silently change arena.
+        if h.arena.is_null() && heap != current_heap() {
+            dead = heap;
+        }
         heap = h.next_in_thread;
+    }
+    if !dead.is_null() {
+        // SAFETY: a dead heap of this thread's chain.
+        return unsafe { heap::revive_heap(dead, arena) }.then_some(dead);
     }
     new_heap_in(arena, first)
 }
@@ -179,15 +196,12 @@ pub fn preferred_arena() -> &'static Arena {
     }
 }
 
-/// Makes `arena` the calling thread's preferred arena; returns the previous
-/// one, or `None` if the thread's heap for it cannot be created.
-pub fn set_preferred_arena(arena: &'static Arena) -> Option<&'static Arena> {
-    let previous = preferred_arena();
-    if !core::ptr::eq(previous, arena) {
-        let heap = heap_in(arena)?;
-        set_current_heap(heap);
-    }
-    Some(previous)
+/// Makes `arena` the calling thread's preferred arena; `None` if the
+/// thread's heap for it cannot be created.
+pub fn set_preferred_arena(arena: &'static Arena) -> Option<()> {
+    let heap = heap_in(arena)?;
+    set_current_heap(heap);
+    Some(())
 }
 
 /// Thread exit: every heap of the thread hands its spans to its arena and
@@ -240,5 +254,9 @@ extern "C" fn fork_child() {
     // alone (their memory stays with the child, as glibc's does), but make
     // sure no new thread can take their spans for its own.
     let survivor = current_thread_id();
-    for_each_arena(|arena| arena.state.lock().orphan_spans_of_other_threads(survivor));
+    for_each_arena(|arena| {
+        let mut state = arena.state.lock();
+        state.orphan_spans_of_other_threads(survivor);
+        state.forget_heaps_of_other_threads(survivor);
+    });
 }

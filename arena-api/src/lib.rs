@@ -16,7 +16,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 
 mod arena;
-pub use arena::{Arena, ArenaError, ArenaGuard};
+pub use arena::{Arena, ArenaError, ArenaGuard, ArenaStats};
 
 pub use arenalloc_engine::Stats;
 

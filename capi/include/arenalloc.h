@@ -48,6 +48,36 @@ void *malloc_arena_malloc(arena_hd *arena, size_t size);
 void *malloc_arena_calloc(arena_hd *arena, size_t count, size_t size);
 void *malloc_arena_aligned_alloc(arena_hd *arena, size_t alignment, size_t size);
 
+/* Frees every block of the arena at once and returns its memory to the OS.
+ * Threads that prefer it fall back to the default arena; the handle (and
+ * every copy of it) is refused from now on. No block of the arena may be
+ * used afterwards, and no other thread may allocate in, free to or switch
+ * to the arena while this runs. 0, or -1 with errno EINVAL for the default
+ * arena or a stale or foreign handle. */
+int malloc_arena_destroy(arena_hd *arena);
+
+/* Returns the arena's free memory to the OS now: 1 if memory was released,
+ * 0 if there was nothing to release, -1 (EINVAL) for a bad handle. */
+int malloc_arena_trim(arena_hd *arena);
+
+struct malloc_arena_stats {
+    size_t live_bytes;        /* bytes in live blocks (usable sizes) */
+    size_t live_blocks;       /* live blocks */
+    size_t resident_bytes;    /* bytes of the arena's mappings in RAM now */
+    size_t mapped_bytes;      /* bytes the arena has mapped */
+    size_t in_use_bytes;      /* spans holding blocks + large blocks: what the limit counts */
+    size_t peak_in_use_bytes; /* most in_use_bytes ever: peak live bytes, rounded up to spans */
+    size_t limit_bytes;       /* 0: no limit */
+    size_t threads;           /* threads whose preferred arena this is */
+};
+
+/* 0, or -1 (EINVAL) for a bad handle or a NULL out. */
+int malloc_arena_stats(arena_hd *arena, struct malloc_arena_stats *out);
+
+/* Past `bytes` in use, allocations in the arena fail with NULL and ENOMEM.
+ * 0 removes the limit. 0, or -1 (EINVAL) for a bad handle. */
+int malloc_arena_set_limit(arena_hd *arena, size_t bytes);
+
 #ifdef __cplusplus
 }
 #endif

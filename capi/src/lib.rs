@@ -406,3 +406,100 @@ pub extern "C" fn malloc_arena_aligned_alloc(
 ) -> *mut c_void {
     arena_alloc(arena, size, align, false)
 }
+
+/// `struct malloc_arena_stats` in `arenalloc.h`: one arena's figures.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct MallocArenaStats {
+    pub live_bytes: usize,
+    pub live_blocks: usize,
+    pub resident_bytes: usize,
+    pub mapped_bytes: usize,
+    pub in_use_bytes: usize,
+    pub peak_in_use_bytes: usize,
+    pub limit_bytes: usize,
+    pub threads: usize,
+}
+
+/// The engine's handle for a C handle, or `None` with `errno = EINVAL`.
+fn handle_or_einval(arena: *mut ArenaHd) -> Option<engine::ArenaHandle> {
+    let handle = from_c(arena);
+    if handle.is_none() {
+        os::set_errno(libc::EINVAL);
+    }
+    handle
+}
+
+/// Destroys `arena`: frees all its blocks at once and returns its memory to
+/// the OS; threads that prefer it fall back to the default arena. 0 on
+/// success; -1 with `errno = EINVAL` for the default arena or a stale,
+/// destroyed or foreign handle.
+///
+/// # Safety
+/// No block of the arena is used afterwards, and no other thread allocates
+/// in, frees to or switches to the arena while this runs.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_arena_destroy(arena: *mut ArenaHd) -> c_int {
+    match handle_or_einval(arena) {
+        // SAFETY: the caller's contract, as documented above.
+        Some(handle) if unsafe { engine::arena_destroy(handle) } => 0,
+        _ => -1,
+    }
+}
+
+/// Returns `arena`'s free memory to the OS now: 1 if memory was released, 0
+/// if there was nothing to release, -1 with `errno = EINVAL` for a stale or
+/// foreign handle.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_arena_trim(arena: *mut ArenaHd) -> c_int {
+    match handle_or_einval(arena).and_then(engine::arena_trim) {
+        Some(0) => 0,
+        Some(_) => 1,
+        None => -1,
+    }
+}
+
+/// Fills `*out` with `arena`'s figures: 0, or -1 with `errno = EINVAL` for a
+/// stale or foreign handle or a NULL `out`.
+///
+/// # Safety
+/// `out` is null or points to writable memory for a
+/// `struct malloc_arena_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_arena_stats(
+    arena: *mut ArenaHd,
+    out: *mut MallocArenaStats,
+) -> c_int {
+    if out.is_null() {
+        os::set_errno(libc::EINVAL);
+        return -1;
+    }
+    let Some(s) = handle_or_einval(arena).and_then(engine::arena_stats) else {
+        return -1;
+    };
+    let figures = MallocArenaStats {
+        live_bytes: s.live_bytes,
+        live_blocks: s.live_blocks,
+        resident_bytes: s.resident_bytes,
+        mapped_bytes: s.mapped_bytes,
+        in_use_bytes: s.in_use_bytes,
+        peak_in_use_bytes: s.peak_in_use_bytes,
+        limit_bytes: s.limit_bytes,
+        threads: s.threads,
+    };
+    // SAFETY: `out` is non-null and writable (the caller's contract).
+    unsafe { out.write(figures) };
+    0
+}
+
+/// Caps what `arena` may hold (bytes of spans and large blocks in use): past
+/// it, allocations in the arena fail with NULL and `errno = ENOMEM`. 0
+/// removes the limit. Returns 0, or -1 with `errno = EINVAL` for a stale or
+/// foreign handle.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_arena_set_limit(arena: *mut ArenaHd, bytes: usize) -> c_int {
+    match handle_or_einval(arena) {
+        Some(handle) if engine::arena_set_limit(handle, bytes) => 0,
+        _ => -1,
+    }
+}
