@@ -25,27 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use native::{capi_libs, require_tool, run_with_limit, tail, Run, LOAD_LINE_PREFIX};
+use native::{capi_libs, require_tool, run_with_limit, tail, Run, LOAD_LINE_PREFIX, STATIC_LIBS};
 
 /// A run of c_contract takes about 10 s here; this only catches hangs.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
-
-/// What the Rust staticlib needs from the system when linked into a C
-/// program: the list `cargo rustc --release -p arenalloc-capi --crate-type
-/// staticlib -- --print native-static-libs` prints (de-duplicated).
-/// `--whole-archive` is not needed: c_contract.o refers to `malloc`, which
-/// pulls in the (single, LTO-merged) object that defines every exported
-/// function and the load hook; forcing the whole archive in would also pull
-/// in unused std objects.
-const STATIC_LIBS: &[&str] = &[
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
 
 fn c_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("c/c_contract.c")

@@ -103,6 +103,15 @@ impl Default for Arena {
 
 pub use crate::registry::{default_arena, for_each_arena};
 
+/// What one arena purge did.
+#[derive(Default, Clone, Copy)]
+pub struct PurgeOutcome {
+    /// Bytes given back to the OS.
+    pub purged: usize,
+    /// Something is not old enough yet, or a heap was busy: look again.
+    pub more: bool,
+}
+
 impl ArenaState {
     pub fn is_open(&self) -> bool {
         !self.closed
@@ -373,6 +382,125 @@ impl ArenaState {
         }
         released += self.large_cache.release_all();
         released
+    }
+
+    /// One purge of this arena (see `purger`): spans of idle heaps and
+    /// abandoned spans that emptied go back as free slices and their free
+    /// pages to the OS; free slices and cached large blocks free since
+    /// `freed_by_ms` or earlier are discarded or unmapped. With `force`,
+    /// heaps count as idle whatever they did since the last pass.
+    pub fn purge(&mut self, freed_by_ms: u64, force: bool) -> PurgeOutcome {
+        let mut outcome = PurgeOutcome::default();
+        self.purge_heaps(force, &mut outcome);
+        outcome.purged += self.purge_abandoned();
+        if force {
+            // Everything, spare segments and the whole large cache too.
+            outcome.purged += self.trim();
+            return outcome;
+        }
+        let mut segment = self.segments;
+        while !segment.is_null() {
+            // SAFETY: list members are live under the lock.
+            let seg = unsafe { &*segment };
+            let next = seg.next.get();
+            let (dirty, old) = seg.dirty_free_slices(freed_by_ms);
+            if dirty != old {
+                outcome.more = true;
+            }
+            if old != 0 {
+                outcome.purged += seg.discard_free_slices_freed_by(freed_by_ms);
+            }
+            segment = next;
+        }
+        let (released, more) = self.large_cache.release_freed_by(freed_by_ms);
+        outcome.purged += released;
+        outcome.more |= more;
+        outcome
+    }
+
+    /// Claims the arena's idle heaps in batches (one `membarrier` each) and
+    /// purges them.
+    fn purge_heaps(&mut self, force: bool, outcome: &mut PurgeOutcome) {
+        const BATCH: usize = 32;
+        let remote_epoch = crate::purger::remote_free_epoch();
+        let mut skip = 0;
+        loop {
+            let mut batch = [ptr::null_mut::<Heap>(); BATCH];
+            let n = self.heaps.members(skip, &mut batch);
+            skip += n;
+            let mut claimed = [ptr::null_mut::<Heap>(); BATCH];
+            let mut marks = [0u64; BATCH];
+            let mut count = 0;
+            for &heap in batch.iter().take(n) {
+                // SAFETY: members of the locked arena's list.
+                let idle = unsafe { crate::heap::is_idle_since_last_look(heap) };
+                if !idle && !force {
+                    outcome.more = true;
+                    continue;
+                }
+                // SAFETY: as above.
+                let (changed, mark) = unsafe { crate::heap::purge_mark(heap, remote_epoch) };
+                // SAFETY: as above.
+                if changed && unsafe { crate::heap::claim_of(heap) }.try_claim() {
+                    if let (Some(c), Some(m)) = (claimed.get_mut(count), marks.get_mut(count)) {
+                        *c = heap;
+                        *m = mark;
+                        count += 1;
+                    }
+                }
+            }
+            if count > 0 {
+                let barrier = crate::claim::barrier();
+                for (&heap, &mark) in claimed.iter().zip(&marks).take(count) {
+                    // SAFETY: listed heaps (their threads are alive).
+                    let claim = unsafe { crate::heap::claim_of(heap) };
+                    if barrier && claim.confirm() {
+                        // SAFETY: confirmed claim; the lock is ours.
+                        outcome.purged += unsafe { (*heap).purge_idle(self) };
+                        // SAFETY: as above.
+                        unsafe { crate::heap::set_purged_mark(heap, mark) };
+                        claim.release();
+                    } else {
+                        // A failed `confirm` has dropped the claim already.
+                        if !barrier {
+                            claim.release();
+                        }
+                        outcome.more = true;
+                    }
+                }
+            }
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Abandoned spans: the emptied ones become free slices, the others
+    /// give back their free pages. Returns the bytes purged.
+    fn purge_abandoned(&mut self) -> usize {
+        let mut purged = 0;
+        for class in 0..CLASS_COUNT {
+            let mut span = self.abandoned[class].head;
+            while !span.is_null() {
+                // SAFETY: list members are live; abandoned spans have no
+                // owner, so the lock holder may use their owner-only fields.
+                let next = unsafe { SpanList::next_of(span) };
+                // SAFETY: as above.
+                let s = unsafe { &*span };
+                s.collect_remote();
+                if s.used() == 0 {
+                    // SAFETY: a member; then empty and unlinked.
+                    unsafe {
+                        self.abandoned[class].remove(span);
+                        self.retire_span(span);
+                    }
+                } else {
+                    purged += s.purge_free_pages();
+                }
+                span = next;
+            }
+        }
+        purged
     }
 
     /// In the child after `fork`: marks every span owned by a thread other

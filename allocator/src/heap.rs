@@ -13,7 +13,9 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use crate::claim::ThreadClaim;
 
 use crate::arena::{Arena, ArenaState};
 use crate::diag;
@@ -126,7 +128,10 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     } else {
         heap
     };
-    // SAFETY: `heap` is now the calling thread's own heap.
+    // SAFETY: `heap` is now the calling thread's own heap (a pool heap).
+    unsafe { note_activity(heap) };
+    crate::purger::maybe_start();
+    // SAFETY: as above.
     let h = unsafe { &mut *heap };
     let Some(span) = h.refill(class) else {
         return ptr::null_mut();
@@ -173,6 +178,10 @@ pub unsafe fn free_local(span: *mut Span, block: *mut Block) {
 unsafe fn free_local_slow(span: *mut Span) {
     // SAFETY: the caller owns `span`, so its heap is the caller's.
     let s = unsafe { &*span };
+    // SAFETY: the span's heap is the caller's own pool heap.
+    unsafe { note_activity(s.heap()) };
+    // Free blocks that the purger may give back later.
+    crate::purger::note_pending();
     // SAFETY: as above.
     let heap = unsafe { &mut *s.heap() };
     let class = s.class().min(CLASS_COUNT - 1);
@@ -338,12 +347,91 @@ impl Heap {
         unsafe { state.retire_span(span) };
     }
 
+    /// Gives back what this idle heap holds but does not use: spans that
+    /// became empty (also through other threads' frees) go back to the
+    /// arena as free slices, and the free pages of the others to the OS.
+    /// Returns the bytes purged now.
+    ///
+    /// # Safety
+    /// The caller holds a confirmed claim on the heap's thread and `state`
+    /// is the locked state of the heap's arena.
+    pub unsafe fn purge_idle(&mut self, state: &mut ArenaState) -> usize {
+        let mut purged = 0;
+        for class in 0..CLASS_COUNT {
+            let current = self.current[class];
+            if current != empty_span() {
+                // SAFETY: the heap's current span; the claim makes its
+                // owner-only fields ours.
+                let s = unsafe { &*current };
+                s.collect_remote();
+                if s.used() == 1 {
+                    // Only the pin: unpin and give the span back.
+                    s.set_used(0);
+                    self.current[class] = empty_span();
+                    // SAFETY: empty; a current span is in no list.
+                    unsafe { state.retire_span(current) };
+                } else {
+                    purged += s.purge_free_pages();
+                }
+            }
+            purged += self.purge_list(state, class, SpanState::Available);
+            purged += self.purge_list(state, class, SpanState::Full);
+        }
+        purged
+    }
+
+    /// [`Heap::purge_idle`] for one of the class's lists.
+    fn purge_list(&mut self, state: &mut ArenaState, class: usize, which: SpanState) -> usize {
+        let mut purged = 0;
+        let list = if which == SpanState::Full {
+            &mut self.full[class]
+        } else {
+            &mut self.avail[class]
+        };
+        let mut span = list.head;
+        let mut moved = SpanList::EMPTY;
+        while !span.is_null() {
+            // SAFETY: a member of the list (ours under the claim).
+            let next = unsafe { SpanList::next_of(span) };
+            // SAFETY: as above.
+            let s = unsafe { &*span };
+            s.collect_remote();
+            if s.used() == 0 {
+                // SAFETY: a member; then empty and unlinked.
+                unsafe {
+                    list.remove(span);
+                    state.retire_span(span);
+                }
+            } else if which == SpanState::Full && !s.free_head().is_null() {
+                // SAFETY: a member; then unlinked.
+                unsafe {
+                    list.remove(span);
+                    moved.push_back(span);
+                }
+            } else {
+                purged += s.purge_free_pages();
+            }
+            span = next;
+        }
+        // Full spans that had blocks freed into them become available.
+        while let Some(span) = moved.pop_front() {
+            // SAFETY: unlinked spans of this heap.
+            let s = unsafe { &*span };
+            s.set_state(SpanState::Available);
+            purged += s.purge_free_pages();
+            // SAFETY: in no list.
+            unsafe { self.avail[class].push_back(span) };
+        }
+        purged
+    }
+
     /// The thread is exiting: hand every span to the arena, empty ones as
     /// free slices, the rest as abandoned, and leave the arena's heap list.
     pub fn abandon_all(&mut self) {
         if self.arena.is_null() {
             return;
         }
+        crate::purger::note_pending();
         let mut state = self.arena().state.lock();
         // SAFETY: this heap is in its arena's list; we hold the lock.
         unsafe { state.remove_heap(self) };
@@ -389,10 +477,21 @@ pub struct HeapLinks {
     /// The heap is its thread's current heap (the thread prefers its arena).
     /// Stored by the owner, read by statistics.
     preferred: AtomicBool,
+    /// The owner thread's side of the purger's claim handshake.
+    claim: Cell<*const ThreadClaim>,
+    /// Bumped by the owner on every slow path (plain load and store): a
+    /// heap whose count did not move between two purger passes is idle.
+    activity: AtomicU32,
+    /// `activity` as the purger last saw it. Arena lock.
+    seen_activity: Cell<u32>,
+    /// `activity` and the remote-free epoch when the purger last purged the
+    /// heap (`u64::MAX`: never): unchanged, there is nothing new to purge.
+    purged_mark: Cell<u64>,
 }
 
-// SAFETY: the `Cell`s are only touched under the arena lock; `preferred` is
-// atomic.
+// SAFETY: the `Cell`s are only touched under the arena lock (`claim` is
+// set by the owner before the heap joins its arena's list under that lock);
+// `preferred` and `activity` are atomic.
 unsafe impl Sync for HeapLinks {}
 
 /// A heap and its links, as the pool hands them out (`*mut Heap` points at
@@ -411,6 +510,62 @@ unsafe fn links<'a>(heap: *mut Heap) -> &'a HeapLinks {
     // SAFETY: pool heaps are the first field of a `HeapSlot`, which is never
     // unmapped; only shared references to the links are ever made.
     unsafe { &*ptr::addr_of!((*heap.cast::<HeapSlot>()).links) }
+}
+
+/// Owner, on a slow path: the heap is in use.
+///
+/// # Safety
+/// `heap` came from [`new_heap`].
+unsafe fn note_activity(heap: *mut Heap) {
+    // SAFETY: forwarded.
+    let activity = unsafe { &links(heap).activity };
+    activity.store(
+        activity.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
+
+/// Purger, under the arena lock: whether the heap had no slow path since
+/// the last look (and remembers what it saw).
+///
+/// # Safety
+/// `heap` is in the locked arena's heap list.
+pub unsafe fn is_idle_since_last_look(heap: *mut Heap) -> bool {
+    // SAFETY: forwarded; the list holds pool heaps.
+    let l = unsafe { links(heap) };
+    let now = l.activity.load(Ordering::Relaxed);
+    let idle = now == l.seen_activity.get();
+    l.seen_activity.set(now);
+    idle
+}
+
+/// Purger, under the arena lock: whether the heap may hold memory to purge
+/// that it did not hold at the last purge; `mark` is what to remember once
+/// it is purged ([`set_purged_mark`]).
+///
+/// # Safety
+/// `heap` is in the locked arena's heap list.
+pub unsafe fn purge_mark(heap: *mut Heap, remote_epoch: u32) -> (bool, u64) {
+    // SAFETY: forwarded; the list holds pool heaps.
+    let l = unsafe { links(heap) };
+    let mark = (u64::from(l.activity.load(Ordering::Relaxed)) << 32) | u64::from(remote_epoch);
+    (l.purged_mark.get() != mark, mark)
+}
+
+/// # Safety
+/// As for [`purge_mark`].
+pub unsafe fn set_purged_mark(heap: *mut Heap, mark: u64) {
+    // SAFETY: forwarded.
+    unsafe { links(heap) }.purged_mark.set(mark);
+}
+
+/// The claim handshake of the heap's thread.
+///
+/// # Safety
+/// `heap` is in the locked arena's heap list (so its thread has not exited).
+pub unsafe fn claim_of<'a>(heap: *mut Heap) -> &'a ThreadClaim {
+    // SAFETY: forwarded; a listed heap's thread is alive and its TLS with it.
+    unsafe { &*links(heap).claim.get() }
 }
 
 /// Marks whether `heap` is its thread's current heap (owner thread).
@@ -482,6 +637,26 @@ impl HeapList {
             heap = l.next.get();
         }
         count
+    }
+
+    /// Copies up to `out.len()` members, from the `skip`-th on, into `out`;
+    /// returns how many.
+    pub fn members(&self, skip: usize, out: &mut [*mut Heap]) -> usize {
+        let mut heap = self.head;
+        let mut index = 0;
+        let mut n = 0;
+        while !heap.is_null() && n < out.len() {
+            if index >= skip {
+                if let Some(slot) = out.get_mut(n) {
+                    *slot = heap;
+                }
+                n += 1;
+            }
+            index += 1;
+            // SAFETY: members are pool heaps.
+            heap = unsafe { links(heap) }.next.get();
+        }
+        n
     }
 
     /// Removes the heaps for which `f` says so, calling `f` on every member.
@@ -581,8 +756,14 @@ pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena) -> bool {
     join_arena(arena, heap)
 }
 
-/// Registers a heap with its arena; false if the arena is closed.
+/// Registers a heap of the calling thread with its arena; false if the
+/// arena is closed.
 fn join_arena(arena: &'static Arena, heap: *mut Heap) -> bool {
+    // SAFETY: a pool heap that no other thread sees yet; the lock below
+    // publishes the pointer to the purger.
+    let l = unsafe { links(heap) };
+    l.claim.set(crate::thread::current_claim());
+    l.purged_mark.set(u64::MAX);
     let mut state = arena.state.lock();
     // SAFETY: a pool heap in no list.
     state.is_open() && unsafe { state.add_heap(heap) }

@@ -328,6 +328,7 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
         Some(evicted) => unmap_all(evicted),
         None => unmap_block(header),
     }
+    crate::purger::note_pending();
 }
 
 /// Usable size of the large block `p`.
@@ -667,6 +668,29 @@ impl LargeCache {
     }
 
     /// Unmaps every cached block; returns the bytes unmapped.
+    /// Unmaps the cached blocks freed at `freed_by_ms` or earlier; returns
+    /// the bytes released and whether younger blocks remain.
+    pub fn release_freed_by(&mut self, freed_by_ms: u64) -> (usize, bool) {
+        let mut released = 0;
+        let mut more = false;
+        for i in 0..CACHE_SLOTS {
+            let slot = self.slot(i);
+            if slot.is_null() {
+                continue;
+            }
+            // SAFETY: non-null slots are live cached headers.
+            if unsafe { (*slot).freed_at_ms } <= freed_by_ms {
+                let block = self.evict(i);
+                // SAFETY: was a live cached header.
+                released += unsafe { (*block).map_size };
+                unmap_block(block);
+            } else {
+                more = true;
+            }
+        }
+        (released, more)
+    }
+
     pub fn release_all(&mut self) -> usize {
         let mut released = 0;
         for i in 0..CACHE_SLOTS {

@@ -23,10 +23,12 @@
 #![no_std]
 
 pub mod arena;
+pub mod claim;
 pub mod diag;
 pub mod heap;
 pub mod large;
 pub mod os;
+pub mod purger;
 pub mod registry;
 pub mod segment;
 pub mod size_class;
@@ -61,7 +63,7 @@ fn out_of_memory() -> *mut u8 {
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= MEDIUM_MAX {
         // SAFETY: the current heap belongs to this thread.
-        let p = unsafe { heap::alloc(thread::current_heap(), size) };
+        let p = thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) });
         if p.is_null() {
             return out_of_memory();
         }
@@ -79,6 +81,7 @@ fn alloc_large(arena: &'static Arena, size: usize, align: usize, zero: bool) -> 
     // The fork handlers must be in place before any arena lock is taken,
     // even in a program whose first allocation is large.
     thread::ensure_init();
+    purger::maybe_start();
     // A zero-byte block still needs a byte of its own, or it would point
     // just past its mapping.
     match large::alloc(arena, size.max(1), align) {
@@ -117,7 +120,9 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
     }
     if let Some(class) = class_of_aligned(size, align) {
         // SAFETY: the current heap belongs to this thread.
-        let p = unsafe { heap::alloc_small(thread::current_heap(), class) };
+        let p = thread::inside_allocator(|| unsafe {
+            heap::alloc_small(thread::current_heap(), class)
+        });
         if p.is_null() {
             return out_of_memory();
         }
@@ -176,7 +181,9 @@ pub unsafe fn free(p: *mut u8) {
         return;
     }
     match owner_of(p, "free") {
-        Owner::Span(span) => {
+        // Inside the allocator before the owner is read: a purger may retire
+        // this thread's spans while it holds them.
+        Owner::Span(span) => thread::inside_allocator(|| {
             // SAFETY: `span` is the live span that holds `p`.
             let owner = unsafe { (*span).owner_thread() };
             if owner == thread::current_thread_id() {
@@ -186,7 +193,7 @@ pub unsafe fn free(p: *mut u8) {
                 // SAFETY: as above, from another thread.
                 unsafe { free_remote(span, p) };
             }
-        }
+        }),
         // SAFETY: `block` is the header the ownership map gives for `p`.
         Owner::Large(block) => unsafe { large::free(block, p) },
     }
@@ -312,11 +319,11 @@ fn alloc_in(arena: &'static Arena, size: usize, align: usize, zero: bool) -> *mu
     let Some(class) = class else {
         return alloc_large(arena, size, align, zero);
     };
-    let Some(heap) = thread::heap_in(arena) else {
-        return out_of_memory();
-    };
-    // SAFETY: `heap` is the calling thread's own heap for `arena`.
-    let p = unsafe { heap::alloc_small(heap, class) };
+    let p = thread::inside_allocator(|| match thread::heap_in(arena) {
+        // SAFETY: `heap` is the calling thread's own heap for `arena`.
+        Some(heap) => unsafe { heap::alloc_small(heap, class) },
+        None => ptr::null_mut(),
+    });
     if p.is_null() {
         return out_of_memory();
     }
@@ -402,8 +409,7 @@ pub unsafe fn arena_destroy(handle: ArenaHandle) -> bool {
 pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
     thread::ensure_init();
     let arena = live_arena(handle)?;
-    let released = arena.state.lock().trim();
-    Some(released)
+    Some(purger::purge_arena_now(arena))
 }
 
 /// One arena's figures; `None` (errno `EINVAL`) for a stale or foreign
@@ -448,20 +454,14 @@ pub fn arena_of(p: *const u8) -> Option<ArenaHandle> {
     Some(registry::handle_of(unsafe { &*(*header).arena }))
 }
 
-/// Returns memory the allocator holds but does not use to the OS: empty
-/// segments, free slices' pages, cached large blocks. Returns the number of
-/// bytes released (0: nothing to release).
+/// Returns memory the allocator holds but does not use to the OS, now, in
+/// every arena: spans that emptied (also in other threads' heaps, claimed
+/// while those threads are outside the allocator), the free 4 KiB pages of
+/// spans that still hold live blocks, free slices, empty segments and cached
+/// large blocks. Returns the number of bytes released (0: nothing).
 pub fn trim() -> usize {
     thread::ensure_init();
-    let mut released = 0;
-    arena::for_each_arena(|arena| {
-        let cached = {
-            let mut state = arena.state.lock();
-            state.trim()
-        };
-        released += cached;
-    });
-    released
+    purger::purge_all_now()
 }
 
 /// The allocator's figures now.

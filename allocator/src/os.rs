@@ -227,9 +227,10 @@ pub unsafe fn resident_bytes_in(p: *mut u8, size: usize) -> usize {
 
 /// Makes every thread of the process pass a full memory barrier before this
 /// returns (`membarrier`), so plain stores made before it are seen by any
-/// thread's next plain load. Falls back to a local fence where the kernel
-/// lacks the call; the callers' `munmap` TLB shoot-downs then order it.
-pub fn membarrier() {
+/// thread's next plain load. Returns false where the kernel lacks the call
+/// (then only a local fence was made: callers that need the process-wide
+/// barrier must not rely on it).
+pub fn membarrier() -> bool {
     use core::sync::atomic::{AtomicU8, Ordering};
     const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
     const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
@@ -242,8 +243,66 @@ pub fn membarrier() {
     }
     if STATE.load(Ordering::Acquire) == 1 {
         // SAFETY: as above; registered, so the command is allowed.
-        unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0) };
-    } else {
-        core::sync::atomic::fence(Ordering::SeqCst);
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0) };
+        if rc == 0 {
+            return true;
+        }
+    }
+    core::sync::atomic::fence(Ordering::SeqCst);
+    false
+}
+
+/// Sleeps for `ms` milliseconds (restarted after signals).
+pub fn sleep_ms(ms: u64) {
+    let mut ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    loop {
+        let mut left = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: both are valid timespecs.
+        let rc = unsafe { libc::nanosleep(&ts, &mut left) };
+        if rc == 0 || errno() != libc::EINTR {
+            return;
+        }
+        ts = left;
+    }
+}
+
+/// Starts a detached thread running `main`, with every signal blocked in it
+/// (signals are the application's business) and a small stack. False if it
+/// could not be created.
+pub fn spawn_thread(main: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    const STACK_SIZE: usize = 256 * 1024;
+    // SAFETY: plain C calls on local, initialised out-parameters; the
+    // attribute and signal set live across the calls that use them, and the
+    // old mask is restored before returning.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, STACK_SIZE);
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut thread: libc::pthread_t = 0;
+        let rc = libc::pthread_create(&mut thread, &attr, main, core::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        rc == 0
+    }
+}
+
+/// Names the calling thread (as `ps` and `top -H` show it).
+pub fn name_this_thread(name: &core::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
     }
 }

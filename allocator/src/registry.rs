@@ -132,7 +132,7 @@ pub unsafe fn destroy(handle: ArenaHandle) -> bool {
     unsafe { arena.state.lock().destroy_contents() };
     // The heaps of other threads were reset with plain stores; make every
     // thread see that before its next allocation.
-    crate::os::membarrier();
+    let _ = crate::os::membarrier();
     true
 }
 

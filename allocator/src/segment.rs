@@ -151,15 +151,45 @@ impl Segment {
         let s = unsafe { &*span };
         let count = s.slice_count();
         s.clear();
+        let now = os::now_ms();
+        for slice in self.spans.iter().skip(index).take(count) {
+            slice.set_freed_ms(now);
+        }
         self.free_slices
             .set(self.free_slices.get() | run_mask(index, count));
+    }
+
+    /// Free slices that may still hold resident pages, and of those, the
+    /// ones free since `freed_by_ms` or earlier. Arena lock.
+    pub fn dirty_free_slices(&self, freed_by_ms: u64) -> (u64, u64) {
+        let dirty = self.free_slices.get() & self.dirty_slices.get();
+        let mut old = 0;
+        let mut bits = dirty;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if self
+                .spans
+                .get(i)
+                .is_some_and(|s| s.freed_ms() <= freed_by_ms)
+            {
+                old |= 1 << i;
+            }
+        }
+        (dirty, old)
     }
 
     /// Returns the resident pages of free slices to the OS; returns the
     /// bytes discarded. Arena lock.
     pub fn discard_free_slices(&self) -> usize {
-        let free = self.free_slices.get();
-        let mut todo = free & self.dirty_slices.get();
+        self.discard_free_slices_freed_by(u64::MAX)
+    }
+
+    /// As [`Segment::discard_free_slices`], for the slices free since
+    /// `freed_by_ms` or earlier. Arena lock.
+    pub fn discard_free_slices_freed_by(&self, freed_by_ms: u64) -> usize {
+        let (_, old) = self.dirty_free_slices(freed_by_ms);
+        let mut todo = old;
         let mut discarded = 0;
         while todo != 0 {
             let first = todo.trailing_zeros() as usize;
@@ -168,7 +198,7 @@ impl Segment {
             discarded += count * SLICE_SIZE;
             todo &= !run_mask(first, count);
         }
-        self.dirty_slices.set(self.dirty_slices.get() & !free);
+        self.dirty_slices.set(self.dirty_slices.get() & !old);
         discarded
     }
 

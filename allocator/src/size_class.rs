@@ -93,6 +93,20 @@ pub fn class_of_aligned(size: usize, align: usize) -> Option<usize> {
     None
 }
 
+/// Most blocks any span holds (the smallest class's span).
+pub const MAX_BLOCKS_PER_SPAN: usize = {
+    let mut most = 0;
+    let mut class = 0;
+    while class < CLASS_COUNT {
+        let blocks = span_slices(class) * SLICE_SIZE / class_size(class);
+        if blocks > most {
+            most = blocks;
+        }
+        class += 1;
+    }
+    most
+};
+
 /// Number of slices in a span of class `class`.
 pub const fn span_slices(class: usize) -> usize {
     let bytes = class_size(class) * MIN_BLOCKS_PER_SPAN;

@@ -22,6 +22,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::heap::Heap;
 use crate::os::PAGE_SIZE;
+use crate::segment::SLICE_SIZE;
+use crate::size_class::{MAX_BLOCKS_PER_SPAN, MAX_SPAN_SLICES};
 
 /// A free block: its first word links to the next free block.
 #[repr(C)]
@@ -85,7 +87,21 @@ pub struct Span {
     /// Links in a heap list or the arena's abandoned list.
     next: Cell<*mut Span>,
     prev: Cell<*mut Span>,
+    /// Pages (from `start`) given back to the OS while the span is in use;
+    /// the free blocks that start in them are off the free list ("parked")
+    /// until [`Span::extend`] needs them. Owner (or claimer) only.
+    purged_pages: [Cell<u64>; PURGE_WORDS],
+    /// Blocks carved when the pages were purged (0: nothing parked): parked
+    /// blocks are those below this whose first byte is in a purged page.
+    purged_capacity: Cell<u32>,
+    /// For a free slice: when it became free (`os::now_ms`). Arena lock.
+    freed_ms: Cell<u64>,
 }
+
+/// Pages in the largest span.
+const SPAN_MAX_PAGES: usize = MAX_SPAN_SLICES * SLICE_SIZE / PAGE_SIZE;
+const PURGE_WORDS: usize = SPAN_MAX_PAGES / 64;
+const FREE_MARK_WORDS: usize = MAX_BLOCKS_PER_SPAN.div_ceil(64);
 
 // SAFETY: the `Cell` fields follow an ownership protocol: only the thread in
 // `owner_thread` (or, for spans with no owner, the holder of the arena lock)
@@ -117,6 +133,9 @@ impl Span {
             start: AtomicPtr::new(ptr::null_mut()),
             next: Cell::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
+            purged_pages: [const { Cell::new(0) }; PURGE_WORDS],
+            purged_capacity: Cell::new(0),
+            freed_ms: Cell::new(0),
         }
     }
 
@@ -148,6 +167,7 @@ impl Span {
         self.start.store(start, Ordering::Relaxed);
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
+        self.forget_purged();
     }
 
     /// Marks a slice as the `offset`-th tail slice of a span. Arena lock.
@@ -170,6 +190,7 @@ impl Span {
 
     /// Returns the span to the free state. Arena lock; no live block.
     pub fn clear(&self) {
+        self.forget_purged();
         self.set_state(SpanState::Free);
         self.block_size.store(0, Ordering::Relaxed);
         self.owner_thread.store(0, Ordering::Relaxed);
@@ -266,9 +287,163 @@ impl Span {
             && offset.is_multiple_of(size)
     }
 
-    /// Carves more never-used blocks onto the free list: about a page worth,
-    /// at least one. Owner only. Returns false if the span is fully carved.
+    /// When this free slice became free. Arena lock.
+    pub fn freed_ms(&self) -> u64 {
+        self.freed_ms.get()
+    }
+
+    pub fn set_freed_ms(&self, ms: u64) {
+        self.freed_ms.set(ms)
+    }
+
+    fn forget_purged(&self) {
+        for word in &self.purged_pages {
+            word.set(0);
+        }
+        self.purged_capacity.set(0);
+    }
+
+    fn has_parked(&self) -> bool {
+        self.purged_capacity.get() != 0
+    }
+
+    fn page_is_purged(&self, page: usize) -> bool {
+        self.purged_pages
+            .get(page / 64)
+            .is_some_and(|w| w.get() & (1 << (page % 64)) != 0)
+    }
+
+    /// Gives the OS back every page of the span that no live block touches,
+    /// even while other blocks of the span are live: free blocks that start
+    /// in such a page leave the free list (their link would be lost with the
+    /// page) until [`Span::extend`] brings them back. Returns the bytes
+    /// purged. Owner, claimer or arena-lock holder of an abandoned span;
+    /// remote frees must have been collected first. Does nothing while
+    /// blocks of an earlier purge are still parked.
+    pub fn purge_free_pages(&self) -> usize {
+        if self.has_parked() || self.free.get().is_null() {
+            return 0;
+        }
+        let size = self.block_size();
+        let capacity = self.capacity.get() as usize;
+        let start = self.start.load(Ordering::Relaxed) as usize;
+        if size == 0 || capacity == 0 || capacity > MAX_BLOCKS_PER_SPAN {
+            return 0;
+        }
+        // Which carved blocks are free.
+        let mut free_marks = [0u64; FREE_MARK_WORDS];
+        let mut block = self.free.get();
+        while !block.is_null() {
+            let index = (block as usize).wrapping_sub(start) / size;
+            match free_marks.get_mut(index / 64) {
+                Some(word) if index < capacity => *word |= 1 << (index % 64),
+                _ => crate::diag::fatal_pointer("free", "free list corrupted", block.cast()),
+            }
+            // SAFETY: a free block of this span: its first word is its link.
+            block = unsafe { (*block).next };
+        }
+        // Pages a live block touches stay.
+        let carved_pages = (capacity * size).div_ceil(PAGE_SIZE).min(SPAN_MAX_PAGES);
+        let mut keep = [0u64; PURGE_WORDS];
+        for index in 0..capacity {
+            let is_free = free_marks
+                .get(index / 64)
+                .is_some_and(|w| w & (1 << (index % 64)) != 0);
+            if !is_free {
+                let first = index * size / PAGE_SIZE;
+                let last = ((index + 1) * size - 1) / PAGE_SIZE;
+                for page in first..=last.min(SPAN_MAX_PAGES - 1) {
+                    if let Some(word) = keep.get_mut(page / 64) {
+                        *word |= 1 << (page % 64);
+                    }
+                }
+            }
+        }
+        let is_kept = |page: usize| {
+            keep.get(page / 64)
+                .is_some_and(|w| w & (1 << (page % 64)) != 0)
+        };
+        if (0..carved_pages).all(is_kept) {
+            return 0;
+        }
+        // Park the free blocks that start in a page about to go.
+        let mut kept_head: *mut Block = ptr::null_mut();
+        let mut kept_tail: *mut Block = ptr::null_mut();
+        let mut block = self.free.get();
+        while !block.is_null() {
+            // SAFETY: as above.
+            let next = unsafe { (*block).next };
+            if is_kept(((block as usize) - start) / PAGE_SIZE) {
+                // SAFETY: relinking free blocks of this span.
+                unsafe { (*block).next = ptr::null_mut() };
+                if kept_tail.is_null() {
+                    kept_head = block;
+                } else {
+                    // SAFETY: as above.
+                    unsafe { (*kept_tail).next = block };
+                }
+                kept_tail = block;
+            }
+            block = next;
+        }
+        self.free.set(kept_head);
+        // Discard runs of pages nobody keeps.
+        let mut purged = 0;
+        let mut page = 0;
+        while page < carved_pages {
+            if is_kept(page) {
+                page += 1;
+                continue;
+            }
+            let first = page;
+            while page < carved_pages && !is_kept(page) {
+                if let Some(word) = self.purged_pages.get(page / 64) {
+                    word.set(word.get() | 1 << (page % 64));
+                }
+                page += 1;
+            }
+            let bytes = (page - first) * PAGE_SIZE;
+            crate::os::discard((start + first * PAGE_SIZE) as *mut u8, bytes);
+            purged += bytes;
+        }
+        self.purged_capacity.set(capacity as u32);
+        purged
+    }
+
+    /// Puts the parked blocks of the last purge back on the free list (their
+    /// pages fault back in, zeroed, as they are used). Owner only.
+    fn restore_parked(&self) -> bool {
+        let parked_below = self.purged_capacity.get() as usize;
+        if parked_below == 0 {
+            return false;
+        }
+        let size = self.block_size();
+        let start = self.start.load(Ordering::Relaxed) as usize;
+        let mut head = self.free.get();
+        // Link in reverse so the list runs in address order.
+        let mut index = parked_below;
+        while index > 0 {
+            index -= 1;
+            if self.page_is_purged(index * size / PAGE_SIZE) {
+                let block = (start + index * size) as *mut Block;
+                // SAFETY: a parked block: free, of this span, in mapped
+                // (purged, so zero-filled on touch) memory.
+                unsafe { (*block).next = head };
+                head = block;
+            }
+        }
+        self.free.set(head);
+        self.forget_purged();
+        !head.is_null()
+    }
+
+    /// Makes free blocks available: first the blocks parked by a purge,
+    /// then never-used blocks from the bump region (about a page worth, at
+    /// least one). Owner only. Returns false if there are none.
     pub fn extend(&self) -> bool {
+        if self.restore_parked() {
+            return true;
+        }
         let capacity = self.capacity.get();
         let left = self.reserved.load(Ordering::Relaxed) - capacity;
         if left == 0 {
@@ -324,7 +499,9 @@ impl Span {
     /// Whether the owner can hand out a block from this span without more
     /// work than `extend`.
     pub fn has_room(&self) -> bool {
-        !self.free.get().is_null() || self.capacity.get() < self.reserved.load(Ordering::Relaxed)
+        !self.free.get().is_null()
+            || self.has_parked()
+            || self.capacity.get() < self.reserved.load(Ordering::Relaxed)
     }
 }
 
@@ -353,7 +530,13 @@ pub unsafe fn free_remote(span: *const Span, block: *mut Block) {
             (*list).compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed)
         };
         match result {
-            Ok(_) => return,
+            Ok(_) => {
+                if head.is_null() {
+                    // The owner may be idle: tell the purger.
+                    crate::purger::note_remote_free();
+                }
+                return;
+            }
             Err(actual) => head = actual,
         }
     }

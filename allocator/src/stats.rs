@@ -16,6 +16,11 @@ pub fn mapped_add(bytes: usize) {
     PEAK_MAPPED.fetch_max(now, Ordering::Relaxed);
 }
 
+/// Bytes mapped by the allocator now.
+pub fn mapped_bytes() -> usize {
+    MAPPED.load(Ordering::Relaxed)
+}
+
 pub fn mapped_sub(bytes: usize) {
     MAPPED.fetch_sub(bytes, Ordering::Relaxed);
 }

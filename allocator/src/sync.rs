@@ -124,7 +124,7 @@ impl<T> Drop for MutexGuard<'_, T> {
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32) {
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
     // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference; it
     // returns at once if the value is no longer `expected`.
     unsafe {
@@ -138,7 +138,7 @@ fn futex_wait(word: &AtomicU32, expected: u32) {
     }
 }
 
-fn futex_wake_one(word: &AtomicU32) {
+pub(crate) fn futex_wake_one(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key.
     unsafe {
         libc::syscall(

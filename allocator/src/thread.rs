@@ -13,12 +13,25 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arena::{default_arena, for_each_arena, Arena};
+use crate::claim::ThreadClaim;
 use crate::heap::{self, Heap, EMPTY_HEAP};
 
-std::thread_local! {
+/// What a thread keeps in its TLS: its current heap, and its side of the
+/// purger's claim handshake (next to the heap pointer, so the fast path
+/// computes one TLS address for both).
+pub struct ThreadState {
     /// The heap of the thread's preferred arena.
-    static CURRENT_HEAP: Cell<*mut Heap> =
-        const { Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap) };
+    heap: Cell<*mut Heap>,
+    claim: ThreadClaim,
+}
+
+std::thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState {
+            heap: Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            claim: ThreadClaim::new(),
+        }
+    };
     /// The thread's first heap; the others hang off it (`next_in_thread`).
     static THREAD_HEAPS: Cell<*mut Heap> = const { Cell::new(core::ptr::null_mut()) };
 }
@@ -27,18 +40,50 @@ std::thread_local! {
 /// the thread first allocates).
 #[inline(always)]
 pub fn current_heap() -> *mut Heap {
-    CURRENT_HEAP.with(|h| h.get())
+    THREAD.with(|t| t.heap.get())
+}
+
+/// Runs `f` (which may touch the calling thread's heaps and spans) marked as
+/// inside the allocator, so no purger claims the thread's heaps meanwhile;
+/// first waits for a claim in progress to end.
+#[inline(always)]
+pub fn inside_allocator<R>(f: impl FnOnce() -> R) -> R {
+    THREAD.with(|t| {
+        let depth = t.claim.enter();
+        let result = f();
+        t.claim.leave(depth);
+        result
+    })
+}
+
+/// The calling thread's claim handshake, for its heaps' links. Valid until
+/// the thread exits; its heaps leave their arenas' lists before that.
+pub fn current_claim() -> *const ThreadClaim {
+    THREAD.with(|t| &t.claim as *const ThreadClaim)
 }
 
 /// Makes `heap` the thread's current heap (and marks which heap its thread
 /// prefers, for the arenas' thread counts).
 fn set_current_heap(heap: *mut Heap) {
-    let previous = CURRENT_HEAP.with(|h| h.replace(heap));
+    let previous = THREAD.with(|t| t.heap.replace(heap));
     // SAFETY: a thread's current heap is the empty heap or a pool heap.
     unsafe {
         heap::set_preferred(previous, false);
         heap::set_preferred(heap, true);
     }
+}
+
+/// Runs `f` with the default arena preferred, then restores the thread's
+/// arena: for allocations made on the allocator's own behalf (the
+/// housekeeper's thread block, which `pthread_create` allocates), which must
+/// not land in an arena the application may destroy.
+pub fn in_default_arena<R>(f: impl FnOnce() -> R) -> R {
+    let previous = current_heap();
+    // The empty heap's slow path allocates in the default arena.
+    set_current_heap(heap::empty_heap());
+    let result = f();
+    set_current_heap(previous);
+    result
 }
 
 /// A number that identifies the calling thread among live threads: the
@@ -208,13 +253,17 @@ pub fn set_preferred_arena(arena: &'static Arena) -> Option<()> {
 /// goes back to the pool. A destructor that allocates after this gets a new
 /// heap, and pthread calls this again for it.
 extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    inside_allocator(|| abandon_heaps(value.cast::<Heap>()));
+}
+
+fn abandon_heaps(first: *mut Heap) {
     set_current_heap(heap::empty_heap());
     THREAD_HEAPS.with(|h| h.set(core::ptr::null_mut()));
-    let mut heap = value.cast::<Heap>();
+    let mut heap = first;
     while !heap.is_null() {
         // SAFETY: the key's value is the thread's first heap; its chain holds
-        // the thread's other heaps; the thread is exiting, so nothing else
-        // uses them.
+        // the thread's other heaps; the thread is exiting and marked inside
+        // the allocator, so no purger holds them.
         let next = unsafe { (*heap).next_in_thread };
         // SAFETY: as above.
         unsafe {
@@ -253,6 +302,7 @@ extern "C" fn fork_child() {
     // The other threads' heaps may have been caught mid-update: leave them
     // alone (their memory stays with the child, as glibc's does), but make
     // sure no new thread can take their spans for its own.
+    crate::purger::after_fork_child();
     let survivor = current_thread_id();
     for_each_arena(|arena| {
         let mut state = arena.state.lock();

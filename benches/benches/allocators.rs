@@ -183,6 +183,19 @@ fn bench_arena_switch(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // What a block costs in a dedicated arena against the default one, and
+    // a whole wrapped library call that allocates one block.
+    let mut group = c.benchmark_group("arena_malloc_free_64B");
+    group.bench_function("default_arena", |b| b.iter(|| malloc_free(&ARENALLOC, 64)));
+    group.bench_function("dedicated_arena", |b| {
+        let _guard = library.enter().expect("enter");
+        b.iter(|| malloc_free(&ARENALLOC, 64))
+    });
+    group.bench_function("switch_malloc_free_restore", |b| {
+        b.iter(|| library.run(|| malloc_free(&ARENALLOC, 64)))
+    });
+    group.finish();
 }
 
 /// Short enough for the whole suite (56 benchmarks) to finish in about five

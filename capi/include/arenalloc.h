@@ -18,12 +18,19 @@ extern "C" {
 void free_sized(void *ptr, size_t size);
 void free_aligned_sized(void *ptr, size_t alignment, size_t size);
 
-/* glibc extensions, as glibc declares them in <malloc.h>. */
+/* glibc extensions: malloc_usable_size, malloc_trim (1 if memory was
+ * returned to the OS, else 0), malloc_stats, malloc_info, mallopt (accepted,
+ * no effect on arenalloc). On glibc, from <malloc.h> itself, so that C++
+ * sees one declaration with glibc's exception specification. */
+#if defined(__GLIBC__)
+#include <malloc.h>
+#else
 size_t malloc_usable_size(void *ptr);
-int malloc_trim(size_t pad); /* 1 if memory was returned to the OS, else 0 */
+int malloc_trim(size_t pad);
 void malloc_stats(void);
 int malloc_info(int options, FILE *stream);
-int mallopt(int param, int value); /* accepted, no effect on arenalloc */
+int mallopt(int param, int value);
+#endif
 
 /* Dedicated arenas. An arena is a separate set of memory: blocks of two
  * arenas never share a page, so an arena's freed memory can go back to the

@@ -23,6 +23,24 @@ pub const INSTALL_SCRIPT: &str = "scripts/install-test-deps.sh";
 /// is loaded (capi/src/lib.rs, `on_load`).
 pub const LOAD_LINE_PREFIX: &str = "arenalloc: loaded (pid ";
 
+/// What the Rust staticlib needs from the system when linked into a C
+/// program: the list `cargo rustc --release -p arenalloc-capi --crate-type
+/// staticlib -- --print native-static-libs` prints (de-duplicated).
+/// `--whole-archive` is not needed: a test program refers to `malloc`,
+/// which pulls in the (single, LTO-merged) object that defines every
+/// exported function and the load hook; forcing the whole archive in would
+/// also pull in unused std objects. (Shared by `c_abi.rs` and
+/// `c_arena_api.rs`.)
+pub const STATIC_LIBS: &[&str] = &[
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
 /// Setting this to 1 forces the nested build of the C ABI libraries even if
 /// the workspace's release build is present and up to date (to exercise that
 /// path).

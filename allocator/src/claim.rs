@@ -1,0 +1,120 @@
+//! Claims: how the purger gets exclusive use of an idle thread's heaps
+//! without putting an atomic read-modify-write on the owner's fast path.
+//!
+//! An asymmetric Dekker handshake. The owner marks "inside the allocator"
+//! with plain stores (`enter`/`leave`, a nesting depth) and then reads the
+//! `claimed` flag; the claimer sets `claimed` (a CAS: several claimers may
+//! race), makes every thread pass a full barrier with `membarrier`, and only
+//! then reads the owner's depth. The barrier stands in for the fence the
+//! owner never executes: either the claimer sees the owner inside (and backs
+//! off), or the owner's next entry sees the claim (and waits in its slow
+//! path until the claimer releases). Without a working `membarrier` nothing
+//! is ever claimed.
+//!
+//! Claims are taken only under an arena lock, so `fork` (which holds every
+//! arena lock) never copies a claim in progress into the child.
+
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, Ordering};
+
+/// One thread's side of the handshake. Lives in the thread's TLS; the
+/// purger reaches it through the thread's heaps while they are in an arena's
+/// list (a thread leaves every list under the arena lock before it exits).
+pub struct ThreadClaim {
+    /// How deep the owner is inside the allocator (nested calls from slow
+    /// paths count). Written only by the owner, with plain stores.
+    depth: AtomicU32,
+    /// A claimer holds this thread's heaps.
+    claimed: AtomicBool,
+}
+
+impl ThreadClaim {
+    pub const fn new() -> Self {
+        Self {
+            depth: AtomicU32::new(0),
+            claimed: AtomicBool::new(false),
+        }
+    }
+
+    /// Owner: marks the thread inside the allocator; waits first if a
+    /// claimer holds its heaps. Returns the depth to give to [`leave`].
+    ///
+    /// [`leave`]: ThreadClaim::leave
+    #[inline(always)]
+    pub fn enter(&self) -> u32 {
+        let depth = self.depth.load(Ordering::Relaxed);
+        self.depth.store(depth + 1, Ordering::Relaxed);
+        // Keep the store before the load below in program order; the
+        // claimer's membarrier supplies the hardware fence.
+        compiler_fence(Ordering::SeqCst);
+        // A nested entry needs no look: the outer one already excluded any
+        // claim (a claim that starts now sees the depth and backs off).
+        if depth == 0 && self.claimed.load(Ordering::Acquire) {
+            self.wait_unclaimed();
+        }
+        depth
+    }
+
+    /// Owner: leaves the allocator (every heap and span write before this is
+    /// published to the next claimer).
+    #[inline(always)]
+    pub fn leave(&self, depth: u32) {
+        self.depth.store(depth, Ordering::Release);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait_unclaimed(&self) {
+        loop {
+            self.depth.store(0, Ordering::Release);
+            while self.claimed.load(Ordering::Acquire) {
+                crate::os::yield_now();
+            }
+            self.depth.store(1, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+            if !self.claimed.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    /// Claimer, first step: marks the claim. False if another claimer holds
+    /// it. Follow with one `membarrier` (for any number of claims) and
+    /// [`ThreadClaim::confirm`].
+    pub fn try_claim(&self) -> bool {
+        self.claimed
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Claimer, after the barrier: true if the owner is outside the
+    /// allocator, so its heaps are the claimer's until [`release`]; false
+    /// (and the claim dropped) if it is inside.
+    ///
+    /// [`release`]: ThreadClaim::release
+    pub fn confirm(&self) -> bool {
+        if self.depth.load(Ordering::Acquire) == 0 {
+            true
+        } else {
+            self.release();
+            false
+        }
+    }
+
+    /// Claimer: hands the heaps back (every write to them before this is
+    /// published to the owner).
+    pub fn release(&self) {
+        self.claimed.store(false, Ordering::Release);
+    }
+}
+
+impl Default for ThreadClaim {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The process-wide barrier that completes a batch of claims; false where
+/// the kernel cannot provide it (then no claim may be confirmed).
+pub fn barrier() -> bool {
+    crate::os::membarrier()
+}

@@ -1,0 +1,235 @@
+//! The purger: gives free memory back to the OS, in the background while the
+//! process is idle, and on demand (`malloc_trim`).
+//!
+//! A housekeeper thread sleeps on a futex until some memory becomes free
+//! (`note_pending`, called on slow paths and on the first remote free into a
+//! span), waits one purge delay so memory in active reuse is left alone,
+//! then makes one pass over every arena: free slices and cached large blocks
+//! free for at least the delay are discarded (`MADV_DONTNEED`) or unmapped,
+//! and heaps that had no slow path since the previous pass are claimed (see
+//! `claim`) and purged down to single 4 KiB pages (see `Span::
+//! purge_free_pages`). It sleeps again with nothing pending, so an idle
+//! process costs no CPU.
+//!
+//! It starts lazily: on a malloc slow path, outside every allocator lock,
+//! once the process has mapped [`START_AFTER_MAPPED`] bytes. Never from
+//! `free`: glibc frees thread blocks while holding the lock that
+//! `pthread_create` takes. After `fork` the child starts its own the same
+//! way.
+//!
+//! Settings come from the environment, read without allocating at the first
+//! start attempt: `ARENALLOC_BACKGROUND=0` turns the thread off (purging
+//! then happens on explicit calls only), `ARENALLOC_PURGE_DELAY_MS` sets the
+//! delay.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use crate::arena::for_each_arena;
+use crate::os;
+use crate::sync::{futex_wait, futex_wake_one};
+
+/// Default purge delay. See the README for the measurement behind it.
+pub const DEFAULT_PURGE_DELAY_MS: u64 = 100;
+/// The housekeeper starts once this much has been mapped: small, short
+/// programs never get a thread.
+pub const START_AFTER_MAPPED: usize = 8 << 20;
+
+const NOT_STARTED: u8 = 0;
+const STARTING: u8 = 1;
+const RUNNING: u8 = 2;
+/// Switched off, or the thread could not be created.
+const OFF: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
+/// 1 while something may be waiting to be purged; the housekeeper's futex.
+static PENDING: AtomicU32 = AtomicU32::new(0);
+/// Bumped when a span's remote-free list goes from empty to non-empty, so
+/// the purger knows that idle heaps may hold newly free blocks.
+static REMOTE_FREE_EPOCH: AtomicU32 = AtomicU32::new(0);
+static DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
+/// Whether the settings were read (0: no, 1: yes).
+static SETTINGS_READ: AtomicU8 = AtomicU8::new(0);
+static BACKGROUND_ENABLED: AtomicU8 = AtomicU8::new(1);
+/// Bytes given back so far (statistics).
+static PURGED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Passes the housekeeper made (statistics, tests).
+static PASSES: AtomicUsize = AtomicUsize::new(0);
+
+/// Something may have become free: wake the housekeeper if it sleeps.
+#[inline]
+pub fn note_pending() {
+    if PENDING.load(Ordering::Relaxed) == 0
+        && PENDING.swap(1, Ordering::AcqRel) == 0
+        && STATE.load(Ordering::Acquire) == RUNNING
+    {
+        futex_wake_one(&PENDING);
+    }
+}
+
+/// A span's remote-free list became non-empty.
+#[inline]
+pub fn note_remote_free() {
+    REMOTE_FREE_EPOCH.fetch_add(1, Ordering::Relaxed);
+    note_pending();
+}
+
+pub fn remote_free_epoch() -> u32 {
+    REMOTE_FREE_EPOCH.load(Ordering::Relaxed)
+}
+
+pub fn purge_delay_ms() -> u64 {
+    read_settings();
+    DELAY_MS.load(Ordering::Relaxed)
+}
+
+/// Sets the purge delay (also read from `ARENALLOC_PURGE_DELAY_MS`).
+pub fn set_purge_delay_ms(ms: u64) {
+    read_settings();
+    DELAY_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Whether the housekeeper runs (or will start when there is work).
+pub fn background_enabled() -> bool {
+    read_settings();
+    BACKGROUND_ENABLED.load(Ordering::Relaxed) == 1
+}
+
+/// Turns the housekeeper on or off (also `ARENALLOC_BACKGROUND=0`). Off, a
+/// running housekeeper finishes its pass and sleeps for good; on again, it
+/// resumes (or starts on the next slow path).
+pub fn set_background(enabled: bool) {
+    read_settings();
+    BACKGROUND_ENABLED.store(u8::from(enabled), Ordering::Relaxed);
+    if enabled {
+        // Undo an earlier switch-off (a failed start stays off).
+        let _ = STATE.compare_exchange(OFF, NOT_STARTED, Ordering::AcqRel, Ordering::Relaxed);
+    }
+    futex_wake_one(&PENDING);
+}
+
+pub fn purged_bytes() -> usize {
+    PURGED_BYTES.load(Ordering::Relaxed)
+}
+
+pub fn passes() -> usize {
+    PASSES.load(Ordering::Relaxed)
+}
+
+fn read_settings() {
+    if SETTINGS_READ.load(Ordering::Acquire) == 1 {
+        return;
+    }
+    if os::env_var(c"ARENALLOC_BACKGROUND").is_some_and(|v| v == b"0") {
+        BACKGROUND_ENABLED.store(0, Ordering::Relaxed);
+    }
+    if let Some(ms) = os::env_var(c"ARENALLOC_PURGE_DELAY_MS").and_then(parse_decimal) {
+        DELAY_MS.store(ms, Ordering::Relaxed);
+    }
+    SETTINGS_READ.store(1, Ordering::Release);
+}
+
+fn parse_decimal(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 12 {
+        return None;
+    }
+    let mut value = 0u64;
+    for &c in text {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + u64::from(c - b'0');
+    }
+    Some(value)
+}
+
+/// Malloc slow path, outside every allocator lock: starts the housekeeper
+/// if it is due.
+#[inline]
+pub fn maybe_start() {
+    if STATE.load(Ordering::Relaxed) == NOT_STARTED {
+        start_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn start_slow() {
+    if crate::stats::mapped_bytes() < START_AFTER_MAPPED {
+        return;
+    }
+    if STATE
+        .compare_exchange(NOT_STARTED, STARTING, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    if !background_enabled() {
+        STATE.store(OFF, Ordering::Release);
+        return;
+    }
+    // pthread_create allocates the new thread's TLS block: that re-enters
+    // the allocator (and finds STARTING here), in the default arena, never
+    // in a dedicated arena this thread may prefer now.
+    if crate::thread::in_default_arena(|| os::spawn_thread(housekeeper_main)) {
+        STATE.store(RUNNING, Ordering::Release);
+        // Work noted before the start.
+        futex_wake_one(&PENDING);
+    } else {
+        STATE.store(OFF, Ordering::Release);
+    }
+}
+
+/// In the child after `fork`: the housekeeper did not survive.
+pub fn after_fork_child() {
+    if STATE.load(Ordering::Relaxed) != OFF {
+        STATE.store(NOT_STARTED, Ordering::Relaxed);
+    }
+}
+
+extern "C" fn housekeeper_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    os::name_this_thread(c"arenalloc-purge");
+    loop {
+        let pending = PENDING.load(Ordering::Acquire);
+        if pending == 0 || !background_enabled() {
+            // Until note_pending or set_background wakes us (spurious
+            // wake-ups just go round again).
+            futex_wait(&PENDING, pending);
+            continue;
+        }
+        let delay = purge_delay_ms();
+        os::sleep_ms(delay);
+        // What becomes free from here on asks for the next pass.
+        PENDING.store(0, Ordering::Release);
+        let more = pass(os::now_ms().saturating_sub(delay), false);
+        PASSES.fetch_add(1, Ordering::Relaxed);
+        if more {
+            PENDING.store(1, Ordering::Release);
+        }
+    }
+}
+
+/// One pass over every arena; true if something is left for a later pass.
+fn pass(freed_by_ms: u64, force: bool) -> bool {
+    let mut more = false;
+    for_each_arena(|arena| {
+        let outcome = arena.state.lock().purge(freed_by_ms, force);
+        PURGED_BYTES.fetch_add(outcome.purged, Ordering::Relaxed);
+        more |= outcome.more;
+    });
+    more
+}
+
+/// Gives back everything free now, in every arena (`malloc_trim`); returns
+/// the bytes released.
+pub fn purge_all_now() -> usize {
+    let before = PURGED_BYTES.load(Ordering::Relaxed);
+    pass(u64::MAX, true);
+    PURGED_BYTES.load(Ordering::Relaxed) - before
+}
+
+/// Gives back everything free now in one arena; returns the bytes released.
+pub fn purge_arena_now(arena: &crate::arena::Arena) -> usize {
+    let outcome = arena.state.lock().purge(u64::MAX, true);
+    PURGED_BYTES.fetch_add(outcome.purged, Ordering::Relaxed);
+    outcome.purged
+}
