@@ -441,7 +441,7 @@ impl ArenaState {
                 // SAFETY: as above.
                 let (changed, mark) = unsafe { crate::heap::purge_mark(heap, remote_epoch) };
                 // SAFETY: as above.
-                if changed && unsafe { crate::heap::claim_of(heap) }.try_claim() {
+                if (changed || force) && unsafe { crate::heap::claim_of(heap) }.try_claim() {
                     if let (Some(c), Some(m)) = (claimed.get_mut(count), marks.get_mut(count)) {
                         *c = heap;
                         *m = mark;

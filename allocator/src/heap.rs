@@ -13,9 +13,10 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::claim::ThreadClaim;
+use crate::thread::ThreadState;
 
 use crate::arena::{Arena, ArenaState};
 use crate::diag;
@@ -474,11 +475,9 @@ pub struct HeapLinks {
     /// Links in the arena's heap list. Arena lock.
     next: Cell<*mut Heap>,
     prev: Cell<*mut Heap>,
-    /// The heap is its thread's current heap (the thread prefers its arena).
-    /// Stored by the owner, read by statistics.
-    preferred: AtomicBool,
-    /// The owner thread's side of the purger's claim handshake.
-    claim: Cell<*const ThreadClaim>,
+    /// The owner thread's TLS state: its current heap (for the arena's
+    /// thread count) and its side of the purger's claim handshake.
+    thread: Cell<*const ThreadState>,
     /// Bumped by the owner on every slow path (plain load and store): a
     /// heap whose count did not move between two purger passes is idle.
     activity: AtomicU32,
@@ -489,9 +488,9 @@ pub struct HeapLinks {
     purged_mark: Cell<u64>,
 }
 
-// SAFETY: the `Cell`s are only touched under the arena lock (`claim` is
+// SAFETY: the `Cell`s are only touched under the arena lock (`thread` is
 // set by the owner before the heap joins its arena's list under that lock);
-// `preferred` and `activity` are atomic.
+// `activity` is atomic.
 unsafe impl Sync for HeapLinks {}
 
 /// A heap and its links, as the pool hands them out (`*mut Heap` points at
@@ -565,20 +564,7 @@ pub unsafe fn set_purged_mark(heap: *mut Heap, mark: u64) {
 /// `heap` is in the locked arena's heap list (so its thread has not exited).
 pub unsafe fn claim_of<'a>(heap: *mut Heap) -> &'a ThreadClaim {
     // SAFETY: forwarded; a listed heap's thread is alive and its TLS with it.
-    unsafe { &*links(heap).claim.get() }
-}
-
-/// Marks whether `heap` is its thread's current heap (owner thread).
-///
-/// # Safety
-/// `heap` is the empty heap or came from [`new_heap`].
-pub unsafe fn set_preferred(heap: *mut Heap, preferred: bool) {
-    if heap != empty_heap() {
-        // SAFETY: every heap but the empty one comes from the pool.
-        unsafe { links(heap) }
-            .preferred
-            .store(preferred, Ordering::Relaxed);
-    }
+    unsafe { (*links(heap).thread.get()).claim() }
 }
 
 /// The heaps of one arena, linked through their [`HeapLinks`]. Arena lock.
@@ -633,7 +619,8 @@ impl HeapList {
         while !heap.is_null() {
             // SAFETY: members are pool heaps.
             let l = unsafe { links(heap) };
-            count += usize::from(l.preferred.load(Ordering::Relaxed));
+            // SAFETY: a listed heap's thread is alive, and its TLS with it.
+            count += usize::from(unsafe { (*l.thread.get()).prefers(heap) });
             heap = l.next.get();
         }
         count
@@ -762,7 +749,7 @@ fn join_arena(arena: &'static Arena, heap: *mut Heap) -> bool {
     // SAFETY: a pool heap that no other thread sees yet; the lock below
     // publishes the pointer to the purger.
     let l = unsafe { links(heap) };
-    l.claim.set(crate::thread::current_claim());
+    l.thread.set(crate::thread::current_thread_state());
     l.purged_mark.set(u64::MAX);
     let mut state = arena.state.lock();
     // SAFETY: a pool heap in no list.

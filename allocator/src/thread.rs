@@ -10,7 +10,7 @@
 extern crate std;
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arena::{default_arena, for_each_arena, Arena};
 use crate::claim::ThreadClaim;
@@ -20,15 +20,28 @@ use crate::heap::{self, Heap, EMPTY_HEAP};
 /// purger's claim handshake (next to the heap pointer, so the fast path
 /// computes one TLS address for both).
 pub struct ThreadState {
-    /// The heap of the thread's preferred arena.
-    heap: Cell<*mut Heap>,
+    /// The heap of the thread's preferred arena. Written only by the owner
+    /// (relaxed atomics are plain moves); read by statistics, which count
+    /// the threads that prefer an arena.
+    heap: AtomicPtr<Heap>,
     claim: ThreadClaim,
+}
+
+impl ThreadState {
+    pub fn claim(&self) -> &ThreadClaim {
+        &self.claim
+    }
+
+    /// Whether `heap` is this thread's current heap (a racy read).
+    pub fn prefers(&self, heap: *mut Heap) -> bool {
+        self.heap.load(Ordering::Relaxed) == heap
+    }
 }
 
 std::thread_local! {
     static THREAD: ThreadState = const {
         ThreadState {
-            heap: Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
             claim: ThreadClaim::new(),
         }
     };
@@ -40,7 +53,7 @@ std::thread_local! {
 /// the thread first allocates).
 #[inline(always)]
 pub fn current_heap() -> *mut Heap {
-    THREAD.with(|t| t.heap.get())
+    THREAD.with(|t| t.heap.load(Ordering::Relaxed))
 }
 
 /// Runs `f` (which may touch the calling thread's heaps and spans) marked as
@@ -56,21 +69,15 @@ pub fn inside_allocator<R>(f: impl FnOnce() -> R) -> R {
     })
 }
 
-/// The calling thread's claim handshake, for its heaps' links. Valid until
-/// the thread exits; its heaps leave their arenas' lists before that.
-pub fn current_claim() -> *const ThreadClaim {
-    THREAD.with(|t| &t.claim as *const ThreadClaim)
+/// The calling thread's state, for its heaps' links. Valid until the
+/// thread exits; its heaps leave their arenas' lists before that.
+pub fn current_thread_state() -> *const ThreadState {
+    THREAD.with(|t| t as *const ThreadState)
 }
 
-/// Makes `heap` the thread's current heap (and marks which heap its thread
-/// prefers, for the arenas' thread counts).
+/// Makes `heap` the thread's current heap.
 fn set_current_heap(heap: *mut Heap) {
-    let previous = THREAD.with(|t| t.heap.replace(heap));
-    // SAFETY: a thread's current heap is the empty heap or a pool heap.
-    unsafe {
-        heap::set_preferred(previous, false);
-        heap::set_preferred(heap, true);
-    }
+    THREAD.with(|t| t.heap.store(heap, Ordering::Relaxed));
 }
 
 /// Runs `f` with the default arena preferred, then restores the thread's

@@ -256,9 +256,25 @@ fn main() {
         "small-keep" => small(&clock, 1000),
         "threads" => threads(&clock, Duration::from_secs(idle_s)),
         "idle" => {
-            let p = malloc(100);
-            touch(p, 100);
+            // 16 MiB kept live (enough for arenalloc's housekeeper to
+            // start), one burst of frees that the housekeeper purges, then
+            // nothing to purge for the idle time.
+            let kept: Vec<usize> = (0..256)
+                .map(|_| {
+                    let p = malloc(64 * KIB);
+                    touch(p, 64 * KIB);
+                    p as usize
+                })
+                .collect();
+            std::mem::forget(kept);
+            std::thread::sleep(Duration::from_secs(1));
             clock.mark("freed");
+            let threads = std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+                .unwrap_or_default();
+            value("threads", threads);
         }
         other => {
             eprintln!("unknown scenario {other:?}: burst, small, small-keep, threads, idle");
@@ -266,6 +282,7 @@ fn main() {
         }
     }
     let ticks_before = cpu_ticks();
+    // Idle CPU is measured from here: the allocator is not called again.
     let idle_start = Instant::now();
     let mut marked_1s = false;
     while idle_start.elapsed() < Duration::from_secs(idle_s) {
