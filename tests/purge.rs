@@ -1010,11 +1010,6 @@ fn fast_path_frees_after_trim() {
 }
 
 #[test]
-#[ignore = "bug: Span::purge_free_pages returns 0 while blocks of an earlier purge are still \
-            parked (span.rs:324 `if self.has_parked() ...`), so a span purged once gives back \
-            no page freed after that (by trim() or the housekeeper) until its owner runs its \
-            free list dry; trim() is documented to return the free pages of spans that still \
-            hold live blocks: 9/10 of the survivors freed, RSS falls 7 MiB of ~35 MiB"]
 fn trim_finds_pages_freed_in_a_span_purged_before() {
     in_child(
         "trim_finds_pages_freed_in_a_span_purged_before",
@@ -1074,10 +1069,6 @@ fn frees_in_purged_spans() {
 }
 
 #[test]
-#[ignore = "bug: trim() (purger::purge_all_now) and purged_bytes() leave out the segments \
-            unmapped when a purge retires the emptied spans of an idle heap or of the abandoned \
-            list (ArenaState::retire_span destroys them, arena.rs:279; purge_heaps and \
-            purge_abandoned add only purge_free_pages bytes): 67 MiB unmapped, trim() = 14 MiB"]
 fn trim_counts_the_segments_it_unmaps() {
     in_child(
         "trim_counts_the_segments_it_unmaps",

@@ -17,8 +17,8 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::heap::{Heap, HeapList};
-use crate::large::{LargeCache, LargeList};
-use crate::segment::{Segment, SLICE_SIZE};
+use crate::large::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
+use crate::segment::{Segment, SEGMENT_SIZE, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
 use crate::stats::{ArenaAccounts, ArenaStats};
@@ -110,6 +110,16 @@ pub struct PurgeOutcome {
     pub purged: usize,
     /// Something is not old enough yet, or a heap was busy: look again.
     pub more: bool,
+    /// Cached large blocks to unmap once the arena lock is released.
+    pub evicted: [Option<*mut LargeBlock>; CACHE_SLOTS],
+}
+
+impl PurgeOutcome {
+    /// Unmaps the evicted blocks (outside the lock); returns every byte the
+    /// purge released.
+    pub fn finish(self) -> usize {
+        self.purged + crate::large::unmap_all(self.evicted)
+    }
 }
 
 impl ArenaState {
@@ -258,12 +268,13 @@ impl ArenaState {
     }
 
     /// Gives an empty span's slices back to its segment; unmaps the segment
-    /// if it is empty and the arena already keeps enough spare ones.
+    /// if it is empty and the arena already keeps enough spare ones. Returns
+    /// the bytes unmapped (0 or a segment).
     ///
     /// # Safety
     /// `span` is a head span of a segment of this arena, in no list, with no
     /// live block.
-    pub unsafe fn retire_span(&mut self, span: *mut Span) {
+    pub unsafe fn retire_span(&mut self, span: *mut Span) -> usize {
         let segment = crate::segment::segment_base(span as usize) as *mut Segment;
         // SAFETY: spans live inside their segment's header.
         let seg = unsafe { &*segment };
@@ -277,10 +288,11 @@ impl ArenaState {
                 self.unlink_segment(segment);
                 // SAFETY: the segment is empty and unlinked.
                 unsafe { Segment::destroy(segment) };
-            } else {
-                self.empty_segments += 1;
+                return SEGMENT_SIZE;
             }
+            self.empty_segments += 1;
         }
+        0
     }
 
     fn unlink_segment(&mut self, segment: *mut Segment) {
@@ -341,95 +353,55 @@ impl ArenaState {
         }
     }
 
-    /// Returns what this arena holds but does not use to the OS: abandoned
-    /// spans that became empty, spare segments, free slices' pages and cached
-    /// large blocks. Returns the bytes released.
-    pub fn trim(&mut self) -> usize {
-        let mut released = 0;
-        for class in 0..CLASS_COUNT {
-            let mut span = self.abandoned[class].head;
-            while !span.is_null() {
-                // SAFETY: list members are live; abandoned spans have no
-                // owner, so the lock holder may collect their remote frees.
-                let next = unsafe { SpanList::next_of(span) };
-                // SAFETY: as above.
-                let s = unsafe { &*span };
-                s.collect_remote();
-                if s.used() == 0 {
-                    // SAFETY: `span` is a member of this list.
-                    unsafe { self.abandoned[class].remove(span) };
-                    // SAFETY: no live block, unlinked.
-                    unsafe { self.retire_span(span) };
-                }
-                span = next;
-            }
-        }
-        let mut segment = self.segments;
-        while !segment.is_null() {
-            // SAFETY: list members are live under the lock.
-            let seg = unsafe { &*segment };
-            let next = seg.next.get();
-            if seg.is_empty() {
-                self.unlink_segment(segment);
-                self.empty_segments -= 1;
-                released += crate::segment::SEGMENT_SIZE;
-                // SAFETY: empty and unlinked.
-                unsafe { Segment::destroy(segment) };
-            } else {
-                released += seg.discard_free_slices();
-            }
-            segment = next;
-        }
-        released += self.large_cache.release_all();
-        released
-    }
-
     /// One purge of this arena (see `purger`): spans of idle heaps and
     /// abandoned spans that emptied go back as free slices and their free
-    /// pages to the OS; free slices and cached large blocks free since
-    /// `freed_by_ms` or earlier are discarded or unmapped. With `force`,
-    /// heaps count as idle whatever they did since the last pass.
+    /// pages to the OS; free slices free since `freed_by_ms` or earlier are
+    /// discarded, and such cached large blocks are handed back in the
+    /// outcome for the caller to unmap once the lock is released. With
+    /// `force` (trim), busy-looking heaps are claimed too, every free slice
+    /// and cached block goes, and empty segments are unmapped, spares
+    /// included.
     pub fn purge(&mut self, freed_by_ms: u64, force: bool) -> PurgeOutcome {
+        let freed_by_ms = if force { u64::MAX } else { freed_by_ms };
         let mut outcome = PurgeOutcome::default();
         self.purge_heaps(force, &mut outcome);
         outcome.purged += self.purge_abandoned();
-        if force {
-            // Everything, spare segments and the whole large cache too.
-            outcome.purged += self.trim();
-            return outcome;
-        }
         let mut segment = self.segments;
         while !segment.is_null() {
             // SAFETY: list members are live under the lock.
             let seg = unsafe { &*segment };
             let next = seg.next.get();
-            let (dirty, old) = seg.dirty_free_slices(freed_by_ms);
-            if dirty != old {
-                outcome.more = true;
-            }
-            if old != 0 {
-                outcome.purged += seg.discard_free_slices_freed_by(freed_by_ms);
+            if force && seg.is_empty() {
+                self.unlink_segment(segment);
+                self.empty_segments -= 1;
+                outcome.purged += SEGMENT_SIZE;
+                // SAFETY: empty and unlinked.
+                unsafe { Segment::destroy(segment) };
+            } else {
+                let (dirty, old) = seg.dirty_free_slices(freed_by_ms);
+                outcome.more |= dirty != old;
+                if old != 0 {
+                    outcome.purged += seg.discard_free_slices_freed_by(freed_by_ms);
+                }
             }
             segment = next;
         }
-        let (released, more) = self.large_cache.release_freed_by(freed_by_ms);
-        outcome.purged += released;
-        outcome.more |= more;
+        outcome.evicted = self.large_cache.take_freed_by(freed_by_ms);
+        outcome.more |= !self.large_cache.is_empty();
         outcome
     }
 
     /// Claims the arena's idle heaps in batches (one `membarrier` each) and
-    /// purges them.
+    /// purges them. With `force`, busy-looking heaps are claimed too (the
+    /// claim still fails on a thread that is inside the allocator).
     fn purge_heaps(&mut self, force: bool, outcome: &mut PurgeOutcome) {
         const BATCH: usize = 32;
-        let remote_epoch = crate::purger::remote_free_epoch();
         let mut skip = 0;
         loop {
             let mut batch = [ptr::null_mut::<Heap>(); BATCH];
             let n = self.heaps.members(skip, &mut batch);
             skip += n;
             let mut claimed = [ptr::null_mut::<Heap>(); BATCH];
-            let mut marks = [0u64; BATCH];
             let mut count = 0;
             for &heap in batch.iter().take(n) {
                 // SAFETY: members of the locked arena's list.
@@ -439,26 +411,21 @@ impl ArenaState {
                     continue;
                 }
                 // SAFETY: as above.
-                let (changed, mark) = unsafe { crate::heap::purge_mark(heap, remote_epoch) };
-                // SAFETY: as above.
-                if (changed || force) && unsafe { crate::heap::claim_of(heap) }.try_claim() {
-                    if let (Some(c), Some(m)) = (claimed.get_mut(count), marks.get_mut(count)) {
-                        *c = heap;
-                        *m = mark;
+                if unsafe { crate::heap::claim_of(heap) }.try_claim() {
+                    if let Some(slot) = claimed.get_mut(count) {
+                        *slot = heap;
                         count += 1;
                     }
                 }
             }
             if count > 0 {
                 let barrier = crate::claim::barrier();
-                for (&heap, &mark) in claimed.iter().zip(&marks).take(count) {
+                for &heap in claimed.iter().take(count) {
                     // SAFETY: listed heaps (their threads are alive).
                     let claim = unsafe { crate::heap::claim_of(heap) };
                     if barrier && claim.confirm() {
                         // SAFETY: confirmed claim; the lock is ours.
                         outcome.purged += unsafe { (*heap).purge_idle(self) };
-                        // SAFETY: as above.
-                        unsafe { crate::heap::set_purged_mark(heap, mark) };
                         claim.release();
                     } else {
                         // A failed `confirm` has dropped the claim already.
@@ -492,7 +459,7 @@ impl ArenaState {
                     // SAFETY: a member; then empty and unlinked.
                     unsafe {
                         self.abandoned[class].remove(span);
-                        self.retire_span(span);
+                        purged += self.retire_span(span);
                     }
                 } else {
                     purged += s.purge_free_pages();

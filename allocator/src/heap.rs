@@ -370,7 +370,7 @@ impl Heap {
                     s.set_used(0);
                     self.current[class] = empty_span();
                     // SAFETY: empty; a current span is in no list.
-                    unsafe { state.retire_span(current) };
+                    purged += unsafe { state.retire_span(current) };
                 } else {
                     purged += s.purge_free_pages();
                 }
@@ -401,7 +401,7 @@ impl Heap {
                 // SAFETY: a member; then empty and unlinked.
                 unsafe {
                     list.remove(span);
-                    state.retire_span(span);
+                    purged += state.retire_span(span);
                 }
             } else if which == SpanState::Full && !s.free_head().is_null() {
                 // SAFETY: a member; then unlinked.
@@ -483,9 +483,6 @@ pub struct HeapLinks {
     activity: AtomicU32,
     /// `activity` as the purger last saw it. Arena lock.
     seen_activity: Cell<u32>,
-    /// `activity` and the remote-free epoch when the purger last purged the
-    /// heap (`u64::MAX`: never): unchanged, there is nothing new to purge.
-    purged_mark: Cell<u64>,
 }
 
 // SAFETY: the `Cell`s are only touched under the arena lock (`thread` is
@@ -536,26 +533,6 @@ pub unsafe fn is_idle_since_last_look(heap: *mut Heap) -> bool {
     let idle = now == l.seen_activity.get();
     l.seen_activity.set(now);
     idle
-}
-
-/// Purger, under the arena lock: whether the heap may hold memory to purge
-/// that it did not hold at the last purge; `mark` is what to remember once
-/// it is purged ([`set_purged_mark`]).
-///
-/// # Safety
-/// `heap` is in the locked arena's heap list.
-pub unsafe fn purge_mark(heap: *mut Heap, remote_epoch: u32) -> (bool, u64) {
-    // SAFETY: forwarded; the list holds pool heaps.
-    let l = unsafe { links(heap) };
-    let mark = (u64::from(l.activity.load(Ordering::Relaxed)) << 32) | u64::from(remote_epoch);
-    (l.purged_mark.get() != mark, mark)
-}
-
-/// # Safety
-/// As for [`purge_mark`].
-pub unsafe fn set_purged_mark(heap: *mut Heap, mark: u64) {
-    // SAFETY: forwarded.
-    unsafe { links(heap) }.purged_mark.set(mark);
 }
 
 /// The claim handshake of the heap's thread.
@@ -750,7 +727,6 @@ fn join_arena(arena: &'static Arena, heap: *mut Heap) -> bool {
     // publishes the pointer to the purger.
     let l = unsafe { links(heap) };
     l.thread.set(crate::thread::current_thread_state());
-    l.purged_mark.set(u64::MAX);
     let mut state = arena.state.lock();
     // SAFETY: a pool heap in no list.
     state.is_open() && unsafe { state.add_heap(heap) }

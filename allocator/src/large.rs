@@ -26,7 +26,7 @@ use crate::segment::{SegmentHeader, SegmentKind, OWNERSHIP, SEGMENT_SIZE};
 use crate::stats;
 
 /// How many freed large blocks an arena keeps.
-const CACHE_SLOTS: usize = 8;
+pub const CACHE_SLOTS: usize = 8;
 /// Most bytes of mappings the cache keeps.
 const CACHE_MAX_BYTES: usize = 128 << 20;
 /// A cached block more than this many times the request is trimmed when
@@ -284,10 +284,16 @@ pub(crate) fn unmap_block(header: *mut LargeBlock) {
     arena.mapped_sub(size);
 }
 
-fn unmap_all<const N: usize>(blocks: [Option<*mut LargeBlock>; N]) {
+/// Unmaps blocks taken out of a cache (outside the arena lock); returns the
+/// bytes unmapped.
+pub(crate) fn unmap_all<const N: usize>(blocks: [Option<*mut LargeBlock>; N]) -> usize {
+    let mut unmapped = 0;
     for block in blocks.into_iter().flatten() {
+        // SAFETY: blocks taken out of a cache are live headers nobody uses.
+        unmapped += unsafe { (*block).map_size };
         unmap_block(block);
     }
+    unmapped
 }
 
 /// Checks that `p` is the block of `header`, and not already freed.
@@ -325,7 +331,9 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
         }
     };
     match evicted {
-        Some(evicted) => unmap_all(evicted),
+        Some(evicted) => {
+            unmap_all(evicted);
+        }
         None => unmap_block(header),
     }
     crate::purger::note_pending();
@@ -511,7 +519,7 @@ impl LargeCache {
         earliest_freed_ms: 0,
     };
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
 
@@ -585,20 +593,20 @@ impl LargeCache {
     /// Removes the blocks cached for longer than `CACHE_MAX_AGE_MS`; the
     /// caller unmaps them (outside the lock).
     fn take_expired(&mut self, now_ms: u64) -> [Option<*mut LargeBlock>; CACHE_SLOTS] {
+        self.take_freed_by(now_ms.saturating_sub(CACHE_MAX_AGE_MS + 1))
+    }
+
+    /// Takes out the cached blocks freed at `freed_by_ms` or earlier; the
+    /// caller unmaps them outside the lock ([`unmap_all`]).
+    pub fn take_freed_by(&mut self, freed_by_ms: u64) -> [Option<*mut LargeBlock>; CACHE_SLOTS] {
         let mut out = [None; CACHE_SLOTS];
-        if self.earliest_freed_ms == 0
-            || now_ms.saturating_sub(self.earliest_freed_ms) <= CACHE_MAX_AGE_MS
-        {
+        if self.earliest_freed_ms == 0 || self.earliest_freed_ms > freed_by_ms {
             return out;
         }
         for (i, out) in out.iter_mut().enumerate() {
             let slot = self.slot(i);
-            if slot.is_null() {
-                continue;
-            }
             // SAFETY: non-null slots are live cached headers.
-            let age = now_ms.saturating_sub(unsafe { (*slot).freed_at_ms });
-            if age > CACHE_MAX_AGE_MS {
+            if !slot.is_null() && unsafe { (*slot).freed_at_ms } <= freed_by_ms {
                 *out = Some(self.evict(i));
             }
         }
@@ -668,29 +676,6 @@ impl LargeCache {
     }
 
     /// Unmaps every cached block; returns the bytes unmapped.
-    /// Unmaps the cached blocks freed at `freed_by_ms` or earlier; returns
-    /// the bytes released and whether younger blocks remain.
-    pub fn release_freed_by(&mut self, freed_by_ms: u64) -> (usize, bool) {
-        let mut released = 0;
-        let mut more = false;
-        for i in 0..CACHE_SLOTS {
-            let slot = self.slot(i);
-            if slot.is_null() {
-                continue;
-            }
-            // SAFETY: non-null slots are live cached headers.
-            if unsafe { (*slot).freed_at_ms } <= freed_by_ms {
-                let block = self.evict(i);
-                // SAFETY: was a live cached header.
-                released += unsafe { (*block).map_size };
-                unmap_block(block);
-            } else {
-                more = true;
-            }
-        }
-        (released, more)
-    }
-
     pub fn release_all(&mut self) -> usize {
         let mut released = 0;
         for i in 0..CACHE_SLOTS {

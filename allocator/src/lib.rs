@@ -181,19 +181,19 @@ pub unsafe fn free(p: *mut u8) {
         return;
     }
     match owner_of(p, "free") {
-        // Inside the allocator before the owner is read: a purger may retire
-        // this thread's spans while it holds them.
-        Owner::Span(span) => thread::inside_allocator(|| {
-            // SAFETY: `span` is the live span that holds `p`.
+        Owner::Span(span) => {
+            // SAFETY: `span` is the live span that holds `p`. Its owner does
+            // not change while `p` is live (a purger retires only spans with
+            // no live block), so it may be read before entering.
             let owner = unsafe { (*span).owner_thread() };
             if owner == thread::current_thread_id() {
                 // SAFETY: this thread owns the span; `p` is its block.
-                unsafe { heap::free_local(span, p.cast::<Block>()) };
+                thread::inside_allocator(|| unsafe { heap::free_local(span, p.cast::<Block>()) });
             } else {
                 // SAFETY: as above, from another thread.
                 unsafe { free_remote(span, p) };
             }
-        }),
+        }
         // SAFETY: `block` is the header the ownership map gives for `p`.
         Owner::Large(block) => unsafe { large::free(block, p) },
     }

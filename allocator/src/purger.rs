@@ -43,9 +43,6 @@ const OFF: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
 /// 1 while something may be waiting to be purged; the housekeeper's futex.
 static PENDING: AtomicU32 = AtomicU32::new(0);
-/// Bumped when a span's remote-free list goes from empty to non-empty, so
-/// the purger knows that idle heaps may hold newly free blocks.
-static REMOTE_FREE_EPOCH: AtomicU32 = AtomicU32::new(0);
 static DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
 /// Whether the settings were read (0: no, 1: yes).
 static SETTINGS_READ: AtomicU8 = AtomicU8::new(0);
@@ -64,17 +61,6 @@ pub fn note_pending() {
     {
         futex_wake_one(&PENDING);
     }
-}
-
-/// A span's remote-free list became non-empty.
-#[inline]
-pub fn note_remote_free() {
-    REMOTE_FREE_EPOCH.fetch_add(1, Ordering::Relaxed);
-    note_pending();
-}
-
-pub fn remote_free_epoch() -> u32 {
-    REMOTE_FREE_EPOCH.load(Ordering::Relaxed)
 }
 
 pub fn purge_delay_ms() -> u64 {
@@ -213,8 +199,8 @@ fn pass(freed_by_ms: u64, force: bool) -> bool {
     let mut more = false;
     for_each_arena(|arena| {
         let outcome = arena.state.lock().purge(freed_by_ms, force);
-        PURGED_BYTES.fetch_add(outcome.purged, Ordering::Relaxed);
         more |= outcome.more;
+        PURGED_BYTES.fetch_add(outcome.finish(), Ordering::Relaxed);
     });
     more
 }
@@ -229,7 +215,7 @@ pub fn purge_all_now() -> usize {
 
 /// Gives back everything free now in one arena; returns the bytes released.
 pub fn purge_arena_now(arena: &crate::arena::Arena) -> usize {
-    let outcome = arena.state.lock().purge(u64::MAX, true);
-    PURGED_BYTES.fetch_add(outcome.purged, Ordering::Relaxed);
-    outcome.purged
+    let released = arena.state.lock().purge(u64::MAX, true).finish();
+    PURGED_BYTES.fetch_add(released, Ordering::Relaxed);
+    released
 }

@@ -96,6 +96,9 @@ pub struct Span {
     purged_capacity: Cell<u32>,
     /// For a free slice: when it became free (`os::now_ms`). Arena lock.
     freed_ms: Cell<u64>,
+    /// `used` when the span was last looked at by a purge (`u32::MAX`:
+    /// never): unchanged, there is nothing new to purge.
+    used_at_purge: Cell<u32>,
 }
 
 /// Pages in the largest span.
@@ -136,6 +139,7 @@ impl Span {
             purged_pages: [const { Cell::new(0) }; PURGE_WORDS],
             purged_capacity: Cell::new(0),
             freed_ms: Cell::new(0),
+            used_at_purge: Cell::new(u32::MAX),
         }
     }
 
@@ -301,6 +305,7 @@ impl Span {
             word.set(0);
         }
         self.purged_capacity.set(0);
+        self.used_at_purge.set(u32::MAX);
     }
 
     fn has_parked(&self) -> bool {
@@ -318,62 +323,68 @@ impl Span {
     /// in such a page leave the free list (their link would be lost with the
     /// page) until [`Span::extend`] brings them back. Returns the bytes
     /// purged. Owner, claimer or arena-lock holder of an abandoned span;
-    /// remote frees must have been collected first. Does nothing while
-    /// blocks of an earlier purge are still parked.
+    /// remote frees must have been collected first. A span whose block count
+    /// has not moved since its last purge is skipped in O(1).
     pub fn purge_free_pages(&self) -> usize {
-        if self.has_parked() || self.free.get().is_null() {
+        let used = self.used();
+        if self.free.get().is_null() || used == self.used_at_purge.get() {
             return 0;
         }
+        self.used_at_purge.set(used);
         let size = self.block_size();
         let capacity = self.capacity.get() as usize;
         let start = self.start.load(Ordering::Relaxed) as usize;
         if size == 0 || capacity == 0 || capacity > MAX_BLOCKS_PER_SPAN {
             return 0;
         }
-        // Which carved blocks are free.
+        // Which carved blocks are free: on the free list, or parked by an
+        // earlier purge (capacity does not grow while blocks are parked).
         let mut free_marks = [0u64; FREE_MARK_WORDS];
         let mut block = self.free.get();
         while !block.is_null() {
             let index = (block as usize).wrapping_sub(start) / size;
-            match free_marks.get_mut(index / 64) {
-                Some(word) if index < capacity => *word |= 1 << (index % 64),
-                _ => crate::diag::fatal_pointer("free", "free list corrupted", block.cast()),
+            if index >= capacity || !set_bit(&mut free_marks, index) {
+                crate::diag::fatal_pointer("free", "free list corrupted", block.cast());
             }
             // SAFETY: a free block of this span: its first word is its link.
             block = unsafe { (*block).next };
         }
+        for index in 0..self.purged_capacity.get() as usize {
+            if self.page_is_purged(index * size / PAGE_SIZE) {
+                set_bit(&mut free_marks, index);
+            }
+        }
         // Pages a live block touches stay.
         let carved_pages = (capacity * size).div_ceil(PAGE_SIZE).min(SPAN_MAX_PAGES);
         let mut keep = [0u64; PURGE_WORDS];
-        for index in 0..capacity {
-            let is_free = free_marks
-                .get(index / 64)
-                .is_some_and(|w| w & (1 << (index % 64)) != 0);
-            if !is_free {
-                let first = index * size / PAGE_SIZE;
-                let last = ((index + 1) * size - 1) / PAGE_SIZE;
-                for page in first..=last.min(SPAN_MAX_PAGES - 1) {
-                    if let Some(word) = keep.get_mut(page / 64) {
-                        *word |= 1 << (page % 64);
-                    }
-                }
+        for index in (0..capacity).filter(|&i| !bit(&free_marks, i)) {
+            let first = index * size / PAGE_SIZE;
+            let last = ((index + 1) * size - 1) / PAGE_SIZE;
+            for page in first..=last.min(SPAN_MAX_PAGES - 1) {
+                set_bit(&mut keep, page);
             }
         }
-        let is_kept = |page: usize| {
-            keep.get(page / 64)
-                .is_some_and(|w| w & (1 << (page % 64)) != 0)
-        };
-        if (0..carved_pages).all(is_kept) {
+        // Pages that go now: touched by no live block, not purged before.
+        let mut goes = [0u64; PURGE_WORDS];
+        let mut any = false;
+        for page in (0..carved_pages).filter(|&p| !bit(&keep, p) && !self.page_is_purged(p)) {
+            set_bit(&mut goes, page);
+            any = true;
+        }
+        if !any {
             return 0;
         }
-        // Park the free blocks that start in a page about to go.
+        for (word, new) in self.purged_pages.iter().zip(goes) {
+            word.set(word.get() | new);
+        }
+        // Park the listed free blocks that now start in a purged page.
         let mut kept_head: *mut Block = ptr::null_mut();
         let mut kept_tail: *mut Block = ptr::null_mut();
         let mut block = self.free.get();
         while !block.is_null() {
             // SAFETY: as above.
             let next = unsafe { (*block).next };
-            if is_kept(((block as usize) - start) / PAGE_SIZE) {
+            if !bit(&goes, ((block as usize) - start) / PAGE_SIZE) {
                 // SAFETY: relinking free blocks of this span.
                 unsafe { (*block).next = ptr::null_mut() };
                 if kept_tail.is_null() {
@@ -387,26 +398,23 @@ impl Span {
             block = next;
         }
         self.free.set(kept_head);
-        // Discard runs of pages nobody keeps.
+        self.purged_capacity.set(capacity as u32);
+        // Discard the runs of pages that go.
         let mut purged = 0;
         let mut page = 0;
         while page < carved_pages {
-            if is_kept(page) {
+            if !bit(&goes, page) {
                 page += 1;
                 continue;
             }
             let first = page;
-            while page < carved_pages && !is_kept(page) {
-                if let Some(word) = self.purged_pages.get(page / 64) {
-                    word.set(word.get() | 1 << (page % 64));
-                }
+            while page < carved_pages && bit(&goes, page) {
                 page += 1;
             }
             let bytes = (page - first) * PAGE_SIZE;
             crate::os::discard((start + first * PAGE_SIZE) as *mut u8, bytes);
             purged += bytes;
         }
-        self.purged_capacity.set(capacity as u32);
         purged
     }
 
@@ -505,6 +513,22 @@ impl Span {
     }
 }
 
+/// Bit `i` of a bitmap (false past its end).
+fn bit(words: &[u64], i: usize) -> bool {
+    words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Sets bit `i`; false if `i` is past the bitmap's end.
+fn set_bit(words: &mut [u64], i: usize) -> bool {
+    match words.get_mut(i / 64) {
+        Some(w) => {
+            *w |= 1 << (i % 64);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Pushes `block` on `span`'s remote list: one atomic operation (a CAS,
 /// retried only if another thread pushed at the same moment). Aborts on a
 /// block pushed twice in a row (a double free).
@@ -533,7 +557,7 @@ pub unsafe fn free_remote(span: *const Span, block: *mut Block) {
             Ok(_) => {
                 if head.is_null() {
                     // The owner may be idle: tell the purger.
-                    crate::purger::note_remote_free();
+                    crate::purger::note_pending();
                 }
                 return;
             }
