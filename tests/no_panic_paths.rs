@@ -31,6 +31,12 @@ const ENTRY_POINTS: &[&str] = &[
     "valloc",
     "pvalloc",
     "malloc_usable_size",
+    "malloc_trim",
+    "mallopt",
+    "mallinfo",
+    "mallinfo2",
+    "malloc_stats",
+    "malloc_info",
     "malloc_new_arena",
     "malloc_set_arena",
     "malloc_get_arena",
@@ -61,6 +67,7 @@ type Graph = HashMap<String, BTreeSet<String>>;
 
 fn call_graph(disassembly: &str) -> (Graph, HashMap<u64, String>) {
     let mut graph: Graph = HashMap::new();
+    let mut taken: Graph = HashMap::new();
     let mut labels = HashMap::new();
     let mut current: Option<String> = None;
     for line in disassembly.lines() {
@@ -78,14 +85,31 @@ fn call_graph(disassembly: &str) -> (Graph, HashMap<u64, String>) {
         }
         let Some(func) = &current else { continue };
         let is_transfer = line.contains("\tcall") || line.contains("\tjmp");
-        if let (true, Some(start)) = (is_transfer, line.find('<')) {
+        // A function whose address is taken (`lea <f>`, exactly its start)
+        // may be called through it: the housekeeper's thread function and
+        // the thread-exit destructor are reached so.
+        let is_address = line.contains("\tlea");
+        if let (true, Some(start)) = (is_transfer || is_address, line.find('<')) {
             let target = &line[start + 1..];
             let end = target.find(['>', '+', '@']).unwrap_or(target.len());
+            let exact = target.as_bytes().get(end) == Some(&b'>');
             let target = &target[..end];
-            if target != func {
-                graph.get_mut(func).unwrap().insert(target.to_owned());
+            if target != func && (is_transfer || exact) {
+                let edges = if is_transfer { &mut graph } else { &mut taken };
+                edges
+                    .entry(func.clone())
+                    .or_default()
+                    .insert(target.to_owned());
             }
         }
+    }
+    // Keep address-taken edges only to functions (not data symbols).
+    for (func, targets) in taken {
+        let functions: Vec<String> = targets
+            .into_iter()
+            .filter(|t| graph.contains_key(t))
+            .collect();
+        graph.entry(func).or_default().extend(functions);
     }
     (graph, labels)
 }

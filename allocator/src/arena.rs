@@ -316,9 +316,14 @@ impl ArenaState {
     /// `span` is a live span of this arena in no list, with no owner.
     pub unsafe fn abandon_span(&mut self, span: *mut Span) {
         // SAFETY: forwarded from the caller.
+        let class = unsafe { (*span).class() };
+        let Some(list) = self.abandoned.get_mut(class) else {
+            crate::diag::fatal("span with an impossible size class");
+        };
+        // SAFETY: forwarded from the caller.
         unsafe {
             (*span).set_state(SpanState::Abandoned);
-            self.abandoned[(*span).class()].push_back(span);
+            list.push_back(span);
         }
     }
 

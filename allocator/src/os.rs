@@ -171,7 +171,7 @@ pub fn resident_bytes() -> Option<usize> {
     if n <= 0 {
         return None;
     }
-    let text = &buf[..n as usize];
+    let text = buf.get(..n as usize)?;
     let mut fields = text.split(|&c| c == b' ');
     fields.next()?;
     let pages = parse_decimal(fields.next()?)?;

@@ -108,24 +108,10 @@ fn read_settings() {
     if os::env_var(c"ARENALLOC_BACKGROUND").is_some_and(|v| v == b"0") {
         BACKGROUND_ENABLED.store(0, Ordering::Relaxed);
     }
-    if let Some(ms) = os::env_var(c"ARENALLOC_PURGE_DELAY_MS").and_then(parse_decimal) {
-        DELAY_MS.store(ms, Ordering::Relaxed);
+    if let Some(ms) = os::env_var(c"ARENALLOC_PURGE_DELAY_MS").and_then(os::parse_decimal) {
+        DELAY_MS.store(ms as u64, Ordering::Relaxed);
     }
     SETTINGS_READ.store(1, Ordering::Release);
-}
-
-fn parse_decimal(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 12 {
-        return None;
-    }
-    let mut value = 0u64;
-    for &c in text {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        value = value * 10 + u64::from(c - b'0');
-    }
-    Some(value)
 }
 
 /// Malloc slow path, outside every allocator lock: starts the housekeeper
