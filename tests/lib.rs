@@ -267,11 +267,18 @@ pub fn set_errno(value: i32) {
 /// child process with `env_key=scenario` in its environment and core dumps
 /// disabled; returns its exit status and output.
 pub fn run_in_child(test_name: &str, env_key: &str, scenario: &str) -> Output {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(env_key, scenario);
+    no_core_dumps(&mut cmd);
+    cmd.output().expect("spawn the test binary")
+}
+
+/// Makes the child `cmd` starts write no core file (tests that expect an
+/// abort should not litter the disk).
+pub fn no_core_dumps(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: setrlimit is async-signal-safe and touches no shared state.
     unsafe {
         cmd.pre_exec(|| {
@@ -283,7 +290,6 @@ pub fn run_in_child(test_name: &str, env_key: &str, scenario: &str) -> Output {
             Ok(())
         });
     }
-    cmd.output().expect("spawn the test binary")
 }
 
 /// Whether `needle` occurs in `haystack`.

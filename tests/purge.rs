@@ -94,7 +94,6 @@ fn in_child(name: &str, env: &[(&str, &str)], body: fn()) {
 /// Runs `<this binary> <name> --exact` with `env`; returns how it ended and
 /// its output. Kills it (and reports where it hung) after `CHILD_TIMEOUT`.
 fn run_child(name: &str, env: &[(&str, &str)]) -> (String, Vec<u8>, Vec<u8>) {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.args([name, "--exact", "--include-ignored", "--nocapture"])
@@ -105,17 +104,7 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> (String, Vec<u8>, Vec<u8>) {
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe and touches no shared state.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
+    arenalloc_tests::no_core_dumps(&mut cmd);
     let mut child = cmd.spawn().expect("spawn the test binary");
     let drain = |mut pipe: Box<dyn Read + Send>| {
         thread::spawn(move || {
@@ -209,6 +198,28 @@ fn free(addr: usize) {
 }
 
 /// The size of block `i` of the sparse-survivor workloads: 16 to 48 B.
+/// `n` blocks of `size` bytes from the engine, filled with a byte pattern.
+fn alloc_filled(n: usize, size: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let p = engine::malloc(size);
+            assert!(!p.is_null());
+            // SAFETY: `size` bytes at `p`.
+            unsafe { p.write_bytes(9, size) };
+            p as usize
+        })
+        .collect()
+}
+
+/// Frees the blocks whose index `pick` chooses.
+fn free_where(blocks: &[usize], pick: impl Fn(usize) -> bool) {
+    for (i, &p) in blocks.iter().enumerate() {
+        if pick(i) {
+            free(p);
+        }
+    }
+}
+
 fn tiny_size(i: usize) -> usize {
     16 + (pattern::word(0x512e, i) % 33) as usize
 }
@@ -963,26 +974,11 @@ fn trim_finds_pages_freed_on_fast_paths_since_the_last_trim() {
 /// freed, all on the fast path; trim must give back their pages.
 fn fast_path_frees_after_trim() {
     const N: usize = 1_000_000;
-    let mut blocks: Vec<usize> = Vec::with_capacity(N);
-    for _ in 0..N {
-        let p = engine::malloc(SIZE_80);
-        assert!(!p.is_null());
-        // SAFETY: 80 bytes at `p`.
-        unsafe { p.write_bytes(9, SIZE_80) };
-        blocks.push(p as usize);
-    }
-    for (i, &p) in blocks.iter().enumerate() {
-        if i % 128 == 1 {
-            free(p);
-        }
-    }
+    let blocks = alloc_filled(N, SIZE_80);
+    free_where(&blocks, |i| i % 128 == 1);
     let first = arenalloc::trim();
     let rss_before = rss_quiet();
-    for (i, &p) in blocks.iter().enumerate() {
-        if i % 128 != 1 && i % 400 != 0 {
-            free(p);
-        }
-    }
+    free_where(&blocks, |i| i % 128 != 1 && i % 400 != 0);
     let released = arenalloc::trim();
     let rss_after = rss_quiet();
     one_slow_path();
@@ -1023,26 +1019,11 @@ fn trim_finds_pages_freed_in_a_span_purged_before() {
 /// heap counts as changed; trim must give back the pages that emptied.
 fn frees_in_purged_spans() {
     const N: usize = 1_000_000;
-    let mut blocks: Vec<usize> = Vec::with_capacity(N);
-    for _ in 0..N {
-        let p = engine::malloc(SIZE_80);
-        assert!(!p.is_null());
-        // SAFETY: 80 bytes at `p`.
-        unsafe { p.write_bytes(9, SIZE_80) };
-        blocks.push(p as usize);
-    }
-    for (i, &p) in blocks.iter().enumerate() {
-        if i % 100 != 0 {
-            free(p);
-        }
-    }
+    let blocks = alloc_filled(N, SIZE_80);
+    free_where(&blocks, |i| i % 100 != 0);
     let first = arenalloc::trim();
     let rss_before = rss_quiet();
-    for (i, &p) in blocks.iter().enumerate() {
-        if i % 100 == 0 && i % 1000 != 0 {
-            free(p);
-        }
-    }
+    free_where(&blocks, |i| i % 100 == 0 && i % 1000 != 0);
     one_slow_path();
     let released = arenalloc::trim();
     let rss_after = rss_quiet();

@@ -140,7 +140,9 @@ impl ArenaAccounts {
     }
 }
 
-/// One arena's figures.
+/// One arena's figures. `repr(C)`: the C API hands this very struct out as
+/// `struct malloc_arena_stats` (field order as in `arenalloc.h`).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArenaStats {
     /// Bytes in the arena's live blocks (usable sizes). Blocks freed by

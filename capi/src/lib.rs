@@ -407,19 +407,11 @@ pub extern "C" fn malloc_arena_aligned_alloc(
     arena_alloc(arena, size, align, false)
 }
 
-/// `struct malloc_arena_stats` in `arenalloc.h`: one arena's figures.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct MallocArenaStats {
-    pub live_bytes: usize,
-    pub live_blocks: usize,
-    pub resident_bytes: usize,
-    pub mapped_bytes: usize,
-    pub in_use_bytes: usize,
-    pub peak_in_use_bytes: usize,
-    pub limit_bytes: usize,
-    pub threads: usize,
-}
+/// `struct malloc_arena_stats` in `arenalloc.h`: the engine's figures,
+/// which are laid out for C (`repr(C)`, `size_t` fields, same order).
+pub type MallocArenaStats = engine::ArenaStats;
+const _: () =
+    assert!(core::mem::size_of::<MallocArenaStats>() == 8 * core::mem::size_of::<usize>());
 
 /// The engine's handle for a C handle, or `None` with `errno = EINVAL`.
 fn handle_or_einval(arena: *mut ArenaHd) -> Option<engine::ArenaHandle> {
@@ -477,18 +469,8 @@ pub unsafe extern "C" fn malloc_arena_stats(
     let Some(s) = handle_or_einval(arena).and_then(engine::arena_stats) else {
         return -1;
     };
-    let figures = MallocArenaStats {
-        live_bytes: s.live_bytes,
-        live_blocks: s.live_blocks,
-        resident_bytes: s.resident_bytes,
-        mapped_bytes: s.mapped_bytes,
-        in_use_bytes: s.in_use_bytes,
-        peak_in_use_bytes: s.peak_in_use_bytes,
-        limit_bytes: s.limit_bytes,
-        threads: s.threads,
-    };
     // SAFETY: `out` is non-null and writable (the caller's contract).
-    unsafe { out.write(figures) };
+    unsafe { out.write(s) };
     0
 }
 
