@@ -26,29 +26,7 @@
 #define KiB ((size_t)1024)
 #define MiB ((size_t)1024 * 1024)
 
-static unsigned long passed, failed;
-static const char *section = "";
-
-static void fail_line(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void fail_line(int line, const char *fmt, ...) {
-    failed++;
-    va_list ap;
-    va_start(ap, fmt);
-    printf("FAIL [%s] arena_api.c:%d: ", section, line);
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-}
-
-/* CHECK(condition, "what was expected and what was seen", args...) */
-#define CHECK(cond, ...)                      \
-    do {                                      \
-        if (cond)                             \
-            passed++;                         \
-        else                                  \
-            fail_line(__LINE__, __VA_ARGS__); \
-    } while (0)
+#include "check.h"
 
 /* Checks that `call` (an expression) fails as `failed_if` says, with errno
  * `err`. */

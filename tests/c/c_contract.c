@@ -68,39 +68,7 @@ extern void free_aligned_sized(void *p, size_t align, size_t size) __attribute__
 #define KiB ((size_t)1024)
 #define MiB ((size_t)1024 * 1024)
 
-static unsigned long passed, failed;
-static unsigned long failures_printed;
-static const char *section = "";
-
-#define MAX_FAILURE_LINES 200
-
-static void fail_line(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void fail_line(int line, const char *fmt, ...) {
-    failed++;
-    if (failures_printed >= MAX_FAILURE_LINES) {
-        if (failures_printed == MAX_FAILURE_LINES)
-            printf("FAIL (further failure lines suppressed)\n");
-        failures_printed++;
-        return;
-    }
-    failures_printed++;
-    va_list ap;
-    va_start(ap, fmt);
-    printf("FAIL [%s] c_contract.c:%d: ", section, line);
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-}
-
-/* CHECK(condition, "what was expected and what was seen", args...) */
-#define CHECK(cond, ...)                       \
-    do {                                       \
-        if (cond)                              \
-            passed++;                          \
-        else                                   \
-            fail_line(__LINE__, __VA_ARGS__);  \
-    } while (0)
+#include "check.h"
 
 static double seconds(void) {
     struct timespec ts;
