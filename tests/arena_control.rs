@@ -798,6 +798,122 @@ proptest! {
     }
 }
 
+// -------------------------------------------------------------- switching
+
+/// One step of a thread's life among three dedicated arenas and the default
+/// one (index `SWITCH_ARENAS`).
+#[derive(Clone, Debug)]
+enum SwitchOp {
+    Switch(usize),
+    Alloc(usize),
+    /// Frees the arena's blocks, destroys it and creates a new one.
+    Recreate(usize),
+}
+
+const SWITCH_ARENAS: usize = 3;
+
+fn switch_op() -> impl Strategy<Value = SwitchOp> {
+    prop_oneof![
+        6 => (0..=SWITCH_ARENAS).prop_map(SwitchOp::Switch),
+        6 => stat_size().prop_map(SwitchOp::Alloc),
+        1 => (0..SWITCH_ARENAS).prop_map(SwitchOp::Recreate),
+    ]
+}
+
+/// Runs `ops`, returning the first step at which the preferred arena or a
+/// block's arena was not the expected one. Nothing here allocates through
+/// the global allocator while a dedicated arena is preferred (a destroy
+/// would free it under the test's feet): `blocks` has room for every step.
+fn run_switches(arenas: &mut [Arena; SWITCH_ARENAS], ops: &[SwitchOp]) -> Option<(usize, String)> {
+    let handle = |arenas: &[Arena; SWITCH_ARENAS], i: usize| {
+        if i == SWITCH_ARENAS {
+            engine::arena_default()
+        } else {
+            engine_handle(arenas[i])
+        }
+    };
+    let mut blocks: Vec<(*mut u8, usize)> = Vec::with_capacity(ops.len());
+    let mut preferred = SWITCH_ARENAS;
+    let mut failure = None;
+    for (step, op) in ops.iter().enumerate() {
+        match *op {
+            SwitchOp::Switch(i) => {
+                let previous = engine::arena_set(handle(arenas, i));
+                if previous != Some(handle(arenas, preferred)) {
+                    failure = Some((step, "the switch returned the wrong previous arena"));
+                }
+                preferred = i;
+            }
+            SwitchOp::Alloc(size) => {
+                let p = engine::malloc(size);
+                if p.is_null() {
+                    failure = Some((step, "malloc failed"));
+                } else {
+                    blocks.push((p, preferred));
+                    if engine::arena_of(p) != Some(handle(arenas, preferred)) {
+                        failure = Some((step, "a block landed outside the preferred arena"));
+                    }
+                }
+            }
+            SwitchOp::Recreate(i) => {
+                let mut b = 0;
+                while b < blocks.len() {
+                    if blocks[b].1 == i {
+                        free(blocks.swap_remove(b).0);
+                    } else {
+                        b += 1;
+                    }
+                }
+                // SAFETY: the arena's blocks were just freed and no other
+                // thread knows it.
+                unsafe { engine::arena_destroy(handle(arenas, i)) };
+                if preferred == i {
+                    preferred = SWITCH_ARENAS;
+                }
+                match Arena::new() {
+                    Ok(arena) => arenas[i] = arena,
+                    Err(_) => failure = Some((step, "no new arena")),
+                }
+            }
+        }
+        if failure.is_none() && engine::arena_current() != handle(arenas, preferred) {
+            failure = Some((step, "the preferred arena is not the expected one"));
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    engine::arena_set(engine::arena_default());
+    for (p, _) in blocks {
+        free(p);
+    }
+    failure.map(|(step, what)| (step, what.to_string()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Switching back and forth (the switch remembers the heap it left, so
+    /// going back is the cheap case) always allocates in the arena the
+    /// thread prefers, also when an arena it used was destroyed and its
+    /// slot reused.
+    #[test]
+    fn every_block_lands_in_the_arena_the_thread_prefers_after_any_switches(
+        ops in prop::collection::vec(switch_op(), 1..120)
+    ) {
+        let mut arenas = [(); SWITCH_ARENAS].map(|_| Arena::new().unwrap());
+        let failure = run_switches(&mut arenas, &ops);
+        for arena in arenas {
+            prop_assert_eq!(stats(arena).live_blocks, 0);
+            // SAFETY: every block was freed; no other thread knows them.
+            unsafe { arena.destroy() }.unwrap();
+        }
+        if let Some((step, what)) = failure {
+            prop_assert!(false, "step {} ({:?}): {}", step, ops[step], what);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- threads
 
 #[test]

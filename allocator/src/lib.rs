@@ -59,7 +59,7 @@ fn out_of_memory() -> *mut u8 {
 
 /// Allocates `size` bytes aligned to [`MIN_ALIGN`]. Returns null (errno
 /// `ENOMEM`) on failure. `malloc(0)` returns a unique, freeable block.
-#[inline]
+#[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= MEDIUM_MAX {
         // SAFETY: the current heap belongs to this thread.
@@ -104,7 +104,7 @@ pub fn zalloc(size: usize) -> *mut u8 {
 
 /// Allocates `size` bytes aligned to `align` (a power of two). Returns null
 /// (errno `ENOMEM`, or `EINVAL` for an alignment that is not a power of two).
-#[inline]
+#[inline(always)]
 pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
     if align <= MIN_ALIGN && align.is_power_of_two() {
         return malloc(size);
@@ -175,7 +175,7 @@ fn owner_of(p: *mut u8, operation: &str) -> Owner {
 ///
 /// # Safety
 /// `p` is null or a live block from this allocator, not used afterwards.
-#[inline]
+#[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;

@@ -24,6 +24,9 @@ pub struct ThreadState {
     /// (relaxed atomics are plain moves); read by statistics, which count
     /// the threads that prefer an arena.
     heap: AtomicPtr<Heap>,
+    /// The heap that was current before the last switch: a library call
+    /// wrapped in an arena switches back to it, found without a walk.
+    previous_heap: Cell<*mut Heap>,
     claim: ThreadClaim,
 }
 
@@ -42,6 +45,7 @@ std::thread_local! {
     static THREAD: ThreadState = const {
         ThreadState {
             heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            previous_heap: Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
             claim: ThreadClaim::new(),
         }
     };
@@ -77,7 +81,12 @@ pub fn current_thread_state() -> *const ThreadState {
 
 /// Makes `heap` the thread's current heap.
 fn set_current_heap(heap: *mut Heap) {
-    THREAD.with(|t| t.heap.store(heap, Ordering::Relaxed));
+    THREAD.with(|t| {
+        // Load and store, not a swap: only this thread writes the field, and
+        // a swap is a locked instruction on x86.
+        t.previous_heap.set(t.heap.load(Ordering::Relaxed));
+        t.heap.store(heap, Ordering::Relaxed);
+    });
 }
 
 /// Runs `f` with the default arena preferred, then restores the thread's
@@ -251,7 +260,14 @@ pub fn preferred_arena() -> &'static Arena {
 /// Makes `arena` the calling thread's preferred arena; `None` if the
 /// thread's heap for it cannot be created.
 pub fn set_preferred_arena(arena: &'static Arena) -> Option<()> {
-    let heap = heap_in(arena)?;
+    let previous = THREAD.with(|t| t.previous_heap.get());
+    // SAFETY: the previous heap is the empty heap or one of this thread's
+    // pool heaps (a dead one has a null arena and never matches).
+    let heap = if core::ptr::eq(unsafe { (*previous).arena }, arena) {
+        previous
+    } else {
+        heap_in(arena)?
+    };
     set_current_heap(heap);
     Some(())
 }
@@ -265,6 +281,8 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 
 fn abandon_heaps(first: *mut Heap) {
     set_current_heap(heap::empty_heap());
+    // The heaps go back to the pool: forget the one switched away from.
+    THREAD.with(|t| t.previous_heap.set(heap::empty_heap()));
     THREAD_HEAPS.with(|h| h.set(core::ptr::null_mut()));
     let mut heap = first;
     while !heap.is_null() {

@@ -33,7 +33,7 @@ pub struct ArenaAlloc;
 // to `layout.align()`, or null; blocks stay valid until freed; `dealloc` and
 // `realloc` accept exactly the blocks it handed out.
 unsafe impl GlobalAlloc for ArenaAlloc {
-    #[inline]
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         arenalloc_engine::malloc_aligned(layout.size(), layout.align())
     }
@@ -43,7 +43,7 @@ unsafe impl GlobalAlloc for ArenaAlloc {
         arenalloc_engine::zalloc_aligned(layout.size(), layout.align())
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` came from this allocator.
         unsafe { arenalloc_engine::free(ptr) }

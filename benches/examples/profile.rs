@@ -42,6 +42,7 @@ const WORKLOADS: &[&str] = &[
     "xthread_free",
     "large_churn",
     "thread_spawn_join",
+    "arena_switch",
 ];
 
 fn usage() -> ! {
@@ -73,6 +74,13 @@ fn run<A: GlobalAlloc + Sync + 'static>(a: &'static A, workload: &str, iters: u6
             (0..iters).for_each(|_| large_churn(a, &sizes));
         }
         "thread_spawn_join" => (0..iters).for_each(|_| thread_spawn_join(a, 100)),
+        // arenalloc's own: enter a dedicated arena and restore (the
+        // allocator argument is ignored).
+        "arena_switch" => {
+            let library = arenalloc::Arena::new().expect("an arena");
+            drop(library.run(|| Box::new(1u8)));
+            (0..iters).for_each(|_| drop(std::hint::black_box(&library).enter().expect("enter")));
+        }
         _ => usage(),
     }
 }
