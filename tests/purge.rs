@@ -13,9 +13,11 @@
 //! - A child forked while the housekeeper runs starts its own (5).
 //! - What `trim()` returns: a second call with nothing freed meanwhile
 //!   returns 0 (6; `malloc_trim` returns `trim() > 0`).
-//! - What `trim()` misses today (ignored, bugs): pages freed on fast paths
-//!   since the heap's last purge (7), pages freed in a span purged before
-//!   (8), the bytes of the segments it unmaps (9).
+//! - What `trim()` finds: pages freed on fast paths since the heap's last
+//!   purge (7), pages freed in a span purged before (8), and it counts the
+//!   bytes of the segments it unmaps (9).
+//! - `ARENALLOC_STATS=1` prints an exit summary whose figures match the
+//!   child's own, and nothing without it (10).
 //!
 //! Every test measures its own process (RSS, `passes()`, `trim()`'s
 //! return), so each runs in a child process, one at a time: the test
@@ -941,7 +943,7 @@ fn trim_return_values() {
     }
 }
 
-// ------------------------------------- 7-9. what trim() misses (ignored)
+// -------------------------------------------- 7-9. what trim() finds
 
 /// Block size of tests 7 and 8: a class of its own (80 B) that nothing else
 /// in the child uses much, 819 blocks per 64 KiB span.
@@ -1089,5 +1091,127 @@ fn trim_accounting() {
         "trim unmapped {:.1} MiB but returned {:.1} MiB",
         mib(unmapped),
         mib(released)
+    );
+}
+
+// ------------------------------------------------- 10. the exit summary
+
+/// The child of the exit-summary test: leaves 1000 blocks of 100 B and five
+/// of 1 MiB live in a dedicated arena, frees 64 MiB in the default arena,
+/// trims, and prints the arena's handle, its live bytes (usable sizes) and
+/// the bytes trimmed.
+fn exit_summary_child() {
+    let arena = arenalloc::Arena::new().unwrap();
+    let mut kept = Vec::with_capacity(1005);
+    arena.run(|| {
+        kept.extend((0..1000).map(|_| engine::malloc(100) as usize));
+        kept.extend((0..5).map(|_| engine::malloc(MIB) as usize));
+    });
+    assert!(kept.iter().all(|&p| p != 0));
+    // SAFETY: live blocks of ours.
+    let live: usize = kept
+        .iter()
+        .map(|&p| unsafe { engine::usable_size(p as *mut u8) })
+        .sum();
+    let churn: Vec<usize> = (0..64 * 1024)
+        .map(|_| engine::malloc(KIB) as usize)
+        .collect();
+    for p in churn {
+        free(p);
+    }
+    let trimmed = arenalloc::trim();
+    println!(
+        "arena {:#x} live {live} trimmed {trimmed} end",
+        arena.as_raw()
+    );
+    // The blocks stay live to the end: the summary must count them.
+    std::mem::forget(kept);
+}
+
+#[test]
+fn arenalloc_stats_prints_a_summary_at_exit() {
+    if std::env::var(CHILD_VAR).as_deref() == Ok("arenalloc_stats_prints_a_summary_at_exit") {
+        exit_summary_child();
+        println!("arenalloc_stats_prints_a_summary_at_exit: done");
+        return;
+    }
+    let _one = ONE_CHILD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let name = "arenalloc_stats_prints_a_summary_at_exit";
+    let (status, stdout, stderr) = run_child(name, &[("ARENALLOC_STATS", "1")]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    );
+    let report = format!("{status}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}");
+    assert_eq!(status, "exit status: 0", "{report}");
+    let (handle, live, trimmed) = stdout
+        .lines()
+        .find_map(|l| {
+            let rest = &l[l.find("arena 0x")? + "arena ".len()..];
+            let (handle, rest) = rest.split_once(" live ")?;
+            let (live, rest) = rest.split_once(" trimmed ")?;
+            let trimmed = rest.strip_suffix(" end")?;
+            Some((
+                handle.to_string(),
+                live.parse::<usize>().ok()?,
+                trimmed.parse::<usize>().ok()?,
+            ))
+        })
+        .unwrap_or_else(|| panic!("the child did not report its arena\n{report}"));
+    assert!(trimmed > 0, "the child's trim released nothing\n{report}");
+    // The summary's one-decimal MiB, rounded down.
+    let live_mib = format!("live {}.{} MiB", live >> 20, (live % MIB) * 10 / MIB);
+    let summary: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("arenalloc:"))
+        .collect();
+    assert!(
+        summary.iter().any(|l| l.contains("exit summary of pid")),
+        "no summary heading\n{report}"
+    );
+    let totals = summary
+        .iter()
+        .find(|l| l.contains(" rss ") && l.contains(" peak; live "))
+        .unwrap_or_else(|| panic!("no RSS and live-bytes line\n{report}"));
+    // The peak RSS includes the 64 MiB the child churned through.
+    let peak = totals
+        .split(" now, ")
+        .nth(1)
+        .and_then(|t| t.split(" MiB peak").next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in MiB in {totals:?}"));
+    assert!(peak >= 64.0, "peak RSS {peak} MiB in {totals:?}");
+    let purged = summary
+        .iter()
+        .find_map(|l| l.strip_prefix("arenalloc:   purged "))
+        .and_then(|t| t.split(" MiB").next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no purged line in MiB\n{report}"));
+    assert!(
+        purged * MIB as f64 >= trimmed as f64 * 0.99,
+        "purged {purged} MiB, but trim alone returned {trimmed} B\n{report}"
+    );
+    assert!(
+        summary.iter().any(|l| l.contains("(default): live ")),
+        "no line for the default arena\n{report}"
+    );
+    let arena_line = summary
+        .iter()
+        .find(|l| l.contains(&format!("arena {handle}: live ")))
+        .unwrap_or_else(|| panic!("no line for arena {handle}\n{report}"));
+    assert!(
+        arena_line.contains(&format!("{live_mib} in 1005 blocks"))
+            && arena_line.contains("threads 0"),
+        "expected {live_mib} in 1005 blocks and no thread preferring it: {arena_line}"
+    );
+
+    let (status, _, stderr) = run_child(name, &[]);
+    assert_eq!(status, "exit status: 0");
+    assert!(
+        !contains(&stderr, "exit summary"),
+        "a summary without ARENALLOC_STATS=1:\n{}",
+        String::from_utf8_lossy(&stderr)
     );
 }

@@ -66,6 +66,15 @@ impl Line {
             .text(" MiB")
     }
 
+    /// Bytes as KiB below 1 MiB, else as MiB with one decimal.
+    pub fn size(&mut self, bytes: usize) -> &mut Self {
+        if bytes < 1 << 20 {
+            self.num(bytes.div_ceil(1024)).text(" KiB")
+        } else {
+            self.mib(bytes)
+        }
+    }
+
     fn text_byte(&mut self, b: u8) {
         if self.len < self.buf.len() {
             self.buf[self.len] = b;
@@ -134,6 +143,15 @@ mod tests {
         let mut m = Line::new();
         m.mib(3 * (1 << 20) + (1 << 19));
         assert_eq!(m.as_bytes(), b"3.5 MiB");
+        let mut k = Line::new();
+        k.size(0)
+            .text(" ")
+            .size(1)
+            .text(" ")
+            .size(5000)
+            .text(" ")
+            .size(1 << 20);
+        assert_eq!(k.as_bytes(), b"0 KiB 1 KiB 5 KiB 1.0 MiB");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 pub mod arena;
 pub mod claim;
 pub mod diag;
+pub mod exit_summary;
 pub mod heap;
 pub mod large;
 pub mod os;

@@ -178,6 +178,22 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages * PAGE_SIZE)
 }
 
+pub fn process_id() -> usize {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as usize }
+}
+
+/// The most this process has ever had resident, in bytes (`ru_maxrss`).
+pub fn peak_resident_bytes() -> Option<usize> {
+    // SAFETY: all-zero is a valid `rusage`.
+    let mut usage: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: `usage` is a valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    usize::try_from(usage.ru_maxrss).ok().map(|kib| kib * 1024)
+}
+
 /// Parses an unsigned decimal number (no sign, no spaces).
 pub fn parse_decimal(digits: &[u8]) -> Option<usize> {
     if digits.is_empty() {

@@ -166,6 +166,7 @@ pub fn ensure_init() {
         THREAD_KEY.store(key, Ordering::Relaxed);
         // SAFETY: the handlers are `extern "C"` functions that live forever.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        crate::exit_summary::register_if_asked();
         INIT_STATE.store(READY, Ordering::Release);
         return;
     }

@@ -68,6 +68,48 @@ pub fn trim() -> usize {
     arenalloc_engine::trim()
 }
 
+/// Turns the background housekeeper on or off at run time (the environment
+/// variable `ARENALLOC_BACKGROUND=0` turns it off from the start). Off, free
+/// memory goes back to the OS only through [`trim`], [`Arena::trim`] and the
+/// allocator's own slow paths.
+///
+/// ```
+/// arenalloc::set_background_purging(false);
+/// assert!(!arenalloc::background_purging());
+/// arenalloc::set_background_purging(true);
+/// ```
+pub fn set_background_purging(enabled: bool) {
+    arenalloc_engine::purger::set_background(enabled)
+}
+
+/// Whether the background housekeeper is on.
+pub fn background_purging() -> bool {
+    arenalloc_engine::purger::background_enabled()
+}
+
+/// Sets how long memory stays free before the housekeeper returns it (the
+/// environment variable `ARENALLOC_PURGE_DELAY_MS` sets it from the start).
+///
+/// ```
+/// use std::time::Duration;
+/// arenalloc::set_purge_delay(Duration::from_millis(250));
+/// assert_eq!(arenalloc::purge_delay(), Duration::from_millis(250));
+/// ```
+pub fn set_purge_delay(delay: std::time::Duration) {
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    arenalloc_engine::purger::set_purge_delay_ms(ms)
+}
+
+/// How long memory stays free before the housekeeper returns it.
+pub fn purge_delay() -> std::time::Duration {
+    std::time::Duration::from_millis(arenalloc_engine::purger::purge_delay_ms())
+}
+
+/// Bytes returned to the OS so far by the housekeeper and by trims.
+pub fn purged_bytes() -> usize {
+    arenalloc_engine::purger::purged_bytes()
+}
+
 /// Bytes usable in a block returned by [`ArenaAlloc`].
 ///
 /// # Safety
