@@ -103,6 +103,7 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> (String, Vec<u8>, Vec<u8>) {
         .env(CHILD_VAR, name)
         .env_remove("ARENALLOC_BACKGROUND")
         .env_remove("ARENALLOC_PURGE_DELAY_MS")
+        .env_remove("ARENALLOC_PURGE_SLICE_US")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -390,6 +391,18 @@ fn housekeeper_purges_pages_between_the_survivors_of_an_idle_thread() {
     );
 }
 
+/// The same with the purge cut into one step per lock hold
+/// (`ARENALLOC_PURGE_SLICE_US=0`): a purge that lets go of the lock after
+/// every span goes on where it stopped and still reaches every page.
+#[test]
+fn a_purge_cut_after_every_step_still_purges_every_free_page() {
+    in_child(
+        "a_purge_cut_after_every_step_still_purges_every_free_page",
+        &[("ARENALLOC_PURGE_SLICE_US", "0")],
+        sparse_survivors_idle,
+    );
+}
+
 /// Test 1's survivors with the housekeeper on and no trim: while the
 /// thread sleeps, its heap is claimed and the pages between the survivors
 /// go back.
@@ -523,6 +536,20 @@ fn housekeeper_never_frees_or_purges_a_block_in_use() {
     in_child(
         "housekeeper_never_frees_or_purges_a_block_in_use",
         &[("ARENALLOC_PURGE_DELAY_MS", "0")],
+        churn_with_purges,
+    );
+}
+
+/// The same with the purge letting go of the arena's lock after every step,
+/// so the churning threads run between the steps of one purge.
+#[test]
+fn a_purge_cut_after_every_step_never_frees_or_purges_a_block_in_use() {
+    in_child(
+        "a_purge_cut_after_every_step_never_frees_or_purges_a_block_in_use",
+        &[
+            ("ARENALLOC_PURGE_DELAY_MS", "0"),
+            ("ARENALLOC_PURGE_SLICE_US", "0"),
+        ],
         churn_with_purges,
     );
 }
@@ -883,6 +910,20 @@ fn second_trim_with_nothing_freed_returns_zero() {
     in_child(
         "second_trim_with_nothing_freed_returns_zero",
         &[("ARENALLOC_BACKGROUND", "0")],
+        trim_return_values,
+    );
+}
+
+/// Trim's return values with the purge cut after every step: the pieces
+/// add up to what one piece would release, and a second trim finds nothing.
+#[test]
+fn a_trim_cut_after_every_step_returns_the_same() {
+    in_child(
+        "a_trim_cut_after_every_step_returns_the_same",
+        &[
+            ("ARENALLOC_BACKGROUND", "0"),
+            ("ARENALLOC_PURGE_SLICE_US", "0"),
+        ],
         trim_return_values,
     );
 }

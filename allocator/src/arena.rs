@@ -18,6 +18,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::heap::{Heap, HeapList};
 use crate::large::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
+use crate::purger::Budget;
 use crate::segment::{Segment, SEGMENT_SIZE, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
@@ -112,6 +113,41 @@ pub struct PurgeOutcome {
     pub more: bool,
     /// Cached large blocks to unmap once the arena lock is released.
     pub evicted: [Option<*mut LargeBlock>; CACHE_SLOTS],
+}
+
+/// Where a purge of one arena goes on after its budget ran out.
+#[derive(Clone, Copy, Default)]
+pub struct PurgeCursor {
+    stage: PurgeStage,
+    /// Within the stage: heaps or segments done, or the class of abandoned
+    /// spans to go on with.
+    position: usize,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum PurgeStage {
+    #[default]
+    Heaps,
+    Abandoned,
+    Segments,
+    LargeCache,
+    Done,
+}
+
+impl PurgeCursor {
+    pub fn is_done(&self) -> bool {
+        self.stage == PurgeStage::Done
+    }
+
+    fn next_stage(&mut self) {
+        self.stage = match self.stage {
+            PurgeStage::Heaps => PurgeStage::Abandoned,
+            PurgeStage::Abandoned => PurgeStage::Segments,
+            PurgeStage::Segments => PurgeStage::LargeCache,
+            PurgeStage::LargeCache | PurgeStage::Done => PurgeStage::Done,
+        };
+        self.position = 0;
+    }
 }
 
 impl PurgeOutcome {
@@ -358,7 +394,9 @@ impl ArenaState {
         }
     }
 
-    /// One purge of this arena (see `purger`): spans of idle heaps and
+    /// One purge of this arena (see `purger`), from `cursor` on, until it is
+    /// done or `budget` is spent (then `cursor` says where to go on after
+    /// the lock has been released and taken again): spans of idle heaps and
     /// abandoned spans that emptied go back as free slices and their free
     /// pages to the OS; free slices free since `freed_by_ms` or earlier are
     /// discarded, and such cached large blocks are handed back in the
@@ -366,49 +404,113 @@ impl ArenaState {
     /// `force` (trim), busy-looking heaps are claimed too, every free slice
     /// and cached block goes, and empty segments are unmapped, spares
     /// included.
-    pub fn purge(&mut self, freed_by_ms: u64, force: bool) -> PurgeOutcome {
+    pub fn purge(
+        &mut self,
+        freed_by_ms: u64,
+        force: bool,
+        cursor: &mut PurgeCursor,
+        budget: &Budget,
+    ) -> PurgeOutcome {
         let freed_by_ms = if force { u64::MAX } else { freed_by_ms };
         let mut outcome = PurgeOutcome::default();
-        self.purge_heaps(force, &mut outcome);
-        outcome.purged += self.purge_abandoned();
+        loop {
+            let finished = match cursor.stage {
+                PurgeStage::Heaps => {
+                    self.purge_heaps(force, &mut outcome, &mut cursor.position, budget)
+                }
+                PurgeStage::Abandoned => {
+                    self.purge_abandoned(&mut outcome, &mut cursor.position, budget)
+                }
+                PurgeStage::Segments => self.purge_segments(
+                    freed_by_ms,
+                    force,
+                    &mut outcome,
+                    &mut cursor.position,
+                    budget,
+                ),
+                PurgeStage::LargeCache => {
+                    outcome.evicted = self.large_cache.take_freed_by(freed_by_ms);
+                    outcome.more |= !self.large_cache.is_empty();
+                    true
+                }
+                PurgeStage::Done => return outcome,
+            };
+            if !finished {
+                // Whatever moved while the lock was free gets another pass.
+                outcome.more = true;
+                return outcome;
+            }
+            cursor.next_stage();
+        }
+    }
+
+    /// The segment stage of [`ArenaState::purge`]: discards old free
+    /// slices; with `force`, unmaps empty segments. `position` counts the
+    /// segments already done. False if the budget ran out first.
+    fn purge_segments(
+        &mut self,
+        freed_by_ms: u64,
+        force: bool,
+        outcome: &mut PurgeOutcome,
+        position: &mut usize,
+        budget: &Budget,
+    ) -> bool {
         let mut segment = self.segments;
+        let mut index = 0;
         while !segment.is_null() {
             // SAFETY: list members are live under the lock.
             let seg = unsafe { &*segment };
             let next = seg.next.get();
-            if force && seg.is_empty() {
+            if index < *position {
+                index += 1;
+            } else if budget.spent() {
+                *position = index;
+                return false;
+            } else if force && seg.is_empty() {
                 self.unlink_segment(segment);
                 self.empty_segments -= 1;
                 outcome.purged += SEGMENT_SIZE;
                 // SAFETY: empty and unlinked.
                 unsafe { Segment::destroy(segment) };
+                budget.progress();
             } else {
                 let (dirty, old) = seg.dirty_free_slices(freed_by_ms);
                 outcome.more |= dirty != old;
                 if old != 0 {
                     outcome.purged += seg.discard_free_slices_freed_by(freed_by_ms);
                 }
+                index += 1;
+                *position = index;
+                budget.progress();
             }
             segment = next;
         }
-        outcome.evicted = self.large_cache.take_freed_by(freed_by_ms);
-        outcome.more |= !self.large_cache.is_empty();
-        outcome
+        true
     }
 
-    /// Claims the arena's idle heaps in batches (one `membarrier` each) and
-    /// purges them. With `force`, busy-looking heaps are claimed too (the
-    /// claim still fails on a thread that is inside the allocator).
-    fn purge_heaps(&mut self, force: bool, outcome: &mut PurgeOutcome) {
+    /// The heap stage of [`ArenaState::purge`]: claims the arena's idle
+    /// heaps in batches (one `membarrier` each) and purges them. With
+    /// `force`, busy-looking heaps are claimed too (the claim still fails on
+    /// a thread that is inside the allocator). `position` counts the heaps
+    /// already done. False if the budget ran out first.
+    fn purge_heaps(
+        &mut self,
+        force: bool,
+        outcome: &mut PurgeOutcome,
+        position: &mut usize,
+        budget: &Budget,
+    ) -> bool {
         const BATCH: usize = 32;
-        let mut skip = 0;
         loop {
+            if budget.spent() {
+                return false;
+            }
             let mut batch = [ptr::null_mut::<Heap>(); BATCH];
-            let n = self.heaps.members(skip, &mut batch);
-            skip += n;
-            let mut claimed = [ptr::null_mut::<Heap>(); BATCH];
+            let n = self.heaps.members(*position, &mut batch);
+            // Claimed heaps, with their place in the list.
+            let mut claimed = [(ptr::null_mut::<Heap>(), 0usize); BATCH];
             let mut count = 0;
-            for &heap in batch.iter().take(n) {
+            for (offset, &heap) in batch.iter().take(n).enumerate() {
                 // SAFETY: members of the locked arena's list.
                 let idle = unsafe { crate::heap::is_idle_since_last_look(heap) };
                 if !idle && !force {
@@ -418,20 +520,28 @@ impl ArenaState {
                 // SAFETY: as above.
                 if unsafe { crate::heap::claim_of(heap) }.try_claim() {
                     if let Some(slot) = claimed.get_mut(count) {
-                        *slot = heap;
+                        *slot = (heap, *position + offset);
                         count += 1;
                     }
                 }
             }
+            let mut stopped_at = None;
             if count > 0 {
                 let barrier = crate::claim::barrier();
-                for &heap in claimed.iter().take(count) {
+                for &(heap, place) in claimed.iter().take(count) {
                     // SAFETY: listed heaps (their threads are alive).
                     let claim = unsafe { crate::heap::claim_of(heap) };
-                    if barrier && claim.confirm() {
-                        // SAFETY: confirmed claim; the lock is ours.
-                        outcome.purged += unsafe { (*heap).purge_idle(self) };
+                    if stopped_at.is_some() {
+                        // Out of time: let go of the claims not used.
                         claim.release();
+                    } else if barrier && claim.confirm() {
+                        // SAFETY: confirmed claim; the lock is ours.
+                        let (purged, finished) = unsafe { (*heap).purge_idle(self, budget) };
+                        outcome.purged += purged;
+                        claim.release();
+                        if !finished {
+                            stopped_at = Some(place);
+                        }
                     } else {
                         // A failed `confirm` has dropped the claim already.
                         if !barrier {
@@ -441,19 +551,35 @@ impl ArenaState {
                     }
                 }
             }
+            if let Some(place) = stopped_at {
+                // Go on with the heap that was not finished.
+                *position = place;
+                return false;
+            }
+            *position += n;
             if n < BATCH {
-                return;
+                return true;
             }
         }
     }
 
-    /// Abandoned spans: the emptied ones become free slices, the others
-    /// give back their free pages. Returns the bytes purged.
-    fn purge_abandoned(&mut self) -> usize {
-        let mut purged = 0;
-        for class in 0..CLASS_COUNT {
+    /// The abandoned stage of [`ArenaState::purge`]: emptied spans become
+    /// free slices, the others give back their free pages. `position` is
+    /// the class to go on with. False if the budget ran out first.
+    fn purge_abandoned(
+        &mut self,
+        outcome: &mut PurgeOutcome,
+        position: &mut usize,
+        budget: &Budget,
+    ) -> bool {
+        for class in *position..CLASS_COUNT {
             let mut span = self.abandoned[class].head;
             while !span.is_null() {
+                if budget.spent() {
+                    // Spans done in this class are skipped in O(1) next time.
+                    *position = class;
+                    return false;
+                }
                 // SAFETY: list members are live; abandoned spans have no
                 // owner, so the lock holder may use their owner-only fields.
                 let next = unsafe { SpanList::next_of(span) };
@@ -464,15 +590,16 @@ impl ArenaState {
                     // SAFETY: a member; then empty and unlinked.
                     unsafe {
                         self.abandoned[class].remove(span);
-                        purged += self.retire_span(span);
+                        outcome.purged += self.retire_span(span);
                     }
+                    budget.progress();
                 } else {
-                    purged += s.purge_free_pages();
+                    outcome.purged += budget.released(s.purge_free_pages());
                 }
                 span = next;
             }
         }
-        purged
+        true
     }
 
     /// In the child after `fork`: marks every span owned by a thread other

@@ -43,7 +43,11 @@ extern "C" fn print_summary() {
         .size(purger::purged_bytes())
         .text(" in all; housekeeper passes: ")
         .num(purger::passes())
-        .text("\n")
+        .text("; arena lock held ")
+        .num(purger::purge_lock_holds())
+        .text(" times, at most ")
+        .num(purger::longest_lock_hold_us() as usize)
+        .text(" us\n")
         .emit();
     let default = registry::default_arena();
     registry::for_each_arena(|arena| {

@@ -20,6 +20,7 @@ use crate::thread::ThreadState;
 
 use crate::arena::{Arena, ArenaState};
 use crate::diag;
+use crate::purger::Budget;
 use crate::size_class::{class_of, CLASS_COUNT};
 use crate::span::{Block, Span, SpanList, SpanState};
 use crate::sync::Mutex;
@@ -351,14 +352,18 @@ impl Heap {
     /// Gives back what this idle heap holds but does not use: spans that
     /// became empty (also through other threads' frees) go back to the
     /// arena as free slices, and the free pages of the others to the OS.
-    /// Returns the bytes purged now.
+    /// Stops early when `budget` is spent. Returns the bytes purged now and
+    /// whether the heap was gone through to the end.
     ///
     /// # Safety
     /// The caller holds a confirmed claim on the heap's thread and `state`
     /// is the locked state of the heap's arena.
-    pub unsafe fn purge_idle(&mut self, state: &mut ArenaState) -> usize {
+    pub unsafe fn purge_idle(&mut self, state: &mut ArenaState, budget: &Budget) -> (usize, bool) {
         let mut purged = 0;
         for class in 0..CLASS_COUNT {
+            if budget.spent() {
+                return (purged, false);
+            }
             let current = self.current[class];
             if current != empty_span() {
                 // SAFETY: the heap's current span; the claim makes its
@@ -371,18 +376,30 @@ impl Heap {
                     self.current[class] = empty_span();
                     // SAFETY: empty; a current span is in no list.
                     purged += unsafe { state.retire_span(current) };
+                    budget.progress();
                 } else {
-                    purged += s.purge_free_pages();
+                    purged += budget.released(s.purge_free_pages());
                 }
             }
-            purged += self.purge_list(state, class, SpanState::Available);
-            purged += self.purge_list(state, class, SpanState::Full);
+            for which in [SpanState::Available, SpanState::Full] {
+                let (bytes, finished) = self.purge_list(state, class, which, budget);
+                purged += bytes;
+                if !finished {
+                    return (purged, false);
+                }
+            }
         }
-        purged
+        (purged, true)
     }
 
     /// [`Heap::purge_idle`] for one of the class's lists.
-    fn purge_list(&mut self, state: &mut ArenaState, class: usize, which: SpanState) -> usize {
+    fn purge_list(
+        &mut self,
+        state: &mut ArenaState,
+        class: usize,
+        which: SpanState,
+        budget: &Budget,
+    ) -> (usize, bool) {
         let mut purged = 0;
         let list = if which == SpanState::Full {
             &mut self.full[class]
@@ -392,6 +409,9 @@ impl Heap {
         let mut span = list.head;
         let mut moved = SpanList::EMPTY;
         while !span.is_null() {
+            if budget.spent() {
+                break;
+            }
             // SAFETY: a member of the list (ours under the claim).
             let next = unsafe { SpanList::next_of(span) };
             // SAFETY: as above.
@@ -403,6 +423,7 @@ impl Heap {
                     list.remove(span);
                     purged += state.retire_span(span);
                 }
+                budget.progress();
             } else if which == SpanState::Full && !s.free_head().is_null() {
                 // SAFETY: a member; then unlinked.
                 unsafe {
@@ -410,7 +431,7 @@ impl Heap {
                     moved.push_back(span);
                 }
             } else {
-                purged += s.purge_free_pages();
+                purged += budget.released(s.purge_free_pages());
             }
             span = next;
         }
@@ -420,10 +441,11 @@ impl Heap {
             let s = unsafe { &*span };
             s.set_state(SpanState::Available);
             purged += s.purge_free_pages();
+            budget.progress();
             // SAFETY: in no list.
             unsafe { self.avail[class].push_back(span) };
         }
-        purged
+        (purged, span.is_null())
     }
 
     /// The thread is exiting: hand every span to the arena, empty ones as

@@ -133,13 +133,18 @@ pub fn abort() -> ! {
 
 /// Monotonic time in milliseconds.
 pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Monotonic time in microseconds.
+pub fn now_us() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 /// Reads an environment variable without allocating (libc's `getenv` returns
@@ -241,25 +246,42 @@ pub unsafe fn resident_bytes_in(p: *mut u8, size: usize) -> usize {
     resident
 }
 
+/// `membarrier` registration: 0 not tried, 1 registered, 2 unavailable.
+static MEMBARRIER_STATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+/// Registers the process for [`membarrier`] if that has not been tried.
+/// The registration waits for the kernel to synchronise every CPU (several
+/// milliseconds here), so callers make it before they take a lock.
+pub fn membarrier_register() {
+    use core::sync::atomic::Ordering;
+    if MEMBARRIER_STATE.load(Ordering::Acquire) == 0 {
+        // SAFETY: membarrier registration has no memory preconditions.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                0,
+            )
+        };
+        MEMBARRIER_STATE.store(if rc == 0 { 1 } else { 2 }, Ordering::Release);
+    }
+}
+
 /// Makes every thread of the process pass a full memory barrier before this
 /// returns (`membarrier`), so plain stores made before it are seen by any
 /// thread's next plain load. Returns false where the kernel lacks the call
 /// (then only a local fence was made: callers that need the process-wide
 /// barrier must not rely on it).
 pub fn membarrier() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-    /// 0: not tried, 1: registered, 2: unavailable.
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    if STATE.load(Ordering::Acquire) == 0 {
-        // SAFETY: membarrier registration has no memory preconditions.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_PRIVATE_EXPEDITED, 0) };
-        STATE.store(if rc == 0 { 1 } else { 2 }, Ordering::Release);
-    }
-    if STATE.load(Ordering::Acquire) == 1 {
-        // SAFETY: as above; registered, so the command is allowed.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0) };
+    use core::sync::atomic::Ordering;
+    membarrier_register();
+    if MEMBARRIER_STATE.load(Ordering::Acquire) == 1 {
+        // SAFETY: registered, so the command is allowed; no memory
+        // preconditions.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0) };
         if rc == 0 {
             return true;
         }
