@@ -12,7 +12,10 @@ RSS over time, one panel per scenario.
 Usage:
     python3 benches/mem_harness.py [--scenarios burst,small,...]
         [--allocators glibc,arenalloc,...] [--repeat N] [--idle S]
-        [--svg target/mem-harness.svg]
+        [--delays 10,100,...] [--svg target/mem-harness.svg]
+
+`--delays` adds arenalloc runs with those purge delays (how the default
+delay was chosen; see the README).
 
 It builds what it runs (cargo, release) and installs the comparison
 allocators first (scripts/install-bench-deps.sh). Standard library only.
@@ -62,11 +65,11 @@ SAMPLE_S = 0.1
 
 def build():
     subprocess.run(["bash", os.path.join(ROOT, "scripts/install-bench-deps.sh")], check=True)
-    subprocess.run(
-        ["cargo", "build", "--release", "-p", "arenalloc-capi", "-p", "arenalloc-benches",
-         "--bin", "mem_scenario"],
-        cwd=ROOT, check=True,
-    )
+    # Two commands: with `--bin`, cargo builds only that binary, not the
+    # capi package's library.
+    subprocess.run(["cargo", "build", "--release", "-p", "arenalloc-capi"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "arenalloc-benches", "--bin",
+                    "mem_scenario"], cwd=ROOT, check=True)
 
 
 def statm(pid):
@@ -130,7 +133,13 @@ def row(scenario, allocator, runs):
              f"{mib(idle1):.1f}", f"{mib(live):.1f}", f"{mib(idle1 - live):+.1f}"]
     if scenario == "burst":
         times = [r["values"]["burst_ms"] for r in runs]
-        cells.append(f"{statistics.median(times):.0f} ({len(times)} runs)")
+        cells.append(f"{statistics.median(times):.0f} ms median of {len(times)} runs "
+                     f"({min(times)}-{max(times)})")
+    elif scenario.startswith("periodic-"):
+        works = [r["values"]["work_ms"] for r in runs]
+        rss = [statistics.mean(x[1] for x in r["samples"]) for r in runs if r["samples"]]
+        cells.append(f"work {statistics.median(works):.0f} ms median of {len(works)} runs "
+                     f"({min(works)}-{max(works)}); mean RSS {mib(statistics.median(rss)):.1f} MiB")
     elif scenario == "threads":
         parked = m["parked_idle"]
         exited = m["exited"]
@@ -194,19 +203,28 @@ def main():
     p.add_argument("--idle", type=int, default=3, help="idle seconds after the workload")
     p.add_argument("--svg", default=os.path.join(ROOT, "target/mem-harness.svg"))
     p.add_argument("--no-build", action="store_true")
+    p.add_argument("--delays", default="",
+                   help="also run arenalloc with these purge delays (ms, comma-separated)")
     args = p.parse_args()
+    allocators = args.allocators.split(",")
+    for ms in filter(None, args.delays.split(",")):
+        name = f"arenalloc-delay{ms}ms"
+        ALLOCATORS[name] = (ALLOCATORS["arenalloc"][0], {"ARENALLOC_PURGE_DELAY_MS": ms})
+        COLOURS[name] = f"#{(int(ms) * 2654435761) % 0xffffff:06x}"
+        allocators.append(name)
     if not args.no_build:
         build()
     results = {}
     for scenario in args.scenarios.split(","):
-        for allocator in args.allocators.split(","):
-            n = args.repeat if scenario == "burst" else 1
-            idle = 10 if scenario == "idle" else args.idle
-            runs = []
-            for _ in range(n):
+        n = args.repeat if scenario == "burst" or scenario.startswith("periodic-") else 1
+        idle = 10 if scenario == "idle" else args.idle
+        # Repeats go round the allocators (A B C A B C ...), so a slow spell
+        # of this shared machine does not land on one allocator's runs.
+        for _ in range(n):
+            for allocator in allocators:
                 print(f"running {scenario} under {allocator} ...", file=sys.stderr)
+                runs = results.setdefault((scenario, allocator), [])
                 runs.append(run_one(scenario, allocator, idle))
-            results[(scenario, allocator)] = runs
     header = ["scenario", "allocator", "start", "peak", "at free", "free+1 s", "live",
               "1 s: RSS-live", "other"]
     print("RSS in MiB, sampled every 100 ms; 'at free' and 'free+1 s' are read by the process "

@@ -55,7 +55,8 @@ const MIB: usize = 1 << 20;
 const CHILD_VAR: &str = "PURGE_TEST_CHILD";
 /// A child that has not finished by then is stuck: killed, test failed.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the RSS tests leave the process idle (15 purge delays).
+/// How long the RSS tests leave the process idle (six default purge
+/// delays: an idle heap is purged on the second pass that sees it idle).
 const IDLE: Duration = Duration::from_millis(1500);
 
 // ------------------------------------------------------------ child runs

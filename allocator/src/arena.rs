@@ -53,6 +53,10 @@ pub struct ArenaState {
     pub accounts: ArenaAccounts,
     /// Destroyed (or not yet created): refuses new spans, blocks and heaps.
     closed: bool,
+    /// Bumped whenever a heap joins or leaves, or a segment is linked or
+    /// unlinked: a purge that let go of the lock meanwhile cannot trust its
+    /// place in those lists.
+    changes: u64,
 }
 
 // SAFETY: the raw pointers in ArenaState are only followed under the lock.
@@ -70,6 +74,7 @@ impl Arena {
                 heaps: HeapList::EMPTY,
                 accounts: ArenaAccounts::EMPTY,
                 closed: false,
+                changes: 0,
             }),
             mapped: AtomicUsize::new(0),
         }
@@ -116,17 +121,28 @@ pub struct PurgeOutcome {
 }
 
 /// Where a purge of one arena goes on after its budget ran out.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct PurgeCursor {
+    /// The purge pass (never 0): heaps are judged idle once per pass.
+    pass: u64,
     stage: PurgeStage,
     /// Within the stage: heaps or segments done, or the class of abandoned
     /// spans to go on with.
     position: usize,
+    /// Heap stage: the size class to go on with in the heap at `position`.
+    class: usize,
+    /// The arena's `changes` when the purge let go of the lock.
+    changes_seen: u64,
+    /// Times the stage started again because its list changed.
+    restarts: u32,
 }
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+/// A stage whose list keeps changing starts again this often, then goes on
+/// by position (and asks for another pass, since it may skip an item).
+const MAX_RESTARTS: u32 = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum PurgeStage {
-    #[default]
     Heaps,
     Abandoned,
     Segments,
@@ -135,6 +151,18 @@ enum PurgeStage {
 }
 
 impl PurgeCursor {
+    /// The start of pass `pass` (not 0).
+    pub fn new(pass: u64) -> PurgeCursor {
+        PurgeCursor {
+            pass,
+            stage: PurgeStage::Heaps,
+            position: 0,
+            class: 0,
+            changes_seen: 0,
+            restarts: 0,
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         self.stage == PurgeStage::Done
     }
@@ -147,6 +175,15 @@ impl PurgeCursor {
             PurgeStage::LargeCache | PurgeStage::Done => PurgeStage::Done,
         };
         self.position = 0;
+        self.class = 0;
+        self.restarts = 0;
+    }
+
+    /// Back at the start of the stage (its list changed while unlocked).
+    fn restart_stage(&mut self) {
+        self.position = 0;
+        self.class = 0;
+        self.restarts += 1;
     }
 }
 
@@ -177,6 +214,7 @@ impl ArenaState {
         }
         // SAFETY: forwarded from the caller.
         unsafe { self.heaps.push(heap) };
+        self.changes += 1;
         true
     }
 
@@ -185,6 +223,7 @@ impl ArenaState {
     pub unsafe fn remove_heap(&mut self, heap: *mut Heap) {
         // SAFETY: forwarded from the caller.
         unsafe { self.heaps.remove(heap) };
+        self.changes += 1;
     }
 
     /// The arena's figures (walks its spans; `mincore` on its mappings).
@@ -225,6 +264,7 @@ impl ArenaState {
     /// is used again.
     pub unsafe fn destroy_contents(&mut self) {
         self.closed = true;
+        self.changes += 1;
         // SAFETY: forwarded from the caller.
         unsafe { self.heaps.detach_all() };
         let mut segment = self.segments;
@@ -300,6 +340,7 @@ impl ArenaState {
             unsafe { (*self.segments).prev.set(segment) };
         }
         self.segments = segment;
+        self.changes += 1;
         seg.take_span(slices, class as u8, block_size)
     }
 
@@ -332,6 +373,7 @@ impl ArenaState {
     }
 
     fn unlink_segment(&mut self, segment: *mut Segment) {
+        self.changes += 1;
         // SAFETY: `segment` and its neighbours are live list members.
         unsafe {
             let (prev, next) = ((*segment).prev.get(), (*segment).next.get());
@@ -413,11 +455,18 @@ impl ArenaState {
     ) -> PurgeOutcome {
         let freed_by_ms = if force { u64::MAX } else { freed_by_ms };
         let mut outcome = PurgeOutcome::default();
+        let resumed = cursor.position != 0 || cursor.class != 0;
+        if resumed && cursor.changes_seen != self.changes {
+            if cursor.restarts < MAX_RESTARTS {
+                cursor.restart_stage();
+            } else {
+                // Going on by position may skip an item: look again later.
+                outcome.more = true;
+            }
+        }
         loop {
             let finished = match cursor.stage {
-                PurgeStage::Heaps => {
-                    self.purge_heaps(force, &mut outcome, &mut cursor.position, budget)
-                }
+                PurgeStage::Heaps => self.purge_heaps(force, &mut outcome, cursor, budget),
                 PurgeStage::Abandoned => {
                     self.purge_abandoned(&mut outcome, &mut cursor.position, budget)
                 }
@@ -436,8 +485,8 @@ impl ArenaState {
                 PurgeStage::Done => return outcome,
             };
             if !finished {
-                // Whatever moved while the lock was free gets another pass.
-                outcome.more = true;
+                // The caller lets go of the lock and calls again.
+                cursor.changes_seen = self.changes;
                 return outcome;
             }
             cursor.next_stage();
@@ -491,13 +540,14 @@ impl ArenaState {
     /// The heap stage of [`ArenaState::purge`]: claims the arena's idle
     /// heaps in batches (one `membarrier` each) and purges them. With
     /// `force`, busy-looking heaps are claimed too (the claim still fails on
-    /// a thread that is inside the allocator). `position` counts the heaps
-    /// already done. False if the budget ran out first.
+    /// a thread that is inside the allocator). The cursor's position counts
+    /// the heaps already done; its class is where to go on in the next one.
+    /// False if the budget ran out first.
     fn purge_heaps(
         &mut self,
         force: bool,
         outcome: &mut PurgeOutcome,
-        position: &mut usize,
+        cursor: &mut PurgeCursor,
         budget: &Budget,
     ) -> bool {
         const BATCH: usize = 32;
@@ -506,21 +556,22 @@ impl ArenaState {
                 return false;
             }
             let mut batch = [ptr::null_mut::<Heap>(); BATCH];
-            let n = self.heaps.members(*position, &mut batch);
+            let n = self.heaps.members(cursor.position, &mut batch);
             // Claimed heaps, with their place in the list.
             let mut claimed = [(ptr::null_mut::<Heap>(), 0usize); BATCH];
             let mut count = 0;
             for (offset, &heap) in batch.iter().take(n).enumerate() {
                 // SAFETY: members of the locked arena's list.
-                let idle = unsafe { crate::heap::is_idle_since_last_look(heap) };
-                if !idle && !force {
+                let idle =
+                    force || unsafe { crate::heap::is_idle_since_last_pass(heap, cursor.pass) };
+                if !idle {
                     outcome.more = true;
                     continue;
                 }
                 // SAFETY: as above.
                 if unsafe { crate::heap::claim_of(heap) }.try_claim() {
                     if let Some(slot) = claimed.get_mut(count) {
-                        *slot = (heap, *position + offset);
+                        *slot = (heap, cursor.position + offset);
                         count += 1;
                     }
                 }
@@ -535,12 +586,18 @@ impl ArenaState {
                         // Out of time: let go of the claims not used.
                         claim.release();
                     } else if barrier && claim.confirm() {
+                        let first_class = if place == cursor.position {
+                            cursor.class
+                        } else {
+                            0
+                        };
                         // SAFETY: confirmed claim; the lock is ours.
-                        let (purged, finished) = unsafe { (*heap).purge_idle(self, budget) };
+                        let (purged, stopped) =
+                            unsafe { (*heap).purge_idle(self, first_class, budget) };
                         outcome.purged += purged;
                         claim.release();
-                        if !finished {
-                            stopped_at = Some(place);
+                        if let Some(class) = stopped {
+                            stopped_at = Some((place, class));
                         }
                     } else {
                         // A failed `confirm` has dropped the claim already.
@@ -551,12 +608,14 @@ impl ArenaState {
                     }
                 }
             }
-            if let Some(place) = stopped_at {
+            if let Some((place, class)) = stopped_at {
                 // Go on with the heap that was not finished.
-                *position = place;
+                cursor.position = place;
+                cursor.class = class;
                 return false;
             }
-            *position += n;
+            cursor.position += n;
+            cursor.class = 0;
             if n < BATCH {
                 return true;
             }

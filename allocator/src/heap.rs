@@ -13,7 +13,7 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::claim::ThreadClaim;
 use crate::thread::ThreadState;
@@ -37,13 +37,16 @@ pub struct Heap {
     avail: [SpanList; CLASS_COUNT],
     full: [SpanList; CLASS_COUNT],
     /// Null once the arena has been destroyed: the heap is dead, holds no
-    /// span, and its thread falls back to the default arena.
-    pub arena: *const Arena,
+    /// span, and its thread falls back to the default arena. Atomic (relaxed,
+    /// plain moves) because a destroy on another thread writes it while the
+    /// owner may be looking through its heaps for another arena.
+    arena: AtomicPtr<Arena>,
     /// The owning thread's id (see `thread::current_thread_id`).
     pub thread_id: usize,
     /// The arena's handle, kept here so an arena switch can return the
     /// previous one without a registry lookup (1: the default arena).
-    pub arena_handle: u64,
+    /// Atomic for the same reason as `arena`.
+    arena_handle: AtomicU64,
     /// The thread's other heaps (one per arena it used).
     pub next_in_thread: *mut Heap,
     /// Link in the pool of unused heaps.
@@ -72,9 +75,9 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     current: [&EMPTY_SPAN.0 as *const Span as *mut Span; CLASS_COUNT],
     avail: [SpanList::EMPTY; CLASS_COUNT],
     full: [SpanList::EMPTY; CLASS_COUNT],
-    arena: ptr::null(),
+    arena: AtomicPtr::new(ptr::null_mut()),
     thread_id: 0,
-    arena_handle: 1,
+    arena_handle: AtomicU64::new(1),
     next_in_thread: ptr::null_mut(),
     pool_next: ptr::null_mut(),
 });
@@ -119,7 +122,7 @@ pub unsafe fn alloc(heap: *mut Heap, size: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: the thread's own heap or the read-only empty heap.
-    let dead = unsafe { (*heap).arena.is_null() };
+    let dead = unsafe { (*heap).arena_ptr().is_null() };
     // A thread without a heap yet, or whose preferred arena was destroyed,
     // allocates in the default arena.
     let heap = if dead {
@@ -221,10 +224,11 @@ impl Heap {
         self.current = [empty_span(); CLASS_COUNT];
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
-        self.arena = arena;
+        self.arena.store(arena.cast_mut(), Ordering::Relaxed);
         self.thread_id = thread_id;
         // SAFETY: heaps are created for live arenas of the static registry.
-        self.arena_handle = crate::registry::handle_of(unsafe { &*arena }).to_raw();
+        let handle = crate::registry::handle_of(unsafe { &*arena }).to_raw();
+        self.arena_handle.store(handle, Ordering::Relaxed);
         self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
     }
@@ -238,14 +242,32 @@ impl Heap {
         self.current = [empty_span(); CLASS_COUNT];
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
-        self.arena = ptr::null();
-        self.arena_handle = crate::registry::default_handle().to_raw();
+        self.forget_arena();
+    }
+
+    /// Makes the heap dead: no arena, the default arena's handle.
+    fn forget_arena(&self) {
+        self.arena.store(ptr::null_mut(), Ordering::Relaxed);
+        let default = crate::registry::default_handle().to_raw();
+        self.arena_handle.store(default, Ordering::Relaxed);
+    }
+
+    /// The heap's arena; null if the heap is dead (or the empty heap).
+    #[inline]
+    pub fn arena_ptr(&self) -> *const Arena {
+        self.arena.load(Ordering::Relaxed)
+    }
+
+    /// The raw handle of the heap's arena (the default arena's if dead).
+    #[inline]
+    pub fn arena_handle(&self) -> u64 {
+        self.arena_handle.load(Ordering::Relaxed)
     }
 
     fn arena(&self) -> &'static Arena {
         // SAFETY: arenas live in static storage and are never moved or
         // unmapped, so the reference is good for the life of the process.
-        unsafe { &*self.arena }
+        unsafe { &*self.arena_ptr() }
     }
 
     /// Makes `current[class]` a span with a free block and returns it.
@@ -352,17 +374,23 @@ impl Heap {
     /// Gives back what this idle heap holds but does not use: spans that
     /// became empty (also through other threads' frees) go back to the
     /// arena as free slices, and the free pages of the others to the OS.
-    /// Stops early when `budget` is spent. Returns the bytes purged now and
-    /// whether the heap was gone through to the end.
+    /// Starts at size class `first_class`, stops early when `budget` is
+    /// spent. Returns the bytes purged now and, if it stopped early, the
+    /// class to go on with.
     ///
     /// # Safety
     /// The caller holds a confirmed claim on the heap's thread and `state`
     /// is the locked state of the heap's arena.
-    pub unsafe fn purge_idle(&mut self, state: &mut ArenaState, budget: &Budget) -> (usize, bool) {
+    pub unsafe fn purge_idle(
+        &mut self,
+        state: &mut ArenaState,
+        first_class: usize,
+        budget: &Budget,
+    ) -> (usize, Option<usize>) {
         let mut purged = 0;
-        for class in 0..CLASS_COUNT {
+        for class in first_class..CLASS_COUNT {
             if budget.spent() {
-                return (purged, false);
+                return (purged, Some(class));
             }
             let current = self.current[class];
             if current != empty_span() {
@@ -385,11 +413,13 @@ impl Heap {
                 let (bytes, finished) = self.purge_list(state, class, which, budget);
                 purged += bytes;
                 if !finished {
-                    return (purged, false);
+                    // The class again: its current span and the spans done
+                    // are skipped in O(1).
+                    return (purged, Some(class));
                 }
             }
         }
-        (purged, true)
+        (purged, None)
     }
 
     /// [`Heap::purge_idle`] for one of the class's lists.
@@ -451,7 +481,7 @@ impl Heap {
     /// The thread is exiting: hand every span to the arena, empty ones as
     /// free slices, the rest as abandoned, and leave the arena's heap list.
     pub fn abandon_all(&mut self) {
-        if self.arena.is_null() {
+        if self.arena_ptr().is_null() {
             return;
         }
         crate::purger::note_pending();
@@ -505,6 +535,11 @@ pub struct HeapLinks {
     activity: AtomicU32,
     /// `activity` as the purger last saw it. Arena lock.
     seen_activity: Cell<u32>,
+    /// The purge pass that last looked (0: none) and what it decided: one
+    /// decision per pass, also when the pass lets go of the lock between
+    /// slices (a second look 1 ms later would call a busy heap idle).
+    looked_in_pass: Cell<u64>,
+    idle_in_pass: Cell<bool>,
 }
 
 // SAFETY: the `Cell`s are only touched under the arena lock (`thread` is
@@ -544,16 +579,22 @@ unsafe fn note_activity(heap: *mut Heap) {
 }
 
 /// Purger, under the arena lock: whether the heap had no slow path since
-/// the last look (and remembers what it saw).
+/// the previous pass looked (and remembers what it saw). Pass `pass` (never
+/// 0) gets the same answer however often it asks.
 ///
 /// # Safety
 /// `heap` is in the locked arena's heap list.
-pub unsafe fn is_idle_since_last_look(heap: *mut Heap) -> bool {
+pub unsafe fn is_idle_since_last_pass(heap: *mut Heap, pass: u64) -> bool {
     // SAFETY: forwarded; the list holds pool heaps.
     let l = unsafe { links(heap) };
+    if l.looked_in_pass.get() == pass {
+        return l.idle_in_pass.get();
+    }
     let now = l.activity.load(Ordering::Relaxed);
     let idle = now == l.seen_activity.get();
     l.seen_activity.set(now);
+    l.looked_in_pass.set(pass);
+    l.idle_in_pass.set(idle);
     idle
 }
 
@@ -739,7 +780,13 @@ pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena) -> bool {
     // SAFETY: the caller's own heap, in no arena's list.
     let h = unsafe { &mut *heap };
     h.init(arena.as_ptr(), h.thread_id, h.next_in_thread);
-    join_arena(arena, heap)
+    let joined = join_arena(arena, heap);
+    if !joined {
+        // The arena closed meanwhile: stay dead, or a later arena in the
+        // same slot would find this heap, which is in no arena's list.
+        h.forget_arena();
+    }
+    joined
 }
 
 /// Registers a heap of the calling thread with its arena; false if the

@@ -368,7 +368,7 @@ pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
     let current = thread::current_heap();
     // SAFETY: the current heap is the thread's own or the read-only empty
     // heap (whose handle is the default arena's, as is a dead heap's).
-    let (current_arena, previous) = unsafe { ((*current).arena, (*current).arena_handle) };
+    let (current_arena, previous) = unsafe { ((*current).arena_ptr(), (*current).arena_handle()) };
     if !core::ptr::eq(current_arena, arena) && thread::set_preferred_arena(arena).is_none() {
         os::set_errno(libc::ENOMEM);
         return None;

@@ -32,7 +32,7 @@ use crate::os;
 use crate::sync::{futex_wait, futex_wake_one};
 
 /// Default purge delay. See the README for the measurement behind it.
-pub const DEFAULT_PURGE_DELAY_MS: u64 = 100;
+pub const DEFAULT_PURGE_DELAY_MS: u64 = 250;
 /// The housekeeper starts once this much has been mapped: small, short
 /// programs never get a thread.
 pub const START_AFTER_MAPPED: usize = 8 << 20;
@@ -233,6 +233,9 @@ impl Budget {
 /// The longest an arena's lock was held by one purge (statistics).
 static LONGEST_HOLD_US: AtomicU64 = AtomicU64::new(0);
 
+/// Purges of one arena begun (the last one's number).
+static PURGE_PASS: AtomicU64 = AtomicU64::new(0);
+
 /// Lock holds of all purges (a purge cut into slices counts each).
 static LOCK_HOLDS: AtomicUsize = AtomicUsize::new(0);
 
@@ -248,9 +251,10 @@ pub fn longest_lock_hold_us() -> u64 {
 /// under its lock, yielding the CPU between them; returns the bytes
 /// released and whether something is left for a later pass.
 fn purge_arena(arena: &Arena, freed_by_ms: u64, force: bool) -> (usize, bool) {
+    read_settings();
     // Not under the lock: the first call is slow.
     os::membarrier_register();
-    let mut cursor = PurgeCursor::default();
+    let mut cursor = PurgeCursor::new(PURGE_PASS.fetch_add(1, Ordering::Relaxed) + 1);
     let (mut released, mut more) = (0, false);
     loop {
         let mut state = arena.state.lock();

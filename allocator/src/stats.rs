@@ -21,6 +21,11 @@ pub fn mapped_bytes() -> usize {
     MAPPED.load(Ordering::Relaxed)
 }
 
+/// Most bytes ever mapped at once.
+pub fn peak_mapped_bytes() -> usize {
+    PEAK_MAPPED.load(Ordering::Relaxed)
+}
+
 pub fn mapped_sub(bytes: usize) {
     MAPPED.fetch_sub(bytes, Ordering::Relaxed);
 }

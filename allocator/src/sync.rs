@@ -63,6 +63,14 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Takes the lock if it is free now.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(MutexGuard { mutex: self })
+    }
+
     /// Takes the lock without a guard; pair with [`Mutex::force_unlock`].
     /// Used by the fork handlers, which lock in one callback and unlock in
     /// another.

@@ -25,8 +25,10 @@ pub struct ThreadState {
     /// the threads that prefer an arena.
     heap: AtomicPtr<Heap>,
     /// The heap that was current before the last switch: a library call
-    /// wrapped in an arena switches back to it, found without a walk.
-    previous_heap: Cell<*mut Heap>,
+    /// wrapped in an arena switches back to it, found without a walk. Only
+    /// this thread touches it; atomic (relaxed, plain moves) so that the
+    /// state stays `Sync` for the purger, which reads other fields.
+    previous_heap: AtomicPtr<Heap>,
     claim: ThreadClaim,
 }
 
@@ -45,7 +47,7 @@ std::thread_local! {
     static THREAD: ThreadState = const {
         ThreadState {
             heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
-            previous_heap: Cell::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            previous_heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
             claim: ThreadClaim::new(),
         }
     };
@@ -84,7 +86,8 @@ fn set_current_heap(heap: *mut Heap) {
     THREAD.with(|t| {
         // Load and store, not a swap: only this thread writes the field, and
         // a swap is a locked instruction on x86.
-        t.previous_heap.set(t.heap.load(Ordering::Relaxed));
+        t.previous_heap
+            .store(t.heap.load(Ordering::Relaxed), Ordering::Relaxed);
         t.heap.store(heap, Ordering::Relaxed);
     });
 }
@@ -166,7 +169,7 @@ pub fn ensure_init() {
         THREAD_KEY.store(key, Ordering::Relaxed);
         // SAFETY: the handlers are `extern "C"` functions that live forever.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-        crate::exit_summary::register_if_asked();
+        crate::exit_summary::read_setting();
         INIT_STATE.store(READY, Ordering::Release);
         return;
     }
@@ -198,11 +201,11 @@ pub fn heap_in(arena: &'static Arena) -> Option<*mut Heap> {
     while !heap.is_null() {
         // SAFETY: the chain holds this thread's own heaps.
         let h = unsafe { &*heap };
-        if core::ptr::eq(h.arena, arena) {
+        if core::ptr::eq(h.arena_ptr(), arena) {
             return Some(heap);
         }
         // The current heap, even dead, must not silently change arena.
-        if h.arena.is_null() && heap != current_heap() {
+        if h.arena_ptr().is_null() && heap != current_heap() {
             dead = heap;
         }
         heap = h.next_in_thread;
@@ -249,7 +252,7 @@ pub fn preferred_arena() -> &'static Arena {
     let heap = current_heap();
     // SAFETY: the current heap is the thread's own or the read-only empty
     // heap, whose arena is null.
-    let arena = unsafe { (*heap).arena };
+    let arena = unsafe { (*heap).arena_ptr() };
     if arena.is_null() {
         default_arena()
     } else {
@@ -261,10 +264,10 @@ pub fn preferred_arena() -> &'static Arena {
 /// Makes `arena` the calling thread's preferred arena; `None` if the
 /// thread's heap for it cannot be created.
 pub fn set_preferred_arena(arena: &'static Arena) -> Option<()> {
-    let previous = THREAD.with(|t| t.previous_heap.get());
+    let previous = THREAD.with(|t| t.previous_heap.load(Ordering::Relaxed));
     // SAFETY: the previous heap is the empty heap or one of this thread's
     // pool heaps (a dead one has a null arena and never matches).
-    let heap = if core::ptr::eq(unsafe { (*previous).arena }, arena) {
+    let heap = if core::ptr::eq(unsafe { (*previous).arena_ptr() }, arena) {
         previous
     } else {
         heap_in(arena)?
@@ -283,7 +286,7 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 fn abandon_heaps(first: *mut Heap) {
     set_current_heap(heap::empty_heap());
     // The heaps go back to the pool: forget the one switched away from.
-    THREAD.with(|t| t.previous_heap.set(heap::empty_heap()));
+    THREAD.with(|t| t.previous_heap.store(heap::empty_heap(), Ordering::Relaxed));
     THREAD_HEAPS.with(|h| h.set(core::ptr::null_mut()));
     let mut heap = first;
     while !heap.is_null() {

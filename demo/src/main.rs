@@ -439,9 +439,10 @@ fn explain(runs: &[Run]) {
     );
     println!(
         "- arenalloc: no call after the free. The housekeeper thread waits the purge delay \
-         (100 ms), then gives back emptied spans and every 4 KiB page inside a span that no live \
+         ({} ms), then gives back emptied spans and every 4 KiB page inside a span that no live \
          block touches; the cached blocks share spans with the application's small blocks, so \
-         the pages they sit on stay."
+         the pages they sit on stay.",
+        arenalloc::purge_delay().as_millis()
     );
     println!(
         "- arenalloc+arena: no call either. The library allocates in its own arena, so the \

@@ -3,7 +3,7 @@
 //! `benches/mem_harness.py`, which runs every scenario under every
 //! allocator and samples RSS from outside).
 //!
-//! Usage: `mem_scenario <burst|small|small-keep|threads|idle> [idle_s]`
+//! Usage: `mem_scenario <burst|small|small-keep|threads|idle|periodic-<gap ms>> [idle_s]`
 //!
 //! It prints `mark <name> <ms since start> <rss KiB> <vsz KiB>` lines at the
 //! points the harness reports (`freed` is the moment the workload has freed
@@ -224,6 +224,39 @@ fn threads(clock: &Clock, idle: Duration) {
     clock.mark("exited");
 }
 
+/// Requests with pauses between them: each of 10 rounds allocates 64 MiB
+/// in blocks of 4-256 KiB, writes them, frees them all, then the process
+/// sleeps `gap`. A purge delay shorter than the gap gives the memory back
+/// between rounds and the next round faults it in again; the work time
+/// (rounds without the sleeps) shows what that costs.
+fn periodic(clock: &Clock, gap: Duration) {
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 64 * MIB;
+    let mut rng = Rng(0x005e_ed0f_9e41);
+    let mut work = Duration::ZERO;
+    let mut blocks: Vec<usize> = Vec::with_capacity(PER_ROUND / (4 * KIB));
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let mut bytes = 0;
+        while bytes < PER_ROUND {
+            let size = rng.log_uniform(4 * KIB, 256 * KIB);
+            let p = malloc(size);
+            touch(p, size);
+            blocks.push(p as usize);
+            bytes += size;
+        }
+        for p in blocks.drain(..) {
+            // SAFETY: allocated above, freed once.
+            unsafe { free(p as *mut u8) };
+        }
+        work += started.elapsed();
+        std::thread::sleep(gap);
+    }
+    value("work_ms", work.as_millis());
+    value("live_bytes", 0);
+    clock.mark("freed");
+}
+
 /// CPU time (user + system) of the process so far, in clock ticks.
 fn cpu_ticks() -> u64 {
     let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -276,8 +309,14 @@ fn main() {
                 .unwrap_or_default();
             value("threads", threads);
         }
+        other if other.starts_with("periodic-") => {
+            let gap_ms = other["periodic-".len()..].parse().unwrap_or(200);
+            periodic(&clock, Duration::from_millis(gap_ms));
+        }
         other => {
-            eprintln!("unknown scenario {other:?}: burst, small, small-keep, threads, idle");
+            eprintln!(
+                "unknown scenario {other:?}: burst, small, small-keep, threads, idle, periodic-<gap ms>"
+            );
             std::process::exit(2);
         }
     }

@@ -1,0 +1,98 @@
+//! `ARENALLOC_STATS=1` in C programs: `tests/c/exit_summary.c`, whose first
+//! allocation comes from inside glibc's `atexit` (see the program), run with
+//! `LD_PRELOAD=libarenalloc.so` and linked with `libarenalloc.a`. Each run
+//! must end (no deadlock at the first allocation or at exit), exit 0 and
+//! print the summary; without the variable it prints none.
+
+#[path = "support/native.rs"]
+mod native;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use native::{capi_libs, require_tool, run_with_limit, Run, STATIC_LIBS};
+
+/// The program takes milliseconds; a run this long has deadlocked.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+fn compile(name: &str, extra: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_exit_summary");
+    fs::create_dir_all(&dir).expect("create the output directory");
+    let exe = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/exit_summary.c");
+    let mut cmd = Command::new(require_tool("cc"));
+    cmd.args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .args(extra);
+    let run = run_with_limit(&mut cmd, Duration::from_secs(120));
+    assert!(
+        run.status.success(),
+        "compiling {name} failed ({}):\n{}",
+        run.describe_status(),
+        run.stderr_text()
+    );
+    exe
+}
+
+fn assert_summary(what: &str, run: &Run) {
+    let stderr = run.stderr_text();
+    let report = format!("{what}: {}\n--- stderr:\n{stderr}", run.describe_status());
+    assert!(run.status.success(), "{report}");
+    assert!(
+        stderr.contains("arenalloc: exit summary of pid "),
+        "no summary heading\n{report}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("arenalloc:   arena 0x1 (default): live ")),
+        "no line for the default arena\n{report}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with("arenalloc:   rss ")),
+        "no totals line\n{report}"
+    );
+}
+
+#[test]
+fn summary_of_a_program_whose_first_malloc_is_inside_atexit_preload() {
+    let libs = capi_libs();
+    let exe = compile("exit_summary_plain", &[]);
+    let run = run_with_limit(
+        Command::new(&exe)
+            .env("LD_PRELOAD", &libs.so)
+            .env("ARENALLOC_STATS", "1"),
+        RUN_LIMIT,
+    );
+    assert_summary("LD_PRELOAD", &run);
+    let quiet = run_with_limit(
+        Command::new(&exe)
+            .env("LD_PRELOAD", &libs.so)
+            .env_remove("ARENALLOC_STATS"),
+        RUN_LIMIT,
+    );
+    assert!(quiet.status.success(), "{}", quiet.describe_status());
+    assert!(
+        !quiet.stderr_text().contains("exit summary"),
+        "a summary without ARENALLOC_STATS=1:\n{}",
+        quiet.stderr_text()
+    );
+}
+
+#[test]
+fn summary_of_a_program_whose_first_malloc_is_inside_atexit_static() {
+    let libs = capi_libs();
+    let mut extra = vec![libs.a.to_str().expect("UTF-8 path")];
+    extra.extend_from_slice(STATIC_LIBS);
+    let exe = compile("exit_summary_static", &extra);
+    let run = run_with_limit(
+        Command::new(&exe)
+            .env_remove("LD_PRELOAD")
+            .env("ARENALLOC_STATS", "1"),
+        RUN_LIMIT,
+    );
+    assert_summary("linked with libarenalloc.a", &run);
+}
