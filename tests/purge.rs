@@ -1257,3 +1257,192 @@ fn arenalloc_stats_prints_a_summary_at_exit() {
         String::from_utf8_lossy(&stderr)
     );
 }
+
+// ------------------------------------- 11. address space between live spans
+
+/// VSZ of this process in bytes, from `/proc/self/statm`.
+fn vsz_bytes() -> usize {
+    let text = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: usize = text
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .expect("statm has a size field");
+    pages * 4096
+}
+
+/// Whether the page at `p` is mapped (`mincore` fails with ENOMEM if not).
+fn page_is_mapped(p: usize) -> bool {
+    let mut vec = [0u8; 1];
+    // SAFETY: mincore only reads the page tables; `vec` holds one byte.
+    unsafe { libc::mincore(p as *mut libc::c_void, 4096, vec.as_mut_ptr()) == 0 }
+}
+
+const SEGMENT: usize = 4 * MIB;
+const SLICE: usize = 64 * KIB;
+
+/// 48 MiB of 256 B blocks with one survivor per MiB.
+fn sparse_spans() -> (Vec<Held>, Vec<Held>) {
+    let all: Vec<Held> = (0..48 * MIB / 256)
+        .map(|i| Held::new(256, i as u64))
+        .collect();
+    let mut survivors = Vec::new();
+    let mut freed = Vec::new();
+    for (i, b) in all.into_iter().enumerate() {
+        if i % 4096 == 0 {
+            survivors.push(b);
+        } else {
+            freed.push(b);
+        }
+    }
+    (survivors, freed)
+}
+
+#[test]
+fn free_runs_between_live_spans_give_back_their_address_space() {
+    in_child(
+        "free_runs_between_live_spans_give_back_their_address_space",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        unmapped_runs,
+    );
+}
+
+/// A trim unmaps the free slice runs of segments that still hold live
+/// spans (VSZ and the allocator's mapped bytes fall); the survivors stay
+/// intact; the runs are mapped again and used; a mapping someone else put
+/// into one of the holes meanwhile is left alone, also when the segment is
+/// unmapped at last.
+fn unmapped_runs() {
+    let (survivors, freed) = sparse_spans();
+    for b in freed {
+        free(b.addr);
+    }
+    arenalloc::trim();
+    let (vsz_before, mapped_before) = (vsz_bytes(), engine::stats().mapped_bytes);
+    // The frees retired the spans; nothing purged their slices yet, so the
+    // trim below is what gives them back.
+    let (more_survivors, freed) = sparse_spans();
+    for b in freed {
+        free(b.addr);
+    }
+    let (vsz_full, mapped_full) = (vsz_bytes(), engine::stats().mapped_bytes);
+    let released = arenalloc::trim();
+    let (vsz_after, mapped_after) = (vsz_bytes(), engine::stats().mapped_bytes);
+    println!(
+        "VSZ {:.1} -> {:.1} MiB after trim ({:.1} MiB before the second round); allocator's mapped bytes {:.1} -> {:.1} MiB ({:.1} before the second round); trim said {:.1} MiB",
+        mib(vsz_full),
+        mib(vsz_after),
+        mib(vsz_before),
+        mib(mapped_full),
+        mib(mapped_after),
+        mib(mapped_before),
+        mib(released)
+    );
+    assert!(
+        mapped_full - mapped_after >= 32 * MIB,
+        "the allocator's mapped bytes fell only {:.1} MiB",
+        mib(mapped_full - mapped_after)
+    );
+    assert!(
+        vsz_full - vsz_after >= 32 * MIB,
+        "VSZ fell only {:.1} MiB",
+        mib(vsz_full - vsz_after)
+    );
+    for s in survivors.iter().chain(&more_survivors) {
+        s.check("survivor after the unmapping trim");
+    }
+    // A foreign page in the first hole of every survivor's segment.
+    let mut segments: Vec<usize> = more_survivors
+        .iter()
+        .map(|s| s.addr & !(SEGMENT - 1))
+        .collect();
+    segments.dedup();
+    let holes: Vec<(usize, usize)> = segments
+        .iter()
+        .filter_map(|&base| {
+            let hole = (1..SEGMENT / SLICE)
+                .map(|i| base + i * SLICE)
+                .find(|&p| !page_is_mapped(p))?;
+            // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped.
+            let foreign = unsafe {
+                libc::mmap(
+                    hole as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            assert_eq!(foreign as usize, hole, "could not map a page into the hole");
+            // SAFETY: the page was just mapped, read-write.
+            unsafe { ptr_fill(hole, 0xab) };
+            Some((base, hole))
+        })
+        .collect();
+    assert!(
+        !holes.is_empty(),
+        "no unmapped slice in any survivor's segment"
+    );
+    let on_foreign = |b: &Held| {
+        holes
+            .iter()
+            .any(|&(_, h)| b.addr < h + 4096 && b.addr + b.size > h)
+    };
+    // Use the holes again: every block reads back, none lands on a foreign
+    // page.
+    let again: Vec<Held> = (0..48 * MIB / 256)
+        .map(|i| Held::new(256, 7 + i as u64))
+        .collect();
+    assert!(
+        !again.iter().any(on_foreign),
+        "a block was placed on a foreign page"
+    );
+    for b in &again {
+        b.check("block in a slice mapped again");
+    }
+    for &(_, hole) in &holes {
+        // SAFETY: as above.
+        assert!(unsafe { ptr_all(hole, 0xab) }, "a foreign page changed");
+    }
+    for b in again.into_iter().chain(survivors).chain(more_survivors) {
+        b.check_and_free("block before the final trim");
+    }
+    arenalloc::trim();
+    let mut destroyed = 0;
+    for &(base, hole) in &holes {
+        assert!(
+            page_is_mapped(hole),
+            "unmapping a segment took the foreign page in its hole with it"
+        );
+        // SAFETY: as above.
+        assert!(unsafe { ptr_all(hole, 0xab) }, "a foreign page changed");
+        destroyed += usize::from(!page_is_mapped(base));
+        // SAFETY: our own page.
+        unsafe { libc::munmap(hole as *mut libc::c_void, 4096) };
+    }
+    println!(
+        "{} segments with a foreign page, {destroyed} of them unmapped by the last trim",
+        holes.len()
+    );
+    assert!(
+        destroyed > 0,
+        "no segment with a foreign page in a hole was unmapped: the test did not check that case"
+    );
+}
+
+/// # Safety
+/// A mapped, writable page at `p`.
+unsafe fn ptr_fill(p: usize, byte: u8) {
+    // SAFETY: forwarded.
+    unsafe { std::ptr::write_bytes(p as *mut u8, byte, 4096) }
+}
+
+/// # Safety
+/// A mapped, readable page at `p`.
+unsafe fn ptr_all(p: usize, byte: u8) -> bool {
+    // SAFETY: forwarded.
+    unsafe { std::slice::from_raw_parts(p as *const u8, 4096) }
+        .iter()
+        .all(|&b| b == byte)
+}

@@ -523,6 +523,11 @@ impl ArenaState {
                 unsafe { Segment::destroy(segment) };
                 budget.progress();
             } else {
+                // Runs between live spans give back their address space
+                // too; the rest of the old free slices only their pages.
+                let (unmapped, young) = seg.unmap_free_runs(freed_by_ms);
+                outcome.purged += unmapped;
+                outcome.more |= young;
                 let (dirty, old) = seg.dirty_free_slices(freed_by_ms);
                 outcome.more |= dirty != old;
                 if old != 0 {

@@ -47,6 +47,33 @@ pub fn map_aligned(size: usize, align: usize) -> Option<*mut u8> {
     Some(start as *mut u8)
 }
 
+/// Maps fresh, zeroed, read-write memory exactly at `[p, p + size)`, only if
+/// nothing is mapped there now (`MAP_FIXED_NOREPLACE`). False if the range
+/// is taken (or the kernel, older than 4.17, put the mapping elsewhere: it
+/// is unmapped again).
+pub fn map_fixed_if_free(p: *mut u8, size: usize) -> bool {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
+    // this cannot affect memory anyone uses; the result is checked.
+    let q = unsafe {
+        libc::mmap(
+            p.cast(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if q == libc::MAP_FAILED {
+        return false;
+    }
+    if q.cast::<u8>() != p {
+        unmap(q.cast(), size);
+        return false;
+    }
+    true
+}
+
 /// Returns a mapping (or part of one) to the kernel.
 pub fn unmap(p: *mut u8, size: usize) {
     // SAFETY: callers pass ranges that they mapped and no longer reference;

@@ -62,6 +62,12 @@ pub struct Segment {
     /// Bit `i` set: slice `i` may hold resident pages (it was used since it
     /// was last discarded). Arena lock.
     dirty_slices: Cell<u64>,
+    /// Bit `i` set: free slice `i` is unmapped (its address space given
+    /// back, see [`Segment::unmap_free_runs`]); never dirty. Arena lock.
+    unmapped_slices: Cell<u64>,
+    /// Unmapped slices that could not be mapped again because something
+    /// else was mapped there meanwhile: never used again by this segment.
+    lost_slices: Cell<u64>,
     /// Links in the arena's segment list. Arena lock.
     pub next: Cell<*mut Segment>,
     pub prev: Cell<*mut Segment>,
@@ -87,27 +93,124 @@ impl Segment {
             });
             ptr::addr_of_mut!((*segment).free_slices).write(Cell::new(USABLE_SLICES));
         }
+        // Slices never used count as free since now: the purger gives back
+        // their address space only after the purge delay, like any other.
+        let now = os::now_ms();
+        // SAFETY: initialised above; shared references only from here on.
+        for span in unsafe { &*segment }.spans.iter().skip(FIRST_USABLE_SLICE) {
+            span.set_freed_ms(now);
+        }
         OWNERSHIP.insert(base as usize, false);
         arena.mapped_add(SEGMENT_SIZE);
         Some(segment)
     }
 
-    /// Unmaps a segment with no span in use.
+    /// Unmaps a segment with no span in use: the parts of it that are
+    /// mapped (a hole it gave back may hold someone else's mapping now).
     ///
     /// # Safety
     /// No block of the segment is live and no list links to it.
     pub unsafe fn destroy(segment: *mut Segment) {
         // SAFETY: the caller passes a live segment; its arena is static.
-        let arena = unsafe { &*(*segment).header.arena };
+        let (arena, unmapped) =
+            unsafe { (&*(*segment).header.arena, (*segment).unmapped_slices.get()) };
         OWNERSHIP.remove(segment as usize, false);
-        os::unmap(segment.cast(), SEGMENT_SIZE);
-        arena.mapped_sub(SEGMENT_SIZE);
+        let base = segment as usize;
+        let mut mapped = 0;
+        for_each_run(!unmapped, |first, count| {
+            os::unmap((base + first * SLICE_SIZE) as *mut u8, count * SLICE_SIZE);
+            mapped += count * SLICE_SIZE;
+        });
+        arena.mapped_sub(mapped);
     }
 
     /// Bytes of the segment resident now.
     pub fn resident_bytes(&self) -> usize {
-        // SAFETY: a live segment is one mapping of SEGMENT_SIZE bytes.
-        unsafe { os::resident_bytes_in(self as *const Segment as *mut u8, SEGMENT_SIZE) }
+        let mut resident = 0;
+        for_each_run(!self.unmapped_slices.get(), |first, count| {
+            // SAFETY: a mapped run of this live segment.
+            resident +=
+                unsafe { os::resident_bytes_in(self.slice_start(first), count * SLICE_SIZE) };
+        });
+        resident
+    }
+
+    /// Gives back the address space of free slices that have been free
+    /// since `freed_by_ms` or earlier, in runs of at least
+    /// [`MIN_UNMAP_RUN`] slices, keeping the segment at [`MAX_HOLES`] holes
+    /// or fewer (each hole splits the kernel's mapping in two, and a process
+    /// has a limited number of mappings). Not for an empty segment, which
+    /// goes (or stays as a spare) whole. Returns the bytes unmapped and
+    /// whether some free slice is too young yet. Arena lock.
+    pub fn unmap_free_runs(&self, freed_by_ms: u64) -> (usize, bool) {
+        let candidates = self.free_slices.get() & !self.unmapped_slices.get();
+        if self.is_empty() || candidates == 0 {
+            return (0, false);
+        }
+        let old = self.free_since(candidates, freed_by_ms);
+        let young = candidates & !old;
+        let arena = self.arena();
+        let mut unmapped = self.unmapped_slices.get();
+        let mut released = 0;
+        for_each_run(old, |first, count| {
+            let run = run_mask(first, count);
+            if count < MIN_UNMAP_RUN || holes(unmapped | run) > MAX_HOLES {
+                return;
+            }
+            os::unmap(self.slice_start(first), count * SLICE_SIZE);
+            unmapped |= run;
+            released += count * SLICE_SIZE;
+        });
+        self.unmapped_slices.set(unmapped);
+        self.dirty_slices.set(self.dirty_slices.get() & !unmapped);
+        arena.mapped_sub(released);
+        (released, young != 0)
+    }
+
+    /// The slices of `slices` free since `freed_by_ms` or earlier.
+    fn free_since(&self, slices: u64, freed_by_ms: u64) -> u64 {
+        let mut old = 0;
+        let mut bits = slices;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if self
+                .spans
+                .get(i)
+                .is_some_and(|s| s.freed_ms() <= freed_by_ms)
+            {
+                old |= 1 << i;
+            }
+        }
+        old
+    }
+
+    /// Maps the unmapped slices of `run` again; false (and those that could
+    /// not be mapped are lost) if something else took their place.
+    fn map_again(&self, run: u64) -> bool {
+        let arena = self.arena();
+        let mut unmapped = self.unmapped_slices.get();
+        let mut lost = self.lost_slices.get();
+        let mut all = true;
+        for_each_run(unmapped & run, |first, count| {
+            let part = run_mask(first, count);
+            if os::map_fixed_if_free(self.slice_start(first), count * SLICE_SIZE) {
+                os::no_huge_pages(self.slice_start(first), count * SLICE_SIZE);
+                unmapped &= !part;
+                arena.mapped_add(count * SLICE_SIZE);
+            } else {
+                lost |= part;
+                all = false;
+            }
+        });
+        self.unmapped_slices.set(unmapped);
+        self.lost_slices.set(lost);
+        all
+    }
+
+    fn arena(&self) -> &'static Arena {
+        // SAFETY: a live segment names its arena, which is static.
+        unsafe { &*self.header.arena }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,7 +225,14 @@ impl Segment {
     /// Takes `count` contiguous free slices and returns the head span,
     /// initialised for `class`. Arena lock.
     pub fn take_span(&self, count: usize, class: u8, block_size: usize) -> Option<*mut Span> {
-        let first = find_free_run(self.free_slices.get(), count)?;
+        let first = loop {
+            let usable = self.free_slices.get() & !self.lost_slices.get();
+            let first = find_free_run(usable, count)?;
+            // Each failure loses at least one slice, so this ends.
+            if self.map_again(run_mask(first, count)) {
+                break first;
+            }
+        };
         let run_mask = run_mask(first, count);
         self.free_slices.set(self.free_slices.get() & !run_mask);
         self.dirty_slices.set(self.dirty_slices.get() | run_mask);
@@ -189,15 +299,11 @@ impl Segment {
     /// `freed_by_ms` or earlier. Arena lock.
     pub fn discard_free_slices_freed_by(&self, freed_by_ms: u64) -> usize {
         let (_, old) = self.dirty_free_slices(freed_by_ms);
-        let mut todo = old;
         let mut discarded = 0;
-        while todo != 0 {
-            let first = todo.trailing_zeros() as usize;
-            let count = (todo >> first).trailing_ones() as usize;
+        for_each_run(old, |first, count| {
             os::discard(self.slice_start(first), count * SLICE_SIZE);
             discarded += count * SLICE_SIZE;
-            todo &= !run_mask(first, count);
-        }
+        });
         self.dirty_slices.set(self.dirty_slices.get() & !old);
         discarded
     }
@@ -220,6 +326,28 @@ impl Segment {
     fn span_index(&self, span: *const Span) -> usize {
         (span as usize - self.spans.as_ptr() as usize) / core::mem::size_of::<Span>()
     }
+}
+
+/// Free runs shorter than this stay mapped (unmapping costs a system call
+/// now and another when the run is used again).
+pub const MIN_UNMAP_RUN: usize = 2;
+/// Holes one segment may have in its mapping.
+pub const MAX_HOLES: u32 = 8;
+
+/// Calls `f(first, count)` for every run of consecutive set bits in `bits`.
+fn for_each_run(bits: u64, mut f: impl FnMut(usize, usize)) {
+    let mut todo = bits;
+    while todo != 0 {
+        let first = todo.trailing_zeros() as usize;
+        let count = (todo >> first).trailing_ones() as usize;
+        f(first, count);
+        todo &= !run_mask(first, count);
+    }
+}
+
+/// Runs of set bits in `bits`.
+fn holes(bits: u64) -> u32 {
+    (bits & !(bits << 1)).count_ones()
 }
 
 fn run_mask(first: usize, count: usize) -> u64 {
@@ -345,6 +473,22 @@ mod tests {
         assert_eq!(find_free_run(USABLE_SLICES, 16), Some(1));
         assert_eq!(find_free_run(USABLE_SLICES, 63), Some(1));
         assert_eq!(find_free_run(0, 1), None);
+    }
+
+    #[test]
+    fn runs_and_holes_are_counted() {
+        let mut runs = [(0, 0); 4];
+        let mut n = 0;
+        for_each_run(0b1110_0110_0001, |first, count| {
+            runs[n] = (first, count);
+            n += 1;
+        });
+        assert_eq!(&runs[..n], &[(0, 1), (5, 2), (9, 3)]);
+        assert_eq!(holes(0b1110_0110_0001), 3);
+        assert_eq!(holes(0), 0);
+        assert_eq!(holes(u64::MAX), 1);
+        assert_eq!(holes(1 << 63 | 1), 2);
+        for_each_run(u64::MAX, |first, count| assert_eq!((first, count), (0, 64)));
     }
 
     #[test]

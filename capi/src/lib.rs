@@ -258,13 +258,14 @@ pub extern "C" fn mallinfo() -> Mallinfo {
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_stats() {
     let s = engine::stats();
-    let rows: [(&str, usize); 6] = [
+    let rows: [(&str, usize); 7] = [
         ("system bytes     = ", s.mapped_bytes),
         ("in use bytes     = ", s.live_bytes),
         ("in use blocks    = ", s.live_blocks),
         ("large bytes      = ", s.large_live_bytes),
         ("max system bytes = ", s.peak_mapped_bytes),
         ("resident bytes   = ", s.resident_bytes),
+        ("segments         = ", s.segments),
     ];
     Line::new().text("arenalloc:\n").emit();
     for (label, value) in rows {

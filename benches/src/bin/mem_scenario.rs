@@ -217,6 +217,10 @@ fn threads(clock: &Clock, idle: Duration) {
     clock.mark("freed");
     std::thread::sleep(idle);
     clock.mark("parked_idle");
+    if std::env::var_os("MEM_SCENARIO_MALLOC_STATS").is_some() {
+        // SAFETY: malloc_stats has no preconditions (it prints to stderr).
+        unsafe { malloc_stats() };
+    }
     release.wait();
     for h in handles {
         h.join().expect("join");
@@ -255,6 +259,11 @@ fn periodic(clock: &Clock, gap: Duration) {
     value("work_ms", work.as_millis());
     value("live_bytes", 0);
     clock.mark("freed");
+}
+
+extern "C" {
+    /// glibc's (or the preloaded allocator's) statistics on stderr.
+    fn malloc_stats();
 }
 
 /// CPU time (user + system) of the process so far, in clock ticks.
