@@ -237,6 +237,9 @@ def main():
             ticks = runs[0]["values"].get("idle_cpu_ticks", 0)
             hz = runs[0]["values"].get("ticks_per_s", 100)
             cells[-1] = f"{ticks * 1000 // hz} ms CPU over 10 s idle"
+            hk = runs[0]["values"].get("housekeeper_idle_cpu_ticks")
+            if hk is not None:
+                cells[-1] += f", of it the housekeeper thread {hk * 1000 // hz} ms"
         print("| " + " | ".join(cells) + " |")
     svg(results, args.svg)
     print(f"\nChart: {args.svg}")

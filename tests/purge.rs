@@ -1384,6 +1384,19 @@ fn unmapped_runs() {
         !holes.is_empty(),
         "no unmapped slice in any survivor's segment"
     );
+    for &(_, hole) in &holes {
+        // The segment's ownership bit covers the hole, but the page there
+        // is not ours: a program that routes frees with `owns` must not be
+        // told otherwise.
+        assert!(
+            !arenalloc::owns(hole as *const u8),
+            "a foreign page in a hole is called ours"
+        );
+        assert!(
+            engine::arena_of(hole as *const u8).is_none(),
+            "a foreign page in a hole has an arena"
+        );
+    }
     let on_foreign = |b: &Held| {
         holes
             .iter()

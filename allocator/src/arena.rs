@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use crate::heap::{Heap, HeapList};
 use crate::large::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
 use crate::purger::Budget;
-use crate::segment::{Segment, SEGMENT_SIZE, SLICE_SIZE};
+use crate::segment::{Segment, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
 use crate::stats::{ArenaAccounts, ArenaStats};
@@ -361,11 +361,12 @@ impl ArenaState {
         // SAFETY: forwarded from the caller.
         unsafe { seg.release_span(span) };
         if seg.is_empty() {
-            if self.empty_segments >= SPARE_SEGMENTS {
+            // A segment that lost slices to someone else's mapping is not
+            // kept as the spare.
+            if self.empty_segments >= SPARE_SEGMENTS || seg.has_lost_slices() {
                 self.unlink_segment(segment);
                 // SAFETY: the segment is empty and unlinked.
-                unsafe { Segment::destroy(segment) };
-                return SEGMENT_SIZE;
+                return unsafe { Segment::destroy(segment) };
             }
             self.empty_segments += 1;
         }
@@ -518,9 +519,8 @@ impl ArenaState {
             } else if force && seg.is_empty() {
                 self.unlink_segment(segment);
                 self.empty_segments -= 1;
-                outcome.purged += SEGMENT_SIZE;
                 // SAFETY: empty and unlinked.
-                unsafe { Segment::destroy(segment) };
+                outcome.purged += unsafe { Segment::destroy(segment) };
                 budget.progress();
             } else {
                 // Runs between live spans give back their address space

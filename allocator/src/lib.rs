@@ -159,7 +159,7 @@ enum Owner {
 /// Finds the owner of `p`, aborting with a message if `p` is not ours.
 #[inline(always)]
 fn owner_of(p: *mut u8, operation: &str) -> Owner {
-    let Some(header) = OWNERSHIP.header_of(p as usize) else {
+    let Some(header) = OWNERSHIP.region_of(p as usize) else {
         diag::fatal_pointer(operation, "pointer was not allocated by arenalloc", p)
     };
     // SAFETY: the ownership map only holds live headers of ours.
@@ -296,7 +296,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
 
 /// The arena that owns the live block `p` (from its segment or large header).
 fn arena_of_header(p: *mut u8) -> &'static Arena {
-    match OWNERSHIP.header_of(p as usize) {
+    match OWNERSHIP.region_of(p as usize) {
         // SAFETY: live headers of ours name their arena, which lives in the
         // static registry.
         Some(header) => unsafe { &*(*header).arena },
@@ -450,7 +450,7 @@ pub fn arena_alloc(handle: ArenaHandle, size: usize, align: usize, zero: bool) -
 
 /// The arena that owns `p`, if `p` is in memory of ours.
 pub fn arena_of(p: *const u8) -> Option<ArenaHandle> {
-    let header = OWNERSHIP.header_of(p as usize)?;
+    let header = OWNERSHIP.region_of(p as usize)?;
     // SAFETY: live headers of ours name their arena, in the static registry.
     Some(registry::handle_of(unsafe { &*(*header).arena }))
 }
@@ -474,7 +474,7 @@ pub fn stats() -> Stats {
 /// Whether `p` lies in memory this allocator manages (a segment or a large
 /// block of ours). Does not say whether it is a live block.
 pub fn owns(p: *const u8) -> bool {
-    OWNERSHIP.header_of(p as usize).is_some()
+    OWNERSHIP.region_of(p as usize).is_some()
 }
 
 /// Size class block size for requests of `size` bytes (for tests and tools).

@@ -47,11 +47,20 @@ pub fn map_aligned(size: usize, align: usize) -> Option<*mut u8> {
     Some(start as *mut u8)
 }
 
+/// What [`map_fixed_if_free`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FixedMap {
+    Mapped,
+    /// Something else is mapped there (or an old kernel, which does not know
+    /// `MAP_FIXED_NOREPLACE`, put the mapping elsewhere; it was undone).
+    Taken,
+    /// The kernel refused (no memory, mapping limit): may work later.
+    Failed,
+}
+
 /// Maps fresh, zeroed, read-write memory exactly at `[p, p + size)`, only if
-/// nothing is mapped there now (`MAP_FIXED_NOREPLACE`). False if the range
-/// is taken (or the kernel, older than 4.17, put the mapping elsewhere: it
-/// is unmapped again).
-pub fn map_fixed_if_free(p: *mut u8, size: usize) -> bool {
+/// nothing is mapped there now (`MAP_FIXED_NOREPLACE`).
+pub fn map_fixed_if_free(p: *mut u8, size: usize) -> FixedMap {
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
     // this cannot affect memory anyone uses; the result is checked.
     let q = unsafe {
@@ -65,22 +74,25 @@ pub fn map_fixed_if_free(p: *mut u8, size: usize) -> bool {
         )
     };
     if q == libc::MAP_FAILED {
-        return false;
+        return if errno() == libc::EEXIST {
+            FixedMap::Taken
+        } else {
+            FixedMap::Failed
+        };
     }
     if q.cast::<u8>() != p {
         unmap(q.cast(), size);
-        return false;
+        return FixedMap::Taken;
     }
-    true
+    FixedMap::Mapped
 }
 
-/// Returns a mapping (or part of one) to the kernel.
-pub fn unmap(p: *mut u8, size: usize) {
+/// Returns a mapping (or part of one) to the kernel. False if the kernel
+/// refused (splitting a mapping fails at the process's mapping limit).
+pub fn unmap(p: *mut u8, size: usize) -> bool {
     // SAFETY: callers pass ranges that they mapped and no longer reference;
     // munmap on such a range cannot affect memory anyone else uses.
-    unsafe {
-        libc::munmap(p.cast(), size);
-    }
+    unsafe { libc::munmap(p.cast(), size) == 0 }
 }
 
 /// Drops the physical pages behind `[p, p + size)`: RSS falls now and the

@@ -63,8 +63,12 @@ pub struct Segment {
     /// was last discarded). Arena lock.
     dirty_slices: Cell<u64>,
     /// Bit `i` set: free slice `i` is unmapped (its address space given
-    /// back, see [`Segment::unmap_free_runs`]); never dirty. Arena lock.
-    unmapped_slices: Cell<u64>,
+    /// back, see [`Segment::unmap_free_runs`]); never dirty. Written under
+    /// the arena lock; read without it by [`OwnershipMap::region_of`], so
+    /// that an address in a hole, where someone else may have mapped
+    /// memory, is not taken for ours (while such a mapping is there the bit
+    /// cannot clear: mapping the slice again would fail).
+    unmapped_slices: AtomicU64,
     /// Unmapped slices that could not be mapped again because something
     /// else was mapped there meanwhile: never used again by this segment.
     lost_slices: Cell<u64>,
@@ -110,10 +114,10 @@ impl Segment {
     ///
     /// # Safety
     /// No block of the segment is live and no list links to it.
-    pub unsafe fn destroy(segment: *mut Segment) {
+    /// Returns the bytes unmapped.
+    pub unsafe fn destroy(segment: *mut Segment) -> usize {
         // SAFETY: the caller passes a live segment; its arena is static.
-        let (arena, unmapped) =
-            unsafe { (&*(*segment).header.arena, (*segment).unmapped_slices.get()) };
+        let (arena, unmapped) = unsafe { (&*(*segment).header.arena, (*segment).unmapped()) };
         OWNERSHIP.remove(segment as usize, false);
         let base = segment as usize;
         let mut mapped = 0;
@@ -122,12 +126,24 @@ impl Segment {
             mapped += count * SLICE_SIZE;
         });
         arena.mapped_sub(mapped);
+        mapped
+    }
+
+    /// The unmapped slices (see `unmapped_slices`).
+    fn unmapped(&self) -> u64 {
+        self.unmapped_slices.load(Ordering::Relaxed)
+    }
+
+    /// Whether an unmapped slice of this segment could not be mapped again:
+    /// an empty segment like that is not worth keeping as a spare.
+    pub fn has_lost_slices(&self) -> bool {
+        self.lost_slices.get() != 0
     }
 
     /// Bytes of the segment resident now.
     pub fn resident_bytes(&self) -> usize {
         let mut resident = 0;
-        for_each_run(!self.unmapped_slices.get(), |first, count| {
+        for_each_run(!self.unmapped(), |first, count| {
             // SAFETY: a mapped run of this live segment.
             resident +=
                 unsafe { os::resident_bytes_in(self.slice_start(first), count * SLICE_SIZE) };
@@ -143,25 +159,31 @@ impl Segment {
     /// goes (or stays as a spare) whole. Returns the bytes unmapped and
     /// whether some free slice is too young yet. Arena lock.
     pub fn unmap_free_runs(&self, freed_by_ms: u64) -> (usize, bool) {
-        let candidates = self.free_slices.get() & !self.unmapped_slices.get();
+        let candidates = self.free_slices.get() & !self.unmapped();
         if self.is_empty() || candidates == 0 {
             return (0, false);
         }
         let old = self.free_since(candidates, freed_by_ms);
         let young = candidates & !old;
         let arena = self.arena();
-        let mut unmapped = self.unmapped_slices.get();
+        let mut unmapped = self.unmapped();
         let mut released = 0;
+        let mut refused = false;
         for_each_run(old, |first, count| {
             let run = run_mask(first, count);
-            if count < MIN_UNMAP_RUN || holes(unmapped | run) > MAX_HOLES {
+            if refused || count < MIN_UNMAP_RUN || holes(unmapped | run) > MAX_HOLES {
                 return;
             }
-            os::unmap(self.slice_start(first), count * SLICE_SIZE);
+            // Splitting a mapping fails at the process's mapping limit: then
+            // the slices stay mapped (and are discarded instead).
+            if !os::unmap(self.slice_start(first), count * SLICE_SIZE) {
+                refused = true;
+                return;
+            }
             unmapped |= run;
             released += count * SLICE_SIZE;
         });
-        self.unmapped_slices.set(unmapped);
+        self.unmapped_slices.store(unmapped, Ordering::Relaxed);
         self.dirty_slices.set(self.dirty_slices.get() & !unmapped);
         arena.mapped_sub(released);
         (released, young != 0)
@@ -185,27 +207,41 @@ impl Segment {
         old
     }
 
-    /// Maps the unmapped slices of `run` again; false (and those that could
-    /// not be mapped are lost) if something else took their place.
-    fn map_again(&self, run: u64) -> bool {
+    /// Maps the unmapped slices of `run` again. `Taken` if something else
+    /// is mapped in their hole now (the whole hole is then lost for this
+    /// segment), `Failed` if the kernel refused for want of memory (nothing
+    /// is lost: it may work later).
+    fn map_again(&self, run: u64) -> os::FixedMap {
         let arena = self.arena();
-        let mut unmapped = self.unmapped_slices.get();
-        let mut lost = self.lost_slices.get();
-        let mut all = true;
+        let mut unmapped = self.unmapped();
+        let mut outcome = os::FixedMap::Mapped;
         for_each_run(unmapped & run, |first, count| {
-            let part = run_mask(first, count);
-            if os::map_fixed_if_free(self.slice_start(first), count * SLICE_SIZE) {
-                os::no_huge_pages(self.slice_start(first), count * SLICE_SIZE);
-                unmapped &= !part;
-                arena.mapped_add(count * SLICE_SIZE);
-            } else {
-                lost |= part;
-                all = false;
+            if outcome != os::FixedMap::Mapped {
+                return;
+            }
+            outcome = os::map_fixed_if_free(self.slice_start(first), count * SLICE_SIZE);
+            match outcome {
+                os::FixedMap::Mapped => {
+                    os::no_huge_pages(self.slice_start(first), count * SLICE_SIZE);
+                    unmapped &= !run_mask(first, count);
+                    arena.mapped_add(count * SLICE_SIZE);
+                }
+                os::FixedMap::Taken => {
+                    let hole = run_containing(unmapped, first);
+                    self.lost_slices.set(self.lost_slices.get() | hole);
+                }
+                os::FixedMap::Failed => {}
             }
         });
-        self.unmapped_slices.set(unmapped);
-        self.lost_slices.set(lost);
-        all
+        self.unmapped_slices.store(unmapped, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Whether `p` (inside this segment) lies in an unmapped slice.
+    #[inline(always)]
+    fn in_hole(&self, p: usize) -> bool {
+        let slice = (p - self as *const Segment as usize) >> SLICE_SHIFT;
+        self.unmapped() & (1u64 << (slice % SLICES_PER_SEGMENT)) != 0
     }
 
     fn arena(&self) -> &'static Arena {
@@ -228,9 +264,11 @@ impl Segment {
         let first = loop {
             let usable = self.free_slices.get() & !self.lost_slices.get();
             let first = find_free_run(usable, count)?;
-            // Each failure loses at least one slice, so this ends.
-            if self.map_again(run_mask(first, count)) {
-                break first;
+            // Each `Taken` loses at least one slice, so this ends.
+            match self.map_again(run_mask(first, count)) {
+                os::FixedMap::Mapped => break first,
+                os::FixedMap::Taken => continue,
+                os::FixedMap::Failed => return None,
             }
         };
         let run_mask = run_mask(first, count);
@@ -263,6 +301,9 @@ impl Segment {
         s.clear();
         let now = os::now_ms();
         for slice in self.spans.iter().skip(index).take(count) {
+            // A tail entry must not lead to a head any more: its slice may
+            // be unmapped and its address someone else's.
+            slice.init_tail(0);
             slice.set_freed_ms(now);
         }
         self.free_slices
@@ -343,6 +384,17 @@ fn for_each_run(bits: u64, mut f: impl FnMut(usize, usize)) {
         f(first, count);
         todo &= !run_mask(first, count);
     }
+}
+
+/// The run of consecutive set bits of `bits` that contains bit `index`.
+fn run_containing(bits: u64, index: usize) -> u64 {
+    let mut run = 0;
+    for_each_run(bits, |first, count| {
+        if (first..first + count).contains(&index) {
+            run = run_mask(first, count);
+        }
+    });
+    run
 }
 
 /// Runs of set bits in `bits`.
@@ -449,6 +501,22 @@ impl OwnershipMap {
         self.header_of_shifted(word, bit, base)
     }
 
+    /// The header of the region of ours that holds `p`: as [`header_of`],
+    /// except that an address in a hole of a segment (an unmapped slice,
+    /// where another mapping may be now) is not ours.
+    ///
+    /// [`header_of`]: OwnershipMap::header_of
+    #[inline(always)]
+    pub fn region_of(&self, p: usize) -> Option<*mut SegmentHeader> {
+        let header = self.header_of(p)?;
+        // SAFETY: the map holds live headers only; a Spans header starts a
+        // live segment whose `unmapped_slices` is atomic.
+        let in_hole = unsafe {
+            (*header).kind == SegmentKind::Spans && (*header.cast::<Segment>()).in_hole(p)
+        };
+        (!in_hole).then_some(header)
+    }
+
     #[cold]
     fn header_of_shifted(&self, word: usize, bit: u64, base: usize) -> Option<*mut SegmentHeader> {
         if self.shifted.get(word)?.load(Ordering::Acquire) & bit != 0 {
@@ -489,6 +557,9 @@ mod tests {
         assert_eq!(holes(u64::MAX), 1);
         assert_eq!(holes(1 << 63 | 1), 2);
         for_each_run(u64::MAX, |first, count| assert_eq!((first, count), (0, 64)));
+        assert_eq!(run_containing(0b0111_0110, 5), 0b0111_0000);
+        assert_eq!(run_containing(0b0111_0110, 1), 0b0000_0110);
+        assert_eq!(run_containing(0b0111_0110, 3), 0);
     }
 
     #[test]

@@ -268,7 +268,25 @@ extern "C" {
 
 /// CPU time (user + system) of the process so far, in clock ticks.
 fn cpu_ticks() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_ticks("/proc/self/stat")
+}
+
+/// CPU time of the thread named `arenalloc-purge` (arenalloc's
+/// housekeeper), if the process has one, in clock ticks.
+fn housekeeper_cpu_ticks() -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            (comm.trim() == "arenalloc-purge")
+                .then(|| stat_cpu_ticks(&task.path().join("stat").to_string_lossy()))
+        })
+}
+
+/// utime + stime of a `stat` file of /proc, in clock ticks.
+fn stat_cpu_ticks(path: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let after = text.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
@@ -330,6 +348,7 @@ fn main() {
         }
     }
     let ticks_before = cpu_ticks();
+    let housekeeper_before = housekeeper_cpu_ticks();
     // Idle CPU is measured from here: the allocator is not called again.
     let idle_start = Instant::now();
     let mut marked_1s = false;
@@ -342,6 +361,9 @@ fn main() {
     }
     clock.mark("idle_end");
     value("idle_cpu_ticks", cpu_ticks() - ticks_before);
+    if let (Some(before), Some(after)) = (housekeeper_before, housekeeper_cpu_ticks()) {
+        value("housekeeper_idle_cpu_ticks", after - before);
+    }
     // SAFETY: sysconf has no preconditions.
     value("ticks_per_s", unsafe { libc::sysconf(libc::_SC_CLK_TCK) });
 }
