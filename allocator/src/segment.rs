@@ -72,6 +72,8 @@ pub struct Segment {
     /// Unmapped slices that could not be mapped again because something
     /// else was mapped there meanwhile: never used again by this segment.
     lost_slices: Cell<u64>,
+    /// When the segment was mapped: the free time of slices never used.
+    created_ms: Cell<u64>,
     /// Links in the arena's segment list. Arena lock.
     pub next: Cell<*mut Segment>,
     pub prev: Cell<*mut Segment>,
@@ -97,13 +99,12 @@ impl Segment {
             });
             ptr::addr_of_mut!((*segment).free_slices).write(Cell::new(USABLE_SLICES));
         }
-        // Slices never used count as free since now: the purger gives back
-        // their address space only after the purge delay, like any other.
-        let now = os::now_ms();
+        // Slices never used count as free since now (see `free_since`): the
+        // purger gives back their address space only after the purge delay,
+        // like any other. One field, so that the span table's pages stay
+        // untouched until spans use them.
         // SAFETY: initialised above; shared references only from here on.
-        for span in unsafe { &*segment }.spans.iter().skip(FIRST_USABLE_SLICE) {
-            span.set_freed_ms(now);
-        }
+        unsafe { &*segment }.created_ms.set(os::now_ms());
         OWNERSHIP.insert(base as usize, false);
         arena.mapped_add(SEGMENT_SIZE);
         Some(segment)
@@ -189,18 +190,21 @@ impl Segment {
         (released, young != 0)
     }
 
-    /// The slices of `slices` free since `freed_by_ms` or earlier.
+    /// The slices of `slices` free since `freed_by_ms` or earlier (a slice
+    /// never used since the segment was mapped: since then).
     fn free_since(&self, slices: u64, freed_by_ms: u64) -> u64 {
         let mut old = 0;
         let mut bits = slices;
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if self
-                .spans
-                .get(i)
-                .is_some_and(|s| s.freed_ms() <= freed_by_ms)
-            {
+            let freed_ms = self.spans.get(i).map_or(0, |s| s.freed_ms());
+            let freed_ms = if freed_ms == 0 {
+                self.created_ms.get()
+            } else {
+                freed_ms
+            };
+            if freed_ms <= freed_by_ms {
                 old |= 1 << i;
             }
         }
