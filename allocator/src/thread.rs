@@ -146,6 +146,19 @@ static INIT_STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static INIT_THREAD: AtomicUsize = AtomicUsize::new(0);
 static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
 
+/// Initialises when the program is loaded (a constructor, before `main`):
+/// `pthread_atfork` must not first be called from inside a `malloc` that
+/// glibc's own `pthread_atfork` makes while it holds its lock (its 49th
+/// registration allocates), or the process deadlocks. Lazy initialisation
+/// still covers allocations made before this runs.
+#[used]
+#[link_section = ".init_array"]
+static INIT_AT_LOAD: extern "C" fn() = init_at_load;
+
+extern "C" fn init_at_load() {
+    ensure_init();
+}
+
 /// One-time set-up: the thread-exit key, then the fork handlers, before any
 /// thread allocates. Safe to re-enter from the set-up thread itself. Called
 /// before the first use of any allocator lock.

@@ -1,8 +1,13 @@
-//! `ARENALLOC_STATS=1` in C programs: `tests/c/exit_summary.c`, whose first
-//! allocation comes from inside glibc's `atexit` (see the program), run with
-//! `LD_PRELOAD=libarenalloc.so` and linked with `libarenalloc.a`. Each run
-//! must end (no deadlock at the first allocation or at exit), exit 0 and
-//! print the summary; without the variable it prints none.
+//! C programs whose first allocation happens inside one of glibc's
+//! registration functions, which hold a lock while they allocate: an
+//! allocator that registered something of its own from there would
+//! deadlock. Each runs with `LD_PRELOAD=libarenalloc.so` and linked with
+//! `libarenalloc.a`, and must end and exit 0.
+//!
+//! - `tests/c/exit_summary.c`: inside `atexit`, with `ARENALLOC_STATS=1`;
+//!   the summary must be printed (and not without the variable).
+//! - `tests/c/atfork_first.c`: inside `pthread_atfork`; then it forks and
+//!   the child allocates.
 
 #[path = "support/native.rs"]
 mod native;
@@ -17,11 +22,13 @@ use native::{capi_libs, require_tool, run_with_limit, Run, STATIC_LIBS};
 /// The program takes milliseconds; a run this long has deadlocked.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-fn compile(name: &str, extra: &[&str]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_exit_summary");
+fn compile(program: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_first_allocation");
     fs::create_dir_all(&dir).expect("create the output directory");
     let exe = dir.join(name);
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/exit_summary.c");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("c")
+        .join(program);
     let mut cmd = Command::new(require_tool("cc"));
     cmd.args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
@@ -60,7 +67,7 @@ fn assert_summary(what: &str, run: &Run) {
 #[test]
 fn summary_of_a_program_whose_first_malloc_is_inside_atexit_preload() {
     let libs = capi_libs();
-    let exe = compile("exit_summary_plain", &[]);
+    let exe = compile("exit_summary.c", "exit_summary_plain", &[]);
     let run = run_with_limit(
         Command::new(&exe)
             .env("LD_PRELOAD", &libs.so)
@@ -87,7 +94,7 @@ fn summary_of_a_program_whose_first_malloc_is_inside_atexit_static() {
     let libs = capi_libs();
     let mut extra = vec![libs.a.to_str().expect("UTF-8 path")];
     extra.extend_from_slice(STATIC_LIBS);
-    let exe = compile("exit_summary_static", &extra);
+    let exe = compile("exit_summary.c", "exit_summary_static", &extra);
     let run = run_with_limit(
         Command::new(&exe)
             .env_remove("LD_PRELOAD")
@@ -95,4 +102,27 @@ fn summary_of_a_program_whose_first_malloc_is_inside_atexit_static() {
         RUN_LIMIT,
     );
     assert_summary("linked with libarenalloc.a", &run);
+}
+
+#[test]
+fn a_program_whose_first_malloc_is_inside_pthread_atfork_runs_and_forks() {
+    let libs = capi_libs();
+    let plain = compile("atfork_first.c", "atfork_first_plain", &[]);
+    let run = run_with_limit(Command::new(&plain).env("LD_PRELOAD", &libs.so), RUN_LIMIT);
+    assert!(
+        run.status.success(),
+        "LD_PRELOAD: {}\n{}",
+        run.describe_status(),
+        run.stderr_text()
+    );
+    let mut extra = vec![libs.a.to_str().expect("UTF-8 path")];
+    extra.extend_from_slice(STATIC_LIBS);
+    let linked = compile("atfork_first.c", "atfork_first_static", &extra);
+    let run = run_with_limit(Command::new(&linked).env_remove("LD_PRELOAD"), RUN_LIMIT);
+    assert!(
+        run.status.success(),
+        "linked with libarenalloc.a: {}\n{}",
+        run.describe_status(),
+        run.stderr_text()
+    );
 }
