@@ -1,5 +1,5 @@
-//! Drives random sequences of malloc / calloc / realloc / aligned / free
-//! against a model: every live block carries a pattern that must survive
+//! Drives random sequences of malloc / calloc / realloc / aligned / free /
+//! trim against a model: every live block carries a pattern that must survive
 //! until it is freed or reallocated, zeroed memory must read as zero, and no
 //! two live blocks may overlap.
 #![no_main]
@@ -115,6 +115,12 @@ fuzz_target!(|data: &[u8]| {
                 let block = Live { ptr: p, size, align: old.align, seed };
                 fill(&block);
                 live.push(block);
+            }
+            5 if op[1] % 8 == 0 => {
+                // A purge while blocks live: every page it gives back and
+                // every slice run it unmaps must not be under a live block
+                // (the checks above find it), and must come back usable.
+                engine::trim();
             }
             _ if !live.is_empty() => {
                 let i = op[1] as usize % live.len();
