@@ -110,7 +110,7 @@ impl Default for Arena {
 pub use crate::registry::{default_arena, for_each_arena};
 
 /// What one arena purge did.
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PurgeOutcome {
     /// Bytes given back to the OS.
     pub purged: usize,
@@ -118,6 +118,16 @@ pub struct PurgeOutcome {
     pub more: bool,
     /// Cached large blocks to unmap once the arena lock is released.
     pub evicted: [Option<*mut LargeBlock>; CACHE_SLOTS],
+}
+
+impl Default for PurgeOutcome {
+    fn default() -> Self {
+        PurgeOutcome {
+            purged: 0,
+            more: false,
+            evicted: [None; CACHE_SLOTS],
+        }
+    }
 }
 
 /// Where a purge of one arena goes on after its budget ran out.
