@@ -27,8 +27,11 @@ use crate::stats;
 
 /// How many freed large blocks an arena keeps. Measured on the burst
 /// scenario (`mem_scenario burst`, 1 KiB-8 MiB buffers, 7 runs each): 8
-/// slots took about 268 ms, 16 about 212, 32 about 167, 64 about 152; 32
-/// keeps the cache's arrays at 1 KiB per arena.
+/// slots took about 268 ms, 16 about 212, 32 about 167, 64 about 152. The
+/// cache is part of every arena's static state (4097 of them, in `.bss`,
+/// which counts in the process's VSZ), so its per-slot figures are kept
+/// small: 32 slots take 648 bytes per arena (8 slots of bare pointers took
+/// 64).
 pub const CACHE_SLOTS: usize = 32;
 const _: () = assert!(CACHE_SLOTS <= 64, "the cache's filled mask is a u64");
 /// `filled_mask` with every slot filled.
@@ -521,8 +524,9 @@ pub struct LargeCache {
     slots: [*mut LargeBlock; CACHE_SLOTS],
     /// Bit `i` set: slot `i` holds a block (searches visit only these).
     filled_mask: u64,
-    usable: [usize; CACHE_SLOTS],
-    map_size: [usize; CACHE_SLOTS],
+    /// The blocks' mapping sizes in pages (a mapping of 16 TiB or more is
+    /// never cached: it is over `CACHE_MAX_BYTES`).
+    map_pages: [u32; CACHE_SLOTS],
     freed_ms: [u64; CACHE_SLOTS],
     bytes: usize,
     /// When the longest-cached block was freed (0: empty, so that arenas
@@ -535,8 +539,7 @@ impl LargeCache {
     pub const EMPTY: LargeCache = LargeCache {
         slots: [ptr::null_mut(); CACHE_SLOTS],
         filled_mask: 0,
-        usable: [0; CACHE_SLOTS],
-        map_size: [0; CACHE_SLOTS],
+        map_pages: [0; CACHE_SLOTS],
         freed_ms: [0; CACHE_SLOTS],
         bytes: 0,
         earliest_freed_ms: 0,
@@ -561,23 +564,32 @@ impl LargeCache {
         })
     }
 
+    /// Mapping size of slot `i`, in bytes.
+    fn map_size(&self, i: usize) -> usize {
+        self.map_pages
+            .get(i)
+            .map_or(usize::MAX, |&p| p as usize * PAGE_SIZE)
+    }
+
     /// Takes the smallest cached block that holds `size` bytes at `align`
     /// (the caller trims it if it is much bigger).
     fn take(&mut self, size: usize, align: usize, max_map: usize) -> Option<*mut LargeBlock> {
         let mut best: Option<(usize, usize)> = None;
         for i in self.filled() {
-            let usable = self.usable.get(i).copied().unwrap_or(0);
-            let map_size = self.map_size.get(i).copied().unwrap_or(usize::MAX);
-            if usable < size || map_size > max_map {
+            let map_size = self.map_size(i);
+            // A block's usable bytes are its mapping less the header page
+            // (and any alignment padding): never more than the mapping.
+            if map_size < size || map_size > max_map {
                 continue;
             }
-            if best.is_some_and(|(_, best_usable)| usable >= best_usable) {
+            if best.is_some_and(|(_, best_map)| map_size >= best_map) {
                 continue;
             }
-            // Only a better candidate's header is read, for its alignment.
-            // SAFETY: non-null slots are live cached headers.
-            if (unsafe { (*self.slot(i)).block } as usize).is_multiple_of(align) {
-                best = Some((i, usable));
+            // Only a better candidate's header is read.
+            // SAFETY: filled slots hold live cached headers.
+            let b = unsafe { &*self.slot(i) };
+            if b.usable() >= size && (b.block as usize).is_multiple_of(align) {
+                best = Some((i, map_size));
             }
         }
         let (i, _) = best?;
@@ -590,8 +602,7 @@ impl LargeCache {
         let mut out = [None; CACHE_SLOTS + 1];
         let mut n = 0;
         // SAFETY: a live header handed over by `free`.
-        let (now, size, usable) =
-            unsafe { ((*block).freed_at_ms, (*block).map_size, (*block).usable()) };
+        let (now, size) = unsafe { ((*block).freed_at_ms, (*block).map_size) };
         if size > CACHE_MAX_BYTES {
             out[0] = Some(block);
             return out;
@@ -615,16 +626,15 @@ impl LargeCache {
             n += 1;
         }
         let free_slot = self.filled_mask.trailing_ones() as usize;
-        if let (Some(slot), Some(u), Some(m), Some(f)) = (
+        if let (Some(slot), Some(pages), Some(freed)) = (
             self.slots.get_mut(free_slot),
-            self.usable.get_mut(free_slot),
-            self.map_size.get_mut(free_slot),
+            self.map_pages.get_mut(free_slot),
             self.freed_ms.get_mut(free_slot),
         ) {
             *slot = block;
-            *u = usable;
-            *m = size;
-            *f = now;
+            // Fits: `size` is at most CACHE_MAX_BYTES.
+            *pages = (size / PAGE_SIZE) as u32;
+            *freed = now;
             self.filled_mask |= 1 << free_slot;
         }
         self.bytes += size;
@@ -664,8 +674,7 @@ impl LargeCache {
     }
 
     fn smallest(&self) -> Option<usize> {
-        self.filled()
-            .min_by_key(|&i| self.map_size.get(i).copied().unwrap_or(usize::MAX))
+        self.filled().min_by_key(|&i| self.map_size(i))
     }
 
     fn evict(&mut self, i: usize) -> *mut LargeBlock {
@@ -677,7 +686,7 @@ impl LargeCache {
             *slot = ptr::null_mut();
         }
         self.filled_mask &= !(1u64 << (i % 64));
-        self.bytes -= self.map_size.get(i).copied().unwrap_or(0);
+        self.bytes -= self.map_size(i);
         self.earliest_freed_ms = self
             .least(&self.freed_ms)
             .and_then(|j| self.freed_ms.get(j).copied())
