@@ -180,6 +180,27 @@ fn small(clock: &Clock, keep_every: usize) {
     }
 }
 
+/// Allocates blocks of `size()` bytes, writing every page, until `total`
+/// bytes; pushes them onto `blocks`.
+fn allocate_touched(blocks: &mut Vec<usize>, total: usize, mut size: impl FnMut() -> usize) {
+    let mut bytes = 0;
+    while bytes < total {
+        let n = size();
+        let p = malloc(n);
+        touch(p, n);
+        blocks.push(p as usize);
+        bytes += n;
+    }
+}
+
+/// Frees and forgets every block of `blocks`.
+fn free_all(blocks: &mut Vec<usize>) {
+    for p in blocks.drain(..) {
+        // SAFETY: blocks of `allocate_touched`, each freed once.
+        unsafe { free(p as *mut u8) };
+    }
+}
+
 /// 256 threads (256 KiB stacks) each allocate and free 2 MB of small
 /// blocks, then park; later they exit.
 fn threads(clock: &Clock, idle: Duration) {
@@ -194,18 +215,8 @@ fn threads(clock: &Clock, idle: Duration) {
                 .spawn(move || {
                     let mut rng = Rng(t as u64 + 7);
                     let mut blocks = Vec::with_capacity(32 * KIB);
-                    let mut bytes = 0;
-                    while bytes < 2 * MIB {
-                        let size = 16 + (rng.next() as usize % 240);
-                        let p = malloc(size);
-                        touch(p, size);
-                        blocks.push(p as usize);
-                        bytes += size;
-                    }
-                    for p in blocks.drain(..) {
-                        // SAFETY: allocated above, freed once.
-                        unsafe { free(p as *mut u8) };
-                    }
+                    allocate_touched(&mut blocks, 2 * MIB, || 16 + (rng.next() as usize % 240));
+                    free_all(&mut blocks);
                     drop(blocks);
                     parked.wait();
                     release.wait();
@@ -241,18 +252,10 @@ fn periodic(clock: &Clock, gap: Duration) {
     let mut blocks: Vec<usize> = Vec::with_capacity(PER_ROUND / (4 * KIB));
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        let mut bytes = 0;
-        while bytes < PER_ROUND {
-            let size = rng.log_uniform(4 * KIB, 256 * KIB);
-            let p = malloc(size);
-            touch(p, size);
-            blocks.push(p as usize);
-            bytes += size;
-        }
-        for p in blocks.drain(..) {
-            // SAFETY: allocated above, freed once.
-            unsafe { free(p as *mut u8) };
-        }
+        allocate_touched(&mut blocks, PER_ROUND, || {
+            rng.log_uniform(4 * KIB, 256 * KIB)
+        });
+        free_all(&mut blocks);
         work += started.elapsed();
         std::thread::sleep(gap);
     }
