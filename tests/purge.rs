@@ -1363,18 +1363,7 @@ fn unmapped_runs() {
             let hole = (1..SEGMENT / SLICE)
                 .map(|i| base + i * SLICE)
                 .find(|&p| !page_is_mapped(p))?;
-            // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped.
-            let foreign = unsafe {
-                libc::mmap(
-                    hole as *mut libc::c_void,
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            assert_eq!(foreign as usize, hole, "could not map a page into the hole");
+            map_page_at(hole);
             // SAFETY: the page was just mapped, read-write.
             unsafe { ptr_fill(hole, 0xab) };
             Some((base, hole))
@@ -1458,4 +1447,77 @@ unsafe fn ptr_all(p: usize, byte: u8) -> bool {
     unsafe { std::slice::from_raw_parts(p as *const u8, 4096) }
         .iter()
         .all(|&b| b == byte)
+}
+
+/// Maps a page into the first hole of a survivor's segment (after a trim
+/// that unmapped free slice runs); returns its address.
+fn foreign_page_in_a_hole(survivors: &[Held]) -> usize {
+    let hole = survivors
+        .iter()
+        .flat_map(|s| {
+            let base = s.addr & !(SEGMENT - 1);
+            (1..SEGMENT / SLICE).map(move |i| base + i * SLICE)
+        })
+        .find(|&p| !page_is_mapped(p))
+        .expect("no unmapped slice in any survivor's segment");
+    map_page_at(hole);
+    hole
+}
+
+/// Maps a read-write page at `hole`, where nothing is mapped.
+fn map_page_at(hole: usize) {
+    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped.
+    let page = unsafe {
+        libc::mmap(
+            hole as *mut libc::c_void,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(page as usize, hole, "could not map a page into the hole");
+}
+
+/// `free` of an address in a hole (someone else's page) must abort with
+/// the message for a foreign pointer, not take the page for a block: the
+/// fast path does not look at holes, the refusal comes from the free
+/// slice's cleared span entry.
+#[test]
+fn freeing_a_foreign_page_in_a_hole_aborts_with_a_message() {
+    const NAME: &str = "freeing_a_foreign_page_in_a_hole_aborts_with_a_message";
+    if std::env::var(CHILD_VAR).as_deref() == Ok(NAME) {
+        let (survivors, freed) = sparse_spans();
+        for b in freed {
+            free(b.addr);
+        }
+        arenalloc::trim();
+        let hole = foreign_page_in_a_hole(&survivors);
+        println!("freeing {hole:#x}");
+        free(hole + 64);
+        println!("{NAME}: the free returned");
+        return;
+    }
+    let _one = ONE_CHILD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (status, stdout, stderr) = run_child(NAME, &[("ARENALLOC_BACKGROUND", "0")]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    );
+    let report = format!("{status}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}");
+    assert!(
+        stdout.contains("freeing 0x"),
+        "the child did not get to the free\n{report}"
+    );
+    assert!(
+        !stdout.contains("the free returned"),
+        "the free of a foreign page returned\n{report}"
+    );
+    assert!(
+        stderr.contains("pointer was not allocated by arenalloc; aborting"),
+        "no foreign-pointer message\n{report}"
+    );
 }

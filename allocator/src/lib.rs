@@ -162,6 +162,23 @@ fn owner_of(p: *mut u8, operation: &str) -> Owner {
     let Some(header) = OWNERSHIP.region_of(p as usize) else {
         diag::fatal_pointer(operation, "pointer was not allocated by arenalloc", p)
     };
+    owner_in(header, p)
+}
+
+/// `free`'s [`owner_of`], without the look at the segment's holes: an
+/// address in a hole (someone else's memory, perhaps) leads to a free
+/// slice's cleared span entry, whose owner is no thread, so `free_remote`
+/// refuses it, off the fast path.
+#[inline(always)]
+fn owner_of_freed(p: *mut u8) -> Owner {
+    let Some(header) = OWNERSHIP.header_of(p as usize) else {
+        diag::fatal_pointer("free", "pointer was not allocated by arenalloc", p)
+    };
+    owner_in(header, p)
+}
+
+#[inline(always)]
+fn owner_in(header: *mut segment::SegmentHeader, p: *mut u8) -> Owner {
     // SAFETY: the ownership map only holds live headers of ours.
     match unsafe { (*header).kind } {
         SegmentKind::Spans => {
@@ -181,7 +198,7 @@ pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    match owner_of(p, "free") {
+    match owner_of_freed(p) {
         Owner::Span(span) => {
             // SAFETY: `span` is the live span that holds `p`. Its owner does
             // not change while `p` is live (a purger retires only spans with
@@ -209,7 +226,12 @@ unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
         // the owner may recycle the span.
         let s = unsafe { &*span };
         if s.state() == SpanState::Free || !s.is_block_start(p) {
-            diag::fatal_pointer("free", "pointer is not a block in use", p);
+            let problem = if OWNERSHIP.region_of(p as usize).is_none() {
+                "pointer was not allocated by arenalloc"
+            } else {
+                "pointer is not a block in use"
+            };
+            diag::fatal_pointer("free", problem, p);
         }
     }
     // SAFETY: `p` is a live block of `span` given up by the caller.
