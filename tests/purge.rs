@@ -75,9 +75,6 @@ fn in_child(name: &str, env: &[(&str, &str)], body: fn()) {
         println!("{name}: done");
         return;
     }
-    let _one = ONE_CHILD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let started = Instant::now();
     let (status, stdout, stderr) = run_child(name, env);
     let report = format!(
@@ -94,9 +91,13 @@ fn in_child(name: &str, env: &[(&str, &str)], body: fn()) {
     eprintln!("{report}");
 }
 
-/// Runs `<this binary> <name> --exact` with `env`; returns how it ended and
-/// its output. Kills it (and reports where it hung) after `CHILD_TIMEOUT`.
+/// Runs `<this binary> <name> --exact` with `env`, alone (one child at a
+/// time); returns how it ended and its output. Kills it (and reports where
+/// it hung) after `CHILD_TIMEOUT`.
 fn run_child(name: &str, env: &[(&str, &str)]) -> (String, Vec<u8>, Vec<u8>) {
+    let _one = ONE_CHILD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.args([name, "--exact", "--include-ignored", "--nocapture"])
@@ -1177,9 +1178,6 @@ fn arenalloc_stats_prints_a_summary_at_exit() {
         println!("arenalloc_stats_prints_a_summary_at_exit: done");
         return;
     }
-    let _one = ONE_CHILD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let name = "arenalloc_stats_prints_a_summary_at_exit";
     let (status, stdout, stderr) = run_child(name, &[("ARENALLOC_STATS", "1")]);
     let (stdout, stderr) = (
@@ -1499,9 +1497,6 @@ fn freeing_a_foreign_page_in_a_hole_aborts_with_a_message() {
         println!("{NAME}: the free returned");
         return;
     }
-    let _one = ONE_CHILD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let (status, stdout, stderr) = run_child(NAME, &[("ARENALLOC_BACKGROUND", "0")]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&stdout).into_owned(),
