@@ -1516,3 +1516,66 @@ fn freeing_a_foreign_page_in_a_hole_aborts_with_a_message() {
         "no foreign-pointer message\n{report}"
     );
 }
+
+// ------------- 11. a purge never promises blocks a span does not have
+
+#[test]
+fn an_abandoned_span_purged_under_a_block_with_no_start_in_its_page_is_adopted() {
+    in_child(
+        "an_abandoned_span_purged_under_a_block_with_no_start_in_its_page_is_adopted",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        phantom_parked_blocks,
+    );
+}
+
+/// For every size class whose blocks can cover a whole page without
+/// starting in it, and every block of a span: thread A fills one span (its
+/// own arena, so the span is fresh), frees block `i`, trims (the page under
+/// the free block's tail goes, with no block start in it), takes one block
+/// again and exits, abandoning the now full span; thread B then allocates in
+/// the same arena and adopts that span. Before the fix the purge counted
+/// "parked" blocks that did not exist, the adopted span claimed room it did
+/// not have, and B's `malloc` aborted with "refill found a span without
+/// room".
+fn phantom_parked_blocks() {
+    use engine::segment::SLICE_SIZE;
+    use engine::size_class::{class_size, span_slices, CLASS_COUNT};
+    let mut scenarios = 0;
+    for class in 0..CLASS_COUNT {
+        let size = class_size(class);
+        if size <= 4 * KIB {
+            continue;
+        }
+        let blocks = span_slices(class) * SLICE_SIZE / size;
+        for freed in 0..blocks {
+            let arena = engine::arena_new().expect("an arena");
+            let a = thread::spawn(move || {
+                engine::arena_set(arena).expect("switch to the test arena");
+                let held: Vec<Held> = (0..blocks)
+                    .map(|i| Held::new(size, (class * 1000 + i) as u64))
+                    .collect();
+                let mut held: Vec<Option<Held>> = held.into_iter().map(Some).collect();
+                free(held[freed].take().unwrap().addr);
+                arenalloc::trim();
+                held[freed] = Some(Held::new(size, 77));
+                held
+            });
+            let held = a.join().expect("thread A");
+            let b = thread::spawn(move || {
+                engine::arena_set(arena).expect("switch to the test arena");
+                let p = Held::new(size, 99);
+                p.check("block of the thread that adopted the span");
+                p.check_and_free("adopter's block");
+            });
+            b.join().expect("thread B");
+            for h in held.into_iter().flatten() {
+                h.check_and_free("block of the exited thread");
+            }
+            // SAFETY: every block of the arena was freed; no thread uses it.
+            assert!(unsafe { engine::arena_destroy(arena) });
+            scenarios += 1;
+        }
+    }
+    println!("{scenarios} span fills adopted after a purge");
+    assert!(scenarios > 100);
+}

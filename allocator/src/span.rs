@@ -91,9 +91,14 @@ pub struct Span {
     /// the free blocks that start in them are off the free list ("parked")
     /// until [`Span::extend`] needs them. Owner (or claimer) only.
     purged_pages: [Cell<u64>; PURGE_WORDS],
-    /// Blocks carved when the pages were purged (0: nothing parked): parked
+    /// Blocks carved when the pages were purged (0: no page purged): parked
     /// blocks are those below this whose first byte is in a purged page.
     purged_capacity: Cell<u32>,
+    /// How many blocks are parked. A purged page need not hold the start of
+    /// any block (a 5 KiB block covers one whole page), so pages can be
+    /// purged with nothing parked: room is judged by this count, never by
+    /// `purged_capacity`.
+    parked: Cell<u32>,
     /// For a free slice: when it became free (`os::now_ms`). Arena lock.
     freed_ms: Cell<u64>,
     /// `used` when the span was last looked at by a purge (`u32::MAX`:
@@ -138,6 +143,7 @@ impl Span {
             prev: Cell::new(ptr::null_mut()),
             purged_pages: [const { Cell::new(0) }; PURGE_WORDS],
             purged_capacity: Cell::new(0),
+            parked: Cell::new(0),
             freed_ms: Cell::new(0),
             used_at_purge: Cell::new(u32::MAX),
         }
@@ -305,11 +311,8 @@ impl Span {
             word.set(0);
         }
         self.purged_capacity.set(0);
+        self.parked.set(0);
         self.used_at_purge.set(u32::MAX);
-    }
-
-    fn has_parked(&self) -> bool {
-        self.purged_capacity.get() != 0
     }
 
     fn page_is_purged(&self, page: usize) -> bool {
@@ -399,6 +402,12 @@ impl Span {
         }
         self.free.set(kept_head);
         self.purged_capacity.set(capacity as u32);
+        // Free blocks that start in a purged page: parked now (by this purge
+        // or an earlier one).
+        let parked = (0..capacity)
+            .filter(|&i| bit(&free_marks, i) && self.page_is_purged(i * size / PAGE_SIZE))
+            .count();
+        self.parked.set(parked as u32);
         // Discard the runs of pages that go.
         let mut purged = 0;
         let mut page = 0;
@@ -508,7 +517,7 @@ impl Span {
     /// work than `extend`.
     pub fn has_room(&self) -> bool {
         !self.free.get().is_null()
-            || self.has_parked()
+            || self.parked.get() != 0
             || self.capacity.get() < self.reserved.load(Ordering::Relaxed)
     }
 }
