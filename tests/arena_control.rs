@@ -41,10 +41,10 @@ fn engine_handle(arena: Arena) -> engine::ArenaHandle {
     engine::ArenaHandle::from_raw(arena.as_raw()).expect("arena handles are never zero")
 }
 
-/// The registry slot a handle names (`(generation << 32) | (slot + 1)`,
-/// see allocator/src/registry.rs).
+/// The registry slot a handle names (`(tag << 13) | (slot + 1)`, see
+/// allocator/src/registry.rs).
 fn slot_of(arena: Arena) -> u64 {
-    (arena.as_raw() & 0xffff_ffff) - 1
+    (arena.as_raw() & 0x1fff) - 1
 }
 
 /// `malloc_arena_malloc`: `size` bytes in `arena` without entering it.

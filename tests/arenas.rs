@@ -108,9 +108,9 @@ fn stale_and_foreign_handles_are_refused_and_leave_the_thread_alone() {
         arena,
         "a refused switch must not change the arena"
     );
-    // The right slot with the wrong generation (what a destroyed arena's
-    // handle looks like).
-    let stale = engine::ArenaHandle::from_raw(arena.as_raw() + (2u64 << 32)).unwrap();
+    // The right slot with another tag (what a destroyed arena's handle
+    // looks like).
+    let stale = engine::ArenaHandle::from_raw(arena.as_raw() + (2u64 << 13)).unwrap();
     engine::os::set_errno(0);
     assert!(engine::arena_alloc(stale, 64, 16, false).is_null());
     assert_eq!(errno(), libc::EINVAL);

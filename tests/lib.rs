@@ -5,11 +5,15 @@
 //! - [`Rng`]: a small deterministic generator (SplitMix64) for stress tests.
 //! - [`rss_bytes`], [`errno`], [`set_errno`]: process facts.
 //! - [`run_in_child`]: re-runs one test of the current test binary in a
-//!   child process with a scenario selected by an environment variable.
+//!   child process with a scenario selected by an environment variable;
+//!   [`run_in_child_timed`] also kills it (and says where it hung) after a
+//!   timeout.
 //! - [`stuck_process_report`]: what a hung child is doing (for deadlock
 //!   failures).
 
-use std::process::{Command, Output};
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Seed- and position-derived bytes: byte `i` of a block filled with `seed`
 /// is byte `i % 8` (little-endian) of `word(seed, i / 8)`, whatever the block
@@ -273,6 +277,77 @@ pub fn run_in_child(test_name: &str, env_key: &str, scenario: &str) -> Output {
         .env(env_key, scenario);
     no_core_dumps(&mut cmd);
     cmd.output().expect("spawn the test binary")
+}
+
+/// How a child of [`run_in_child_timed`] ended, and its output.
+pub struct ChildRun {
+    /// `exit status: 0`, `signal: 6 (SIGABRT)`, or a description of where
+    /// it hung before it was killed.
+    pub status: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ChildRun {
+    /// Everything about the run, for an assertion message.
+    pub fn report(&self, what: &str) -> String {
+        format!(
+            "{what}: {}\n--- child stdout:\n{}\n--- child stderr:\n{}",
+            self.status,
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        )
+    }
+}
+
+/// Runs `<this binary> <test_name> --exact` with `env` added (and the
+/// variables in `remove` taken out of) the environment; kills it, and
+/// reports where it hung, after `timeout`.
+pub fn run_in_child_timed(
+    test_name: &str,
+    env: &[(&str, &str)],
+    remove: &[&str],
+    timeout: Duration,
+) -> ChildRun {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--include-ignored", "--nocapture"])
+        .arg("--test-threads=1");
+    for key in remove {
+        cmd.env_remove(key);
+    }
+    cmd.envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    no_core_dumps(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn the test binary");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status.to_string();
+        }
+        if Instant::now() >= deadline {
+            let stuck = stuck_process_report(child.id() as libc::pid_t);
+            let _ = child.kill();
+            let _ = child.wait();
+            break format!("still running after {timeout:?} (killed)\n{stuck}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    ChildRun {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
 }
 
 /// Makes the child `cmd` starts write no core file (tests that expect an

@@ -34,15 +34,15 @@
 //!
 //! This binary's global allocator is `ArenaAlloc`.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use arenalloc_engine as engine;
-use arenalloc_tests::{contains, pattern, rss_bytes, stuck_process_report, Rng};
+use arenalloc_tests::{
+    contains, pattern, rss_bytes, run_in_child_timed, stuck_process_report, Rng,
+};
 use engine::purger;
 
 #[global_allocator]
@@ -98,42 +98,19 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> (String, Vec<u8>, Vec<u8>) {
     let _one = ONE_CHILD_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([name, "--exact", "--include-ignored", "--nocapture"])
-        .arg("--test-threads=1")
-        .env(CHILD_VAR, name)
-        .env_remove("ARENALLOC_BACKGROUND")
-        .env_remove("ARENALLOC_PURGE_DELAY_MS")
-        .env_remove("ARENALLOC_PURGE_SLICE_US")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    arenalloc_tests::no_core_dumps(&mut cmd);
-    let mut child = cmd.spawn().expect("spawn the test binary");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + CHILD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status.to_string();
-        }
-        if Instant::now() >= deadline {
-            let stuck = stuck_process_report(child.id() as libc::pid_t);
-            let _ = child.kill();
-            let _ = child.wait();
-            break format!("still running after {CHILD_TIMEOUT:?} (killed)\n{stuck}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
+    let mut env = env.to_vec();
+    env.push((CHILD_VAR, name));
+    let run = run_in_child_timed(
+        name,
+        &env,
+        &[
+            "ARENALLOC_BACKGROUND",
+            "ARENALLOC_PURGE_DELAY_MS",
+            "ARENALLOC_PURGE_SLICE_US",
+        ],
+        CHILD_TIMEOUT,
+    );
+    (run.status, run.stdout, run.stderr)
 }
 
 // ---------------------------------------------------------------- blocks

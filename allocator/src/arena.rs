@@ -53,6 +53,10 @@ pub struct ArenaState {
     pub accounts: ArenaAccounts,
     /// Destroyed (or not yet created): refuses new spans, blocks and heaps.
     closed: bool,
+    /// The raw handle of the arena's current life (0: the default arena,
+    /// or closed): a handle resolved before the lock was taken is checked
+    /// against it (see `registry::lock_live`).
+    life: u64,
     /// Bumped whenever a heap joins or leaves, or a segment is linked or
     /// unlinked: a purge that let go of the lock meanwhile cannot trust its
     /// place in those lists.
@@ -74,6 +78,7 @@ impl Arena {
                 heaps: HeapList::EMPTY,
                 accounts: ArenaAccounts::EMPTY,
                 closed: false,
+                life: 0,
                 changes: 0,
             }),
             mapped: AtomicUsize::new(0),
@@ -214,6 +219,21 @@ impl ArenaState {
         self.closed
     }
 
+    /// The raw handle of the arena's current life: 0 when closed, 1 for the
+    /// default arena. A purge that lets go of the lock stops if it changed.
+    pub fn life(&self) -> u64 {
+        match (self.closed, self.life) {
+            (true, _) => 0,
+            (false, 0) => 1,
+            (false, life) => life,
+        }
+    }
+
+    /// Whether the arena is open in the life the raw `handle` names.
+    pub fn is_life(&self, handle: u64) -> bool {
+        handle != 0 && self.life() == handle
+    }
+
     /// Registers a heap of a thread that uses the arena. False if closed.
     ///
     /// # Safety
@@ -259,9 +279,12 @@ impl ArenaState {
         s
     }
 
-    /// Reopens a destroyed (or never used) arena for a new life in its slot.
-    pub fn open(&mut self) {
+    /// Reopens a destroyed (or never used) arena for a new life in its
+    /// slot, named by the raw `handle`.
+    pub fn open(&mut self, handle: u64) {
         self.closed = false;
+        self.life = handle;
+        self.changes += 1;
         self.accounts = ArenaAccounts::EMPTY;
     }
 
@@ -274,6 +297,7 @@ impl ArenaState {
     /// is used again.
     pub unsafe fn destroy_contents(&mut self) {
         self.closed = true;
+        self.life = 0;
         self.changes += 1;
         // SAFETY: forwarded from the caller.
         unsafe { self.heaps.detach_all() };

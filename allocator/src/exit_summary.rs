@@ -65,7 +65,7 @@ fn print_summary() {
         let is_default = core::ptr::eq(arena, default);
         let mut line = Line::new();
         line.text("arenalloc:   arena ")
-            .hex(registry::handle_of(arena).to_raw() as usize);
+            .hex(registry::handle_of(arena).map_or(0, |h| h.to_raw()) as usize);
         if is_default {
             line.text(" (default)");
         }

@@ -227,7 +227,9 @@ impl Heap {
         self.arena.store(arena.cast_mut(), Ordering::Relaxed);
         self.thread_id = thread_id;
         // SAFETY: heaps are created for live arenas of the static registry.
-        let handle = crate::registry::handle_of(unsafe { &*arena }).to_raw();
+        let handle = crate::registry::handle_of(unsafe { &*arena })
+            .unwrap_or_else(crate::registry::default_handle)
+            .to_raw();
         self.arena_handle.store(handle, Ordering::Relaxed);
         self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
@@ -485,7 +487,16 @@ impl Heap {
             return;
         }
         crate::purger::note_pending();
-        let mut state = self.arena().state.lock();
+        let arena = self.arena();
+        crate::race_hooks::pause(crate::race_hooks::Point::AbandonBeforeLock);
+        let mut state = arena.state.lock();
+        // A destroy may have detached the heap between the read and the
+        // lock (its arena is null then, and it holds no span): it is in no
+        // list, and the arena in that slot may be a new one whose list must
+        // not be touched.
+        if !core::ptr::eq(self.arena_ptr(), arena) {
+            return;
+        }
         // SAFETY: this heap is in its arena's list; we hold the lock.
         unsafe { state.remove_heap(self) };
         for class in 0..CLASS_COUNT {

@@ -30,6 +30,7 @@ pub mod heap;
 pub mod large;
 pub mod os;
 pub mod purger;
+pub mod race_hooks;
 pub mod registry;
 pub mod segment;
 pub mod size_class;
@@ -376,7 +377,7 @@ pub fn arena_default() -> ArenaHandle {
 
 /// The calling thread's preferred arena.
 pub fn arena_current() -> ArenaHandle {
-    registry::handle_of(thread::preferred_arena())
+    registry::handle_of(thread::preferred_arena()).unwrap_or_else(registry::default_handle)
 }
 
 /// Makes `handle` the calling thread's preferred arena and returns the
@@ -398,14 +399,20 @@ pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
     ArenaHandle::from_raw(previous)
 }
 
-/// Resolves a handle for the arena-control functions; errno `EINVAL` if it
-/// is stale or foreign.
-fn live_arena(handle: ArenaHandle) -> Option<&'static Arena> {
-    let arena = registry::resolve(handle);
-    if arena.is_none() {
+/// Errno `EINVAL` for a handle that was refused (stale or foreign).
+fn refused<T>(result: Option<T>) -> Option<T> {
+    if result.is_none() {
         os::set_errno(libc::EINVAL);
     }
-    arena
+    result
+}
+
+/// Locks the arena `handle` names for an arena-control function, checking
+/// the handle under the lock; errno `EINVAL` if it is stale or foreign.
+fn lock_live_arena(
+    handle: ArenaHandle,
+) -> Option<(&'static Arena, sync::MutexGuard<'static, arena::ArenaState>)> {
+    refused(registry::lock_live(handle))
 }
 
 /// Destroys the arena `handle`: every block of it is freed at once and its
@@ -431,17 +438,16 @@ pub unsafe fn arena_destroy(handle: ArenaHandle) -> bool {
 /// or `None` (errno `EINVAL`) for a stale or foreign handle.
 pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
     thread::ensure_init();
-    let arena = live_arena(handle)?;
-    Some(purger::purge_arena_now(arena))
+    let arena = refused(registry::resolve(handle))?;
+    refused(purger::purge_arena_now(arena, handle.to_raw()))
 }
 
 /// One arena's figures; `None` (errno `EINVAL`) for a stale or foreign
 /// handle.
 pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
     thread::ensure_init();
-    let arena = live_arena(handle)?;
-    let stats = arena.state.lock().stats(arena);
-    Some(stats)
+    let (arena, state) = lock_live_arena(handle)?;
+    Some(state.stats(arena))
 }
 
 /// Caps the bytes an arena may hold in use (spans and large blocks; see
@@ -451,10 +457,10 @@ pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
 /// or foreign handle.
 pub fn arena_set_limit(handle: ArenaHandle, bytes: usize) -> bool {
     thread::ensure_init();
-    let Some(arena) = live_arena(handle) else {
+    let Some((_, mut state)) = lock_live_arena(handle) else {
         return false;
     };
-    arena.state.lock().accounts.limit_bytes = bytes;
+    state.accounts.limit_bytes = bytes;
     true
 }
 
@@ -472,9 +478,10 @@ pub fn arena_alloc(handle: ArenaHandle, size: usize, align: usize, zero: bool) -
 
 /// The arena that owns `p`, if `p` is in memory of ours.
 pub fn arena_of(p: *const u8) -> Option<ArenaHandle> {
-    let header = OWNERSHIP.region_of(p as usize)?;
-    // SAFETY: live headers of ours name their arena, in the static registry.
-    Some(registry::handle_of(unsafe { &*(*header).arena }))
+    // SAFETY: `inspect` keeps the header mapped; live headers of ours name
+    // their arena, in the static registry.
+    let arena = OWNERSHIP.inspect(p as usize, |header| unsafe { &*(*header).arena })?;
+    registry::handle_of(arena)
 }
 
 /// Returns memory the allocator holds but does not use to the OS, now, in
@@ -496,7 +503,7 @@ pub fn stats() -> Stats {
 /// Whether `p` lies in memory this allocator manages (a segment or a large
 /// block of ours). Does not say whether it is a live block.
 pub fn owns(p: *const u8) -> bool {
-    OWNERSHIP.region_of(p as usize).is_some()
+    OWNERSHIP.inspect(p as usize, |_| ()).is_some()
 }
 
 /// Size class block size for requests of `size` bytes (for tests and tools).

@@ -186,6 +186,20 @@ pub fn now_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
+/// 64 random bits from the kernel (`getrandom`, which does not block once
+/// the system has booted); if that fails, a mix of the clock and an address
+/// that depends on where the stack was placed.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is a valid buffer of the given length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    let stack = &bytes as *const [u8; 8] as u64;
+    (now_us() ^ stack.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Reads an environment variable without allocating (libc's `getenv` returns
 /// a pointer into the environment block).
 pub fn env_var(name: &core::ffi::CStr) -> Option<&'static [u8]> {

@@ -250,14 +250,33 @@ pub fn longest_lock_hold_us() -> u64 {
 /// Purges one arena to the end in slices of about [`DEFAULT_SLICE_US`]
 /// under its lock, yielding the CPU between them; returns the bytes
 /// released and whether something is left for a later pass.
-fn purge_arena(arena: &Arena, freed_by_ms: u64, force: bool) -> (usize, bool) {
+///
+/// `life` is the raw handle of the arena's life to purge (0: whatever life
+/// it has at the first lock). The purge stops when the arena is closed, or
+/// destroyed and created again, while it lets go of the lock; `None` if it
+/// was not in that life at the first lock.
+fn purge_arena(arena: &Arena, life: u64, freed_by_ms: u64, force: bool) -> Option<(usize, bool)> {
     read_settings();
     // Not under the lock: the first call is slow.
     os::membarrier_register();
     let mut cursor = PurgeCursor::new(PURGE_PASS.fetch_add(1, Ordering::Relaxed) + 1);
     let (mut released, mut more) = (0, false);
+    let mut life = life;
+    let mut first = true;
     loop {
         let mut state = arena.state.lock();
+        crate::race_hooks::pause(crate::race_hooks::Point::PurgeLocked);
+        if life == 0 {
+            life = state.life();
+        }
+        if !state.is_life(life) {
+            drop(state);
+            if first {
+                return None;
+            }
+            break;
+        }
+        first = false;
         let started = os::now_us();
         let outcome = state.purge(freed_by_ms, force, &mut cursor, &Budget::starting_now());
         let held = os::now_us().saturating_sub(started);
@@ -270,15 +289,18 @@ fn purge_arena(arena: &Arena, freed_by_ms: u64, force: bool) -> (usize, bool) {
             break;
         }
         os::yield_now();
+        crate::race_hooks::pause(crate::race_hooks::Point::PurgeBetweenSlices);
     }
     PURGED_BYTES.fetch_add(released, Ordering::Relaxed);
-    (released, more)
+    Some((released, more))
 }
 
 /// One pass over every arena; true if something is left for a later pass.
 fn pass(freed_by_ms: u64, force: bool) -> bool {
     let mut more = false;
-    for_each_arena(|arena| more |= purge_arena(arena, freed_by_ms, force).1);
+    for_each_arena(|arena| {
+        more |= purge_arena(arena, 0, freed_by_ms, force).is_some_and(|(_, more)| more)
+    });
     more
 }
 
@@ -286,11 +308,14 @@ fn pass(freed_by_ms: u64, force: bool) -> bool {
 /// the bytes released.
 pub fn purge_all_now() -> usize {
     let mut released = 0;
-    for_each_arena(|arena| released += purge_arena(arena, u64::MAX, true).0);
+    for_each_arena(|arena| {
+        released += purge_arena(arena, 0, u64::MAX, true).map_or(0, |(bytes, _)| bytes)
+    });
     released
 }
 
-/// Gives back everything free now in one arena; returns the bytes released.
-pub fn purge_arena_now(arena: &Arena) -> usize {
-    purge_arena(arena, u64::MAX, true).0
+/// Gives back everything free now in the arena whose life the raw `handle`
+/// names; returns the bytes released, or `None` if the handle is stale.
+pub fn purge_arena_now(arena: &Arena, handle: u64) -> Option<usize> {
+    purge_arena(arena, handle, u64::MAX, true).map(|(bytes, _)| bytes)
 }

@@ -19,7 +19,7 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::arena::Arena;
 use crate::os;
@@ -132,7 +132,7 @@ impl Segment {
 
     /// The unmapped slices (see `unmapped_slices`).
     fn unmapped(&self) -> u64 {
-        self.unmapped_slices.load(Ordering::Relaxed)
+        self.unmapped_slices.load(Ordering::Acquire)
     }
 
     /// Whether an unmapped slice of this segment could not be mapped again:
@@ -175,16 +175,22 @@ impl Segment {
             if refused || count < MIN_UNMAP_RUN || holes(unmapped | run) > MAX_HOLES {
                 return;
             }
+            // Recorded before the unmap: from the moment the hole exists,
+            // another mapping may land in it, and an address there must not
+            // read as ours.
+            self.unmapped_slices
+                .store(unmapped | run, Ordering::Release);
             // Splitting a mapping fails at the process's mapping limit: then
             // the slices stay mapped (and are discarded instead).
             if !os::unmap(self.slice_start(first), count * SLICE_SIZE) {
+                self.unmapped_slices.store(unmapped, Ordering::Release);
                 refused = true;
                 return;
             }
+            crate::race_hooks::pause(crate::race_hooks::Point::HoleUnmapped);
             unmapped |= run;
             released += count * SLICE_SIZE;
         });
-        self.unmapped_slices.store(unmapped, Ordering::Relaxed);
         self.dirty_slices.set(self.dirty_slices.get() & !unmapped);
         arena.mapped_sub(released);
         (released, young != 0)
@@ -461,14 +467,22 @@ const MAP_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
 /// piece starts a region of ours. It lives in `.bss`: untouched parts cost no
 /// memory. A second map marks large blocks aligned to a segment or more, whose
 /// header sits one segment below the block (see `large`).
+///
+/// `free` and `realloc` look a live block up without more ado: its region
+/// cannot go meanwhile. [`OwnershipMap::inspect`] takes any address, where
+/// the region may be unmapped between the look at the bit and the read of
+/// its header; so inspectors count themselves in `readers`, and removing a
+/// region waits until none is inside before the caller unmaps it.
 pub struct OwnershipMap {
     direct: [AtomicU64; MAP_WORDS],
     shifted: [AtomicU64; MAP_WORDS],
+    readers: AtomicUsize,
 }
 
 pub static OWNERSHIP: OwnershipMap = OwnershipMap {
     direct: [const { AtomicU64::new(0) }; MAP_WORDS],
     shifted: [const { AtomicU64::new(0) }; MAP_WORDS],
+    readers: AtomicUsize::new(0),
 };
 
 impl OwnershipMap {
@@ -487,11 +501,44 @@ impl OwnershipMap {
         }
     }
 
+    /// Forgets the region at `base`; returns once no [`inspect`] can still
+    /// read its header, so the caller may unmap it.
+    ///
+    /// [`inspect`]: OwnershipMap::inspect
     pub fn remove(&self, base: usize, shifted: bool) {
         if let Some((word, bit)) = Self::bit(base) {
             let map = if shifted { &self.shifted } else { &self.direct };
-            map[word].fetch_and(!bit, Ordering::Release);
+            map[word].fetch_and(!bit, Ordering::SeqCst);
         }
+        crate::race_hooks::pause(crate::race_hooks::Point::SegmentBeforeUnmap);
+        // Dekker with `inspect`: it counts itself in, then reads the bit;
+        // we cleared the bit, then read the count. Either it saw the bit
+        // clear, or we see it inside.
+        while self.readers.load(Ordering::SeqCst) != 0 {
+            crate::os::yield_now();
+        }
+    }
+
+    /// Calls `f` with the header of the region of ours that holds `p` (see
+    /// [`region_of`]), while that region cannot be unmapped; `None` if `p`
+    /// is not in one. For addresses that need not be live blocks.
+    ///
+    /// [`region_of`]: OwnershipMap::region_of
+    pub fn inspect<R>(&self, p: usize, f: impl FnOnce(*mut SegmentHeader) -> R) -> Option<R> {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        let result = self.header_of(p).and_then(|header| {
+            crate::race_hooks::pause(crate::race_hooks::Point::OwnershipBitSeen);
+            // SAFETY: the region is mapped until our count leaves `readers`.
+            let in_hole = unsafe { Self::header_in_hole(header, p) };
+            (!in_hole).then(|| f(header))
+        });
+        self.readers.fetch_sub(1, Ordering::Release);
+        result
+    }
+
+    /// In the child after `fork`: the threads that were inspecting are gone.
+    pub fn after_fork_child(&self) {
+        self.readers.store(0, Ordering::Relaxed);
     }
 
     /// The header that owns address `p`, if `p` is in a region of ours.
@@ -513,12 +560,21 @@ impl OwnershipMap {
     #[inline(always)]
     pub fn region_of(&self, p: usize) -> Option<*mut SegmentHeader> {
         let header = self.header_of(p)?;
-        // SAFETY: the map holds live headers only; a Spans header starts a
-        // live segment whose `unmapped_slices` is atomic.
-        let in_hole = unsafe {
-            (*header).kind == SegmentKind::Spans && (*header.cast::<Segment>()).in_hole(p)
-        };
+        // SAFETY: the map holds live headers only (the caller's block keeps
+        // the region mapped).
+        let in_hole = unsafe { Self::header_in_hole(header, p) };
         (!in_hole).then_some(header)
+    }
+
+    /// Whether `p` lies in an unmapped slice of the region `header` starts.
+    ///
+    /// # Safety
+    /// `header` is a live header of ours that stays mapped meanwhile.
+    #[inline(always)]
+    unsafe fn header_in_hole(header: *mut SegmentHeader, p: usize) -> bool {
+        // SAFETY: a Spans header starts a live segment whose
+        // `unmapped_slices` is atomic.
+        unsafe { (*header).kind == SegmentKind::Spans && (*header.cast::<Segment>()).in_hole(p) }
     }
 
     #[cold]

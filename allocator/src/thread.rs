@@ -320,7 +320,9 @@ fn abandon_heaps(first: *mut Heap) {
 /// one held by a thread that does not exist there.
 extern "C" fn fork_prepare() {
     crate::registry::create_lock().raw_lock();
-    for_each_arena(|arena| arena.state.raw_lock());
+    // Every slot ever used, not only live arenas: a purge may hold the lock
+    // of an arena destroyed while it was between slices.
+    crate::registry::for_each_slot(|arena| arena.state.raw_lock());
     heap::POOL.raw_lock();
 }
 
@@ -328,7 +330,7 @@ extern "C" fn fork_parent() {
     // SAFETY: fork_prepare took these locks on this thread.
     unsafe { heap::POOL.force_unlock() };
     // SAFETY: as above.
-    for_each_arena(|arena| unsafe { arena.state.force_unlock() });
+    crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
     // SAFETY: as above.
     unsafe { crate::registry::create_lock().force_unlock() };
 }
@@ -338,13 +340,14 @@ extern "C" fn fork_child() {
     // thread of the child.
     unsafe { heap::POOL.force_unlock() };
     // SAFETY: as above.
-    for_each_arena(|arena| unsafe { arena.state.force_unlock() });
+    crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
     // SAFETY: as above.
     unsafe { crate::registry::create_lock().force_unlock() };
     // The other threads' heaps may have been caught mid-update: leave them
     // alone (their memory stays with the child, as glibc's does), but make
     // sure no new thread can take their spans for its own.
     crate::purger::after_fork_child();
+    crate::segment::OWNERSHIP.after_fork_child();
     let survivor = current_thread_id();
     for_each_arena(|arena| {
         let mut state = arena.state.lock();

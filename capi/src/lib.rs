@@ -319,8 +319,9 @@ extern "C" fn on_load() {
 static ON_LOAD: extern "C" fn() = on_load;
 
 /// An arena handle, opaque to C: `arena_hd *` in `arenalloc.h`. It is never
-/// dereferenced; its bits name a registry slot and a generation, so a stale
-/// or made-up handle is detected.
+/// dereferenced; its bits name a registry slot and one life of it (a tag
+/// that never repeats and cannot be guessed), so a stale or made-up handle
+/// is detected.
 #[repr(C)]
 pub struct ArenaHd {
     _opaque: [u8; 0],

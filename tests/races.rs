@@ -1,0 +1,492 @@
+//! Races between the two sides of the engine's protocols, forced at named
+//! pause points (the engine's `race-hooks` feature, which only this test
+//! suite enables): a test arms a point for one thread, waits until that
+//! thread is parked there, does the other side's work, then lets it go. So
+//! each interleaving below happens on every run, not once in a million.
+//!
+//! - A thread exits while its arena is destroyed and a new arena takes the
+//!   slot (1).
+//!
+//! Each test runs in a child process (this binary re-run for that test
+//! alone with `RACES_CHILD=<test>`): a lost race shows as a crash or a hang
+//! there, and the child has the engine's global state to itself. This
+//! binary keeps the system allocator, so Rust's own allocations (thread
+//! spawns, channels) never touch the arenas under test.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arenalloc_engine as engine;
+use arenalloc_tests::{contains, run_in_child_timed};
+use engine::race_hooks::{self, Point};
+
+const CHILD_VAR: &str = "RACES_CHILD";
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// In the child: runs `body` and prints `<name>: done`. In the test
+/// process: runs this binary again for `name` alone and checks the child
+/// finished the body and exited cleanly.
+fn in_child(name: &str, body: fn()) {
+    in_child_with(name, &[], body)
+}
+
+/// [`in_child`] with `env` added to the child's environment.
+fn in_child_with(name: &str, env: &[(&str, &str)], body: fn()) {
+    if std::env::var(CHILD_VAR).as_deref() == Ok(name) {
+        body();
+        println!("{name}: done");
+        return;
+    }
+    let mut env = env.to_vec();
+    env.push((CHILD_VAR, name));
+    let run = run_in_child_timed(name, &env, &[], CHILD_TIMEOUT);
+    let report = run.report(name);
+    assert_eq!(run.status, "exit status: 0", "the child failed\n{report}");
+    assert!(
+        contains(&run.stdout, &format!("{name}: done")),
+        "the child did not run the test\n{report}"
+    );
+}
+
+/// Waits until a thread is parked at `point`.
+fn wait_parked(point: Point) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !race_hooks::is_parked(point) {
+        assert!(
+            Instant::now() < deadline,
+            "no thread reached {point:?} within 20 s"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A thread that runs `work` in its own thread, sends its id, and then
+/// waits for the word before it goes on to `then` (and exits).
+fn thread_with_pause<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    then: impl FnOnce(T) + Send + 'static,
+) -> (usize, mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (id_tx, id_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let handle = thread::spawn(move || {
+        let value = work();
+        id_tx.send(race_hooks::thread_id()).unwrap();
+        go_rx.recv().unwrap();
+        then(value);
+    });
+    (id_rx.recv().unwrap(), go_tx, handle)
+}
+
+// ------------------------------- 1. thread exit against arena destroy
+
+#[test]
+fn a_thread_exiting_while_its_arena_is_destroyed_leaves_the_next_arena_in_the_slot_intact() {
+    in_child(
+        "a_thread_exiting_while_its_arena_is_destroyed_leaves_the_next_arena_in_the_slot_intact",
+        exit_during_destroy,
+    );
+}
+
+/// Thread T uses arena X and exits; its exit reads its heap's arena and
+/// parks before taking the lock. Meanwhile X is destroyed (T's heap is
+/// detached), arena Y is created in the same slot and thread U joins it.
+/// When T goes on it must not touch Y's heap list: before the fix it
+/// "removed" its detached heap and cleared Y's list head, so Y lost U's
+/// heap, a destroy of Y missed it, and U then allocated from unmapped
+/// spans (SIGSEGV).
+fn exit_during_destroy() {
+    let x = engine::arena_new().expect("arena X");
+    let (t_id, t_go, t) = thread_with_pause(
+        move || {
+            engine::arena_set(x).expect("enter X");
+            let p = engine::malloc(64);
+            assert!(!p.is_null());
+            p as usize
+        },
+        |_block| {},
+    );
+    race_hooks::arm(Point::AbandonBeforeLock, t_id);
+    t_go.send(()).unwrap();
+    wait_parked(Point::AbandonBeforeLock);
+
+    // SAFETY: T's block is never used again; T is parked at its exit, not
+    // inside the allocator for X.
+    assert!(unsafe { engine::arena_destroy(x) });
+    let y = engine::arena_new().expect("arena Y");
+    let (u_id, u_go, u) = thread_with_pause(
+        move || {
+            engine::arena_set(y).expect("enter Y");
+            let p = engine::malloc(64);
+            assert!(!p.is_null());
+            p as usize
+        },
+        |block| {
+            // Y is gone: this thread falls back to the default arena.
+            let p = engine::malloc(64);
+            assert!(!p.is_null());
+            // SAFETY: a block of ours.
+            unsafe { p.write_bytes(0x5a, 64) };
+            assert_eq!(engine::arena_of(p), Some(engine::arena_default()));
+            // SAFETY: as above.
+            unsafe { engine::free(p) };
+            let _ = block;
+        },
+    );
+    let _ = u_id;
+    assert_eq!(engine::arena_stats(y).expect("Y is live").threads, 1);
+
+    race_hooks::release(Point::AbandonBeforeLock);
+    t.join().expect("thread T");
+    assert_eq!(
+        engine::arena_stats(y).expect("Y is live").threads,
+        1,
+        "T's exit took U's heap out of Y's list"
+    );
+    // SAFETY: U's block is never used again; U waits outside the allocator.
+    assert!(unsafe { engine::arena_destroy(y) });
+    u_go.send(()).unwrap();
+    u.join().expect("thread U");
+}
+
+// -------------------- 2. a handle checked, then the arena destroyed
+
+#[test]
+fn a_limit_set_through_a_handle_that_went_stale_does_not_land_on_the_next_arena() {
+    in_child(
+        "a_limit_set_through_a_handle_that_went_stale_does_not_land_on_the_next_arena",
+        stale_limit,
+    );
+}
+
+/// Thread C sets a limit on X and parks after its handle resolved, before
+/// the lock; X is destroyed and Y created in the same slot. C's call must
+/// fail (the handle is stale) and Y must stay without a limit. Before the
+/// fix the limit landed on Y.
+fn stale_limit() {
+    let x = engine::arena_new().expect("arena X");
+    let (c_id, c_go, c) = thread_with_pause(
+        || {},
+        move |()| {
+            engine::os::set_errno(0);
+            let accepted = engine::arena_set_limit(x, 4096);
+            assert!(!accepted, "a stale handle's limit was accepted");
+            assert_eq!(engine::os::errno(), libc::EINVAL);
+        },
+    );
+    race_hooks::arm(Point::ControlBeforeLock, c_id);
+    c_go.send(()).unwrap();
+    wait_parked(Point::ControlBeforeLock);
+    // SAFETY: X holds no block; nobody uses it.
+    assert!(unsafe { engine::arena_destroy(x) });
+    let y = engine::arena_new().expect("arena Y");
+    race_hooks::release(Point::ControlBeforeLock);
+    c.join().expect("thread C");
+    assert_eq!(
+        engine::arena_stats(y).expect("Y is live").limit_bytes,
+        0,
+        "X's limit landed on Y"
+    );
+    let p = engine::arena_alloc(y, 64 * 1024, 16, false);
+    assert!(!p.is_null(), "Y refuses memory under X's limit");
+    // SAFETY: a block of ours.
+    unsafe { engine::free(p) };
+}
+
+#[test]
+fn a_trim_whose_arena_is_destroyed_between_slices_leaves_the_next_arena_alone() {
+    in_child_with(
+        "a_trim_whose_arena_is_destroyed_between_slices_leaves_the_next_arena_alone",
+        &[("ARENALLOC_PURGE_SLICE_US", "0")],
+        trim_across_destroy,
+    );
+}
+
+/// Thread P trims X, one step per lock hold (`ARENALLOC_PURGE_SLICE_US=0`),
+/// and parks between two holds; X is destroyed and
+/// Y created in the same slot, with a freed large block in its cache. P's
+/// trim must stop: Y's cached block stays (it is Y's, not X's to give
+/// back). Before the fix P went on and purged Y.
+fn trim_across_destroy() {
+    engine::purger::set_background(false);
+    let x = engine::arena_new().expect("arena X");
+    // Something for X's trim to do in several lock holds: free slices in
+    // several segments.
+    let blocks: Vec<usize> = (0..40)
+        .map(|_| engine::arena_alloc(x, 100 * 1024, 16, false) as usize)
+        .collect();
+    for &b in &blocks {
+        // SAFETY: blocks of ours.
+        unsafe { engine::free(b as *mut u8) };
+    }
+    let (p_id, p_go, p) = thread_with_pause(
+        || {},
+        move |()| {
+            let _ = engine::arena_trim(x);
+        },
+    );
+    race_hooks::arm(Point::PurgeBetweenSlices, p_id);
+    p_go.send(()).unwrap();
+    wait_parked(Point::PurgeBetweenSlices);
+    // SAFETY: X's blocks were all freed; nobody uses it.
+    assert!(unsafe { engine::arena_destroy(x) });
+    let y = engine::arena_new().expect("arena Y");
+    let big = engine::arena_alloc(y, 8 << 20, 16, false);
+    assert!(!big.is_null());
+    // SAFETY: all 8 MiB are ours; then freed into Y's cache.
+    unsafe {
+        big.write_bytes(1, 8 << 20);
+        engine::free(big);
+    }
+    let mapped = engine::arena_stats(y).unwrap().mapped_bytes;
+    assert!(mapped >= 8 << 20);
+    race_hooks::release(Point::PurgeBetweenSlices);
+    p.join().expect("thread P");
+    assert_eq!(
+        engine::arena_stats(y).unwrap().mapped_bytes,
+        mapped,
+        "X's trim went on into Y and unmapped Y's cached block"
+    );
+}
+
+// ----------------------------------------------- 3. handles
+
+#[test]
+fn handles_made_up_from_a_slot_number_are_refused() {
+    in_child(
+        "handles_made_up_from_a_slot_number_are_refused",
+        made_up_handles,
+    );
+}
+
+/// The first arena created lives in slot 1. Before the fix its handle was
+/// `(1 << 32) | 2`, so any code could name (and destroy) it; now every
+/// guess built from the slot number is refused.
+fn made_up_handles() {
+    let real = engine::arena_new().expect("an arena");
+    let slot_bits = real.to_raw() & 0x1fff;
+    let mut accepted = Vec::new();
+    let guesses = (0..4096u64)
+        .map(|g| (g << 32) | slot_bits)
+        .chain((0..200_000u64).map(|t| (t << 13) | slot_bits));
+    // The real handle is among the guesses only if it can be guessed (a
+    // chance of 2e5 in 2^51 now).
+    for raw in guesses {
+        let handle = engine::ArenaHandle::from_raw(raw).unwrap();
+        if engine::arena_stats(handle).is_some() {
+            accepted.push(raw);
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "made-up handles accepted: {accepted:#x?}"
+    );
+    assert!(engine::arena_stats(real).is_some());
+}
+
+#[test]
+fn a_stale_handle_stays_stale_after_four_billion_lives_of_its_slot() {
+    in_child(
+        "a_stale_handle_stays_stale_after_four_billion_lives_of_its_slot",
+        no_wrap,
+    );
+}
+
+/// A handle whose arena was destroyed, with 2^32 arenas created since (the
+/// count is advanced by a test hook: 2^32 real creations take minutes),
+/// must not name the slot's new arena. With 32-bit generations it did.
+fn no_wrap() {
+    let old = engine::arena_new().expect("an arena");
+    // SAFETY: the arena holds nothing.
+    assert!(unsafe { engine::arena_destroy(old) });
+    for skipped in [(1u64 << 32) - 1, 1 << 31, (1 << 32) - 2] {
+        engine::registry::skip_lives(skipped);
+        let new = engine::arena_new().expect("an arena");
+        assert_eq!(new.to_raw() & 0x1fff, old.to_raw() & 0x1fff, "same slot");
+        assert_ne!(new, old, "a stale handle came back to life");
+        assert!(engine::arena_stats(old).is_none());
+        // SAFETY: the arena holds nothing.
+        assert!(unsafe { engine::arena_destroy(new) });
+    }
+}
+
+// ------------------------------- 4. the ownership map and unmapping
+
+#[test]
+fn an_address_in_a_hole_being_unmapped_is_never_ours() {
+    in_child(
+        "an_address_in_a_hole_being_unmapped_is_never_ours",
+        hole_being_unmapped,
+    );
+}
+
+/// Four 1 KiB-block spans in a fresh arena take slices 1-4 of a segment;
+/// the blocks of slices 2 and 3 are freed, so trim unmaps that run. Thread
+/// P's trim parks right after the `munmap`; a page mapped into the hole
+/// then must not read as ours. Before the fix the hole was recorded only
+/// after the pause, and `owns` said yes.
+fn hole_being_unmapped() {
+    const SEGMENT: usize = 4 << 20;
+    const SLICE: usize = 64 << 10;
+    let x = engine::arena_new().expect("arena X");
+    engine::arena_set(x).expect("enter X");
+    let blocks: Vec<usize> = (0..4 * 64).map(|_| engine::malloc(1024) as usize).collect();
+    let base = blocks[0] & !(SEGMENT - 1);
+    let slice = |b: usize| (b - base) / SLICE;
+    assert!(blocks.iter().all(|&b| b & !(SEGMENT - 1) == base));
+    for &b in blocks.iter().filter(|&&b| matches!(slice(b), 2 | 3)) {
+        // SAFETY: a block of ours.
+        unsafe { engine::free(b as *mut u8) };
+    }
+    engine::arena_set(engine::arena_default()).expect("leave X");
+    let hole = base + 2 * SLICE;
+    let (p_id, p_go, p) = thread_with_pause(
+        || {},
+        move |()| {
+            let _ = engine::arena_trim(x);
+        },
+    );
+    race_hooks::arm(Point::HoleUnmapped, p_id);
+    p_go.send(()).unwrap();
+    wait_parked(Point::HoleUnmapped);
+    // SAFETY: maps one page where the hole is, only if nothing is there.
+    let page = unsafe {
+        libc::mmap(
+            hole as *mut libc::c_void,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(page as usize, hole, "the hole was not unmapped");
+    let ours = engine::owns(hole as *const u8);
+    let arena = engine::arena_of(hole as *const u8);
+    // SAFETY: our own page.
+    unsafe { libc::munmap(page, 4096) };
+    race_hooks::release(Point::HoleUnmapped);
+    p.join().expect("thread P");
+    assert!(!ours, "a foreign page in a hole was taken for ours");
+    assert_eq!(arena, None);
+    for &b in blocks.iter().filter(|&&b| !matches!(slice(b), 2 | 3)) {
+        // SAFETY: a block of ours.
+        unsafe { engine::free(b as *mut u8) };
+    }
+}
+
+#[test]
+fn owns_racing_the_unmap_of_a_segment_reads_no_unmapped_header() {
+    in_child(
+        "owns_racing_the_unmap_of_a_segment_reads_no_unmapped_header",
+        owns_during_unmap,
+    );
+}
+
+/// Thread R asks `owns(p)` for a block of arena X and parks after the
+/// ownership bit said yes, before the header read; thread D destroys X
+/// (unmapping its segment). Before the fix D unmapped at once and R's
+/// header read then faulted (SIGSEGV); now D waits for R.
+fn owns_during_unmap() {
+    let x = engine::arena_new().expect("arena X");
+    let p = engine::arena_alloc(x, 64, 16, false) as usize;
+    assert!(p != 0);
+    let (r_id, r_go, r) = thread_with_pause(
+        || {},
+        move |()| {
+            assert!(engine::owns(p as *const u8));
+        },
+    );
+    race_hooks::arm(Point::OwnershipBitSeen, r_id);
+    r_go.send(()).unwrap();
+    wait_parked(Point::OwnershipBitSeen);
+    // SAFETY: X's one block is never used again (R only asks about its
+    // address).
+    let d = thread::spawn(move || assert!(unsafe { engine::arena_destroy(x) }));
+    thread::sleep(Duration::from_millis(300));
+    let d_waited = !d.is_finished();
+    race_hooks::release(Point::OwnershipBitSeen);
+    r.join().expect("thread R");
+    d.join().expect("thread D");
+    assert!(d_waited, "the destroy did not wait for the reader");
+    assert!(!engine::owns(p as *const u8));
+}
+
+// ----------------------------------------------------- 5. fork
+
+#[test]
+fn fork_while_a_purge_holds_the_lock_of_a_destroyed_arena_leaves_the_child_working() {
+    in_child_with(
+        "fork_while_a_purge_holds_the_lock_of_a_destroyed_arena_leaves_the_child_working",
+        &[("ARENALLOC_PURGE_SLICE_US", "0")],
+        fork_during_purge_of_destroyed,
+    );
+}
+
+/// Thread P trims X and parks between two lock holds; X is destroyed; P
+/// takes X's lock again and parks holding it. Another thread forks: the
+/// fork handlers must take that lock too (wait for P), or the child
+/// inherits it held, and the child's next arena creation, which reuses X's
+/// slot, hangs. The child creates an arena and exits 0.
+fn fork_during_purge_of_destroyed() {
+    engine::purger::set_background(false);
+    let x = engine::arena_new().expect("arena X");
+    let blocks: Vec<usize> = (0..40)
+        .map(|_| engine::arena_alloc(x, 100 * 1024, 16, false) as usize)
+        .collect();
+    for &b in &blocks {
+        // SAFETY: blocks of ours.
+        unsafe { engine::free(b as *mut u8) };
+    }
+    let (p_id, p_go, p) = thread_with_pause(
+        || {},
+        move |()| {
+            let _ = engine::arena_trim(x);
+        },
+    );
+    race_hooks::arm(Point::PurgeBetweenSlices, p_id);
+    p_go.send(()).unwrap();
+    wait_parked(Point::PurgeBetweenSlices);
+    // SAFETY: X's blocks were all freed; nobody uses it.
+    assert!(unsafe { engine::arena_destroy(x) });
+    race_hooks::arm(Point::PurgeLocked, p_id);
+    race_hooks::release(Point::PurgeBetweenSlices);
+    wait_parked(Point::PurgeLocked);
+    let forker = thread::spawn(|| {
+        // SAFETY: the child only creates an arena and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = engine::arena_new().is_some();
+            // SAFETY: ends the child without running the parent's atexit.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        pid
+    });
+    thread::sleep(Duration::from_millis(200));
+    race_hooks::release(Point::PurgeLocked);
+    let pid = forker.join().expect("the forking thread");
+    p.join().expect("thread P");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = 0;
+    loop {
+        // SAFETY: our child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("the forked child hung creating an arena (a lock held across fork)");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+}
