@@ -593,6 +593,88 @@ fn a_limit_stops_growth_until_memory_is_freed_or_the_limit_is_lifted() {
     unsafe { arena.destroy() }.unwrap();
 }
 
+#[test]
+fn a_limit_reached_by_idle_threads_frees_up_when_another_thread_frees_their_blocks() {
+    const LIMIT: usize = 8 * MIB;
+    let arena = Arena::new().unwrap();
+    arena.set_limit(Some(LIMIT)).unwrap();
+    // Two threads fill the arena to its limit and stay alive, idle, holding
+    // the spans of their blocks.
+    let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<usize>>();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let exit_rx = Arc::new(std::sync::Mutex::new(exit_rx));
+    let fillers: Vec<_> = (0..2)
+        .map(|_| {
+            let blocks_tx = blocks_tx.clone();
+            let exit_rx = Arc::clone(&exit_rx);
+            thread::spawn(move || {
+                // Not entering the arena: this thread's own allocations
+                // (the vector) must not use up the limit.
+                let mut blocks = Vec::with_capacity(8 * 1024);
+                loop {
+                    let p = alloc_in(arena, 1500);
+                    if p.is_null() {
+                        break;
+                    }
+                    blocks.push(p as usize);
+                }
+                blocks_tx.send(blocks).unwrap();
+                let _ = exit_rx.lock().unwrap().recv();
+            })
+        })
+        .collect();
+    let blocks: Vec<usize> = (0..2).flat_map(|_| blocks_rx.recv().unwrap()).collect();
+    assert!(
+        blocks.len() > 4000,
+        "{} blocks fit under the limit",
+        blocks.len()
+    );
+    assert!(alloc_in(arena, 100).is_null(), "the arena is full");
+    // This thread frees every block: remote frees, which the idle owners
+    // never collect.
+    for &b in &blocks {
+        free(b as *mut u8);
+    }
+    let pending = stats(arena);
+    assert!(
+        pending.pending_remote_spans > 0,
+        "the stats do not show the remote frees pending: {pending:?}"
+    );
+    let small = alloc_in(arena, 100);
+    assert!(
+        !small.is_null(),
+        "the limit stayed exhausted after every block was freed: {pending:?}"
+    );
+    let after = stats(arena);
+    assert!(
+        after.in_use_bytes < LIMIT / 4,
+        "freed spans still count against the limit: {after:?}"
+    );
+    assert_eq!(after.pending_remote_spans, 0, "{after:?}");
+    free(small);
+    // The same for a large block, from a full arena again.
+    let refill: Vec<usize> = (0..blocks.len())
+        .map(|_| alloc_in(arena, 1500) as usize)
+        .take_while(|&p| p != 0)
+        .collect();
+    let freer = thread::spawn(move || {
+        for b in refill {
+            free(b as *mut u8);
+        }
+    });
+    freer.join().unwrap();
+    let large = alloc_in(arena, 2 * MIB);
+    assert!(
+        !large.is_null(),
+        "a large block was refused after the frees"
+    );
+    free(large);
+    drop(exit_tx);
+    for f in fillers {
+        f.join().unwrap();
+    }
+}
+
 // ------------------------------------------------------- stats vs a model
 
 #[derive(Clone, Debug)]

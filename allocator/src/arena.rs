@@ -135,6 +135,44 @@ impl Default for PurgeOutcome {
     }
 }
 
+/// What a purge gives back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PurgeKind {
+    /// The housekeeper's pass: idle heaps' free pages and emptied spans,
+    /// free slices and cached large blocks free since `freed_by_ms` or
+    /// earlier.
+    Decay { freed_by_ms: u64 },
+    /// `malloc_trim`: everything free now, busy-looking heaps included,
+    /// and empty segments, spares included.
+    Trim,
+    /// Before an allocation is refused for the arena's limit: blocks other
+    /// threads freed are collected and the spans that emptied leave the
+    /// heaps (their bytes stop counting against the limit). No page is
+    /// discarded, nothing is unmapped.
+    Reclaim,
+}
+
+impl PurgeKind {
+    /// Free slices and cached blocks free since this time or earlier go.
+    fn freed_by_ms(self) -> u64 {
+        match self {
+            PurgeKind::Decay { freed_by_ms } => freed_by_ms,
+            PurgeKind::Trim => u64::MAX,
+            PurgeKind::Reclaim => 0,
+        }
+    }
+
+    /// Heaps that had a slow path since the last pass are claimed too.
+    fn claims_busy_heaps(self) -> bool {
+        !matches!(self, PurgeKind::Decay { .. })
+    }
+
+    /// Free pages of spans in use go back to the OS.
+    pub fn gives_back_pages(self) -> bool {
+        self != PurgeKind::Reclaim
+    }
+}
+
 /// Where a purge of one arena goes on after its budget ran out.
 #[derive(Clone, Copy)]
 pub struct PurgeCursor {
@@ -219,6 +257,11 @@ impl ArenaState {
         self.closed
     }
 
+    /// Whether allocations in the arena are capped.
+    pub fn has_limit(&self) -> bool {
+        self.accounts.limit_bytes != 0
+    }
+
     /// The raw handle of the arena's current life: 0 when closed, 1 for the
     /// default arena. A purge that lets go of the lock stops if it changed.
     pub fn life(&self) -> u64 {
@@ -267,6 +310,7 @@ impl ArenaState {
             peak_in_use_bytes: self.accounts.peak_in_use_bytes,
             limit_bytes: self.accounts.limit_bytes,
             threads: self.heaps.count_preferred(),
+            pending_remote_spans: 0,
         };
         self.for_each_segment(|segment| {
             s.resident_bytes += segment.resident_bytes();
@@ -274,6 +318,7 @@ impl ArenaState {
                 let (blocks, bytes) = span.live();
                 s.live_blocks += blocks;
                 s.live_bytes += bytes;
+                s.pending_remote_spans += usize::from(span.has_remote_frees());
             });
         });
         s
@@ -471,24 +516,21 @@ impl ArenaState {
         }
     }
 
-    /// One purge of this arena (see `purger`), from `cursor` on, until it is
-    /// done or `budget` is spent (then `cursor` says where to go on after
-    /// the lock has been released and taken again): spans of idle heaps and
-    /// abandoned spans that emptied go back as free slices and their free
-    /// pages to the OS; free slices free since `freed_by_ms` or earlier are
-    /// discarded, and such cached large blocks are handed back in the
-    /// outcome for the caller to unmap once the lock is released. With
-    /// `force` (trim), busy-looking heaps are claimed too, every free slice
-    /// and cached block goes, and empty segments are unmapped, spares
-    /// included.
+    /// One purge of this arena (see `purger` and [`PurgeKind`]), from
+    /// `cursor` on, until it is done or `budget` is spent (then `cursor`
+    /// says where to go on after the lock has been released and taken
+    /// again): spans of claimed heaps and abandoned spans that emptied go
+    /// back as free slices, and their free pages to the OS; old enough free
+    /// slices are discarded, and such cached large blocks are handed back
+    /// in the outcome for the caller to unmap once the lock is released.
     pub fn purge(
         &mut self,
-        freed_by_ms: u64,
-        force: bool,
+        kind: PurgeKind,
         cursor: &mut PurgeCursor,
         budget: &Budget,
     ) -> PurgeOutcome {
-        let freed_by_ms = if force { u64::MAX } else { freed_by_ms };
+        let freed_by_ms = kind.freed_by_ms();
+        let force = kind == PurgeKind::Trim;
         let mut outcome = PurgeOutcome::default();
         let resumed = cursor.position != 0 || cursor.class != 0;
         if resumed && cursor.changes_seen != self.changes {
@@ -501,10 +543,11 @@ impl ArenaState {
         }
         loop {
             let finished = match cursor.stage {
-                PurgeStage::Heaps => self.purge_heaps(force, &mut outcome, cursor, budget),
+                PurgeStage::Heaps => self.purge_heaps(kind, &mut outcome, cursor, budget),
                 PurgeStage::Abandoned => {
-                    self.purge_abandoned(&mut outcome, &mut cursor.position, budget)
+                    self.purge_abandoned(kind, &mut outcome, &mut cursor.position, budget)
                 }
+                PurgeStage::Segments if kind == PurgeKind::Reclaim => true,
                 PurgeStage::Segments => self.purge_segments(
                     freed_by_ms,
                     force,
@@ -584,7 +627,7 @@ impl ArenaState {
     /// False if the budget ran out first.
     fn purge_heaps(
         &mut self,
-        force: bool,
+        kind: PurgeKind,
         outcome: &mut PurgeOutcome,
         cursor: &mut PurgeCursor,
         budget: &Budget,
@@ -601,8 +644,8 @@ impl ArenaState {
             let mut count = 0;
             for (offset, &heap) in batch.iter().take(n).enumerate() {
                 // SAFETY: members of the locked arena's list.
-                let idle =
-                    force || unsafe { crate::heap::is_idle_since_last_pass(heap, cursor.pass) };
+                let idle = kind.claims_busy_heaps()
+                    || unsafe { crate::heap::is_idle_since_last_pass(heap, cursor.pass) };
                 if !idle {
                     outcome.more = true;
                     continue;
@@ -632,7 +675,7 @@ impl ArenaState {
                         };
                         // SAFETY: confirmed claim; the lock is ours.
                         let (purged, stopped) =
-                            unsafe { (*heap).purge_idle(self, first_class, budget) };
+                            unsafe { (*heap).purge_idle(self, first_class, kind, budget) };
                         outcome.purged += purged;
                         claim.release();
                         if let Some(class) = stopped {
@@ -666,6 +709,7 @@ impl ArenaState {
     /// the class to go on with. False if the budget ran out first.
     fn purge_abandoned(
         &mut self,
+        kind: PurgeKind,
         outcome: &mut PurgeOutcome,
         position: &mut usize,
         budget: &Budget,
@@ -691,7 +735,7 @@ impl ArenaState {
                         outcome.purged += self.retire_span(span);
                     }
                     budget.progress();
-                } else {
+                } else if kind.gives_back_pages() {
                     outcome.purged += budget.released(s.purge_free_pages());
                 }
                 span = next;

@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use crate::claim::ThreadClaim;
 use crate::thread::ThreadState;
 
-use crate::arena::{Arena, ArenaState};
+use crate::arena::{Arena, ArenaState, PurgeKind};
 use crate::diag;
 use crate::purger::Budget;
 use crate::size_class::{class_of, CLASS_COUNT};
@@ -323,7 +323,22 @@ impl Heap {
             // SAFETY: in no list.
             unsafe { self.full[class].push_back(span) };
         }
-        let span = state.alloc_span(arena, class)?;
+        let span = match state.alloc_span(arena, class) {
+            Some(span) => span,
+            None if state.has_limit() => {
+                // Perhaps refused for the limit while blocks freed by other
+                // threads still hold spans: collect them (this heap's
+                // first: no purge can claim a heap from inside it), then
+                // try once more.
+                // SAFETY: this thread owns the heap; `state` is its arena's.
+                unsafe { self.purge_idle(&mut state, 0, PurgeKind::Reclaim, &Budget::unlimited()) };
+                drop(state);
+                crate::purger::reclaim_for_limit(arena);
+                state = arena.state.lock();
+                state.alloc_span(arena, class)?
+            }
+            None => return None,
+        };
         drop(state);
         self.adopt(span);
         Some(span)
@@ -381,12 +396,13 @@ impl Heap {
     /// class to go on with.
     ///
     /// # Safety
-    /// The caller holds a confirmed claim on the heap's thread and `state`
-    /// is the locked state of the heap's arena.
+    /// The caller is the heap's thread or holds a confirmed claim on it, and
+    /// `state` is the locked state of the heap's arena.
     pub unsafe fn purge_idle(
         &mut self,
         state: &mut ArenaState,
         first_class: usize,
+        kind: PurgeKind,
         budget: &Budget,
     ) -> (usize, Option<usize>) {
         let mut purged = 0;
@@ -407,12 +423,12 @@ impl Heap {
                     // SAFETY: empty; a current span is in no list.
                     purged += unsafe { state.retire_span(current) };
                     budget.progress();
-                } else {
+                } else if kind.gives_back_pages() {
                     purged += budget.released(s.purge_free_pages());
                 }
             }
             for which in [SpanState::Available, SpanState::Full] {
-                let (bytes, finished) = self.purge_list(state, class, which, budget);
+                let (bytes, finished) = self.purge_list(state, class, which, kind, budget);
                 purged += bytes;
                 if !finished {
                     // The class again: its current span and the spans done
@@ -430,6 +446,7 @@ impl Heap {
         state: &mut ArenaState,
         class: usize,
         which: SpanState,
+        kind: PurgeKind,
         budget: &Budget,
     ) -> (usize, bool) {
         let mut purged = 0;
@@ -462,7 +479,7 @@ impl Heap {
                     list.remove(span);
                     moved.push_back(span);
                 }
-            } else {
+            } else if kind.gives_back_pages() {
                 purged += budget.released(s.purge_free_pages());
             }
             span = next;
@@ -472,7 +489,9 @@ impl Heap {
             // SAFETY: unlinked spans of this heap.
             let s = unsafe { &*span };
             s.set_state(SpanState::Available);
-            purged += s.purge_free_pages();
+            if kind.gives_back_pages() {
+                purged += s.purge_free_pages();
+            }
             budget.progress();
             // SAFETY: in no list.
             unsafe { self.avail[class].push_back(span) };

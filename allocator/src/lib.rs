@@ -86,7 +86,14 @@ fn alloc_large(arena: &'static Arena, size: usize, align: usize, zero: bool) -> 
     purger::maybe_start();
     // A zero-byte block still needs a byte of its own, or it would point
     // just past its mapping.
-    match large::alloc(arena, size.max(1), align) {
+    let mut block = large::alloc(arena, size.max(1), align);
+    if block.is_none() && arena.state.lock().has_limit() {
+        // Perhaps refused for the limit while blocks freed by other threads
+        // still hold spans: collect them and try once more.
+        purger::reclaim_for_limit(arena);
+        block = large::alloc(arena, size.max(1), align);
+    }
+    match block {
         Some((p, fresh)) => {
             if zero && !fresh {
                 // SAFETY: `p` has at least `size` usable bytes.

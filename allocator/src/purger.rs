@@ -27,7 +27,7 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use crate::arena::{for_each_arena, Arena, PurgeCursor};
+use crate::arena::{for_each_arena, Arena, PurgeCursor, PurgeKind};
 use crate::os;
 use crate::sync::{futex_wait, futex_wake_one};
 
@@ -178,7 +178,7 @@ extern "C" fn housekeeper_main(_: *mut libc::c_void) -> *mut libc::c_void {
         os::sleep_ms(delay);
         // What becomes free from here on asks for the next pass.
         PENDING.store(0, Ordering::Release);
-        let more = pass(os::now_ms().saturating_sub(delay), false);
+        let more = pass(os::now_ms().saturating_sub(delay));
         PASSES.fetch_add(1, Ordering::Relaxed);
         if more {
             PENDING.store(1, Ordering::Release);
@@ -207,6 +207,14 @@ impl Budget {
     fn starting_now() -> Budget {
         Budget {
             deadline_us: os::now_us() + SLICE_US.load(Ordering::Relaxed),
+            progressed: Cell::new(false),
+        }
+    }
+
+    /// No time limit: for a purge that must finish in one lock hold.
+    pub fn unlimited() -> Budget {
+        Budget {
+            deadline_us: u64::MAX,
             progressed: Cell::new(false),
         }
     }
@@ -255,7 +263,7 @@ pub fn longest_lock_hold_us() -> u64 {
 /// it has at the first lock). The purge stops when the arena is closed, or
 /// destroyed and created again, while it lets go of the lock; `None` if it
 /// was not in that life at the first lock.
-fn purge_arena(arena: &Arena, life: u64, freed_by_ms: u64, force: bool) -> Option<(usize, bool)> {
+fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<(usize, bool)> {
     read_settings();
     // Not under the lock: the first call is slow.
     os::membarrier_register();
@@ -278,7 +286,7 @@ fn purge_arena(arena: &Arena, life: u64, freed_by_ms: u64, force: bool) -> Optio
         }
         first = false;
         let started = os::now_us();
-        let outcome = state.purge(freed_by_ms, force, &mut cursor, &Budget::starting_now());
+        let outcome = state.purge(kind, &mut cursor, &Budget::starting_now());
         let held = os::now_us().saturating_sub(started);
         drop(state);
         LONGEST_HOLD_US.fetch_max(held, Ordering::Relaxed);
@@ -296,10 +304,11 @@ fn purge_arena(arena: &Arena, life: u64, freed_by_ms: u64, force: bool) -> Optio
 }
 
 /// One pass over every arena; true if something is left for a later pass.
-fn pass(freed_by_ms: u64, force: bool) -> bool {
+fn pass(freed_by_ms: u64) -> bool {
     let mut more = false;
     for_each_arena(|arena| {
-        more |= purge_arena(arena, 0, freed_by_ms, force).is_some_and(|(_, more)| more)
+        more |=
+            purge_arena(arena, 0, PurgeKind::Decay { freed_by_ms }).is_some_and(|(_, more)| more)
     });
     more
 }
@@ -309,7 +318,7 @@ fn pass(freed_by_ms: u64, force: bool) -> bool {
 pub fn purge_all_now() -> usize {
     let mut released = 0;
     for_each_arena(|arena| {
-        released += purge_arena(arena, 0, u64::MAX, true).map_or(0, |(bytes, _)| bytes)
+        released += purge_arena(arena, 0, PurgeKind::Trim).map_or(0, |(bytes, _)| bytes)
     });
     released
 }
@@ -317,5 +326,15 @@ pub fn purge_all_now() -> usize {
 /// Gives back everything free now in the arena whose life the raw `handle`
 /// names; returns the bytes released, or `None` if the handle is stale.
 pub fn purge_arena_now(arena: &Arena, handle: u64) -> Option<usize> {
-    purge_arena(arena, handle, u64::MAX, true).map(|(bytes, _)| bytes)
+    purge_arena(arena, handle, PurgeKind::Trim).map(|(bytes, _)| bytes)
+}
+
+/// An allocation in `arena` is about to be refused for the arena's limit:
+/// collects the blocks other threads freed into the spans of its heaps
+/// (claiming the heaps of threads that are not inside the allocator) and of
+/// its abandoned spans, and gives back the spans that emptied, so that the
+/// limit counts what is really in use. The caller's own heap cannot be
+/// claimed from inside the allocator: see `Heap::release_emptied`.
+pub fn reclaim_for_limit(arena: &Arena) {
+    let _ = purge_arena(arena, 0, PurgeKind::Reclaim);
 }

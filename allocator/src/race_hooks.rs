@@ -36,11 +36,11 @@ pub enum Point {
     PurgeLocked = 6,
 }
 
-const POINTS: usize = 7;
-
 #[cfg(feature = "race-hooks")]
 mod armed {
-    use super::{Point, POINTS};
+    use super::Point;
+
+    const POINTS: usize = 7;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;

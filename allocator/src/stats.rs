@@ -169,4 +169,9 @@ pub struct ArenaStats {
     pub limit_bytes: usize,
     /// Threads whose preferred arena this is.
     pub threads: usize,
+    /// Spans holding blocks that other threads freed and the spans' owners
+    /// have not collected yet. Those blocks still count in `live_*` and
+    /// `in_use_bytes` until then; an allocation refused for the limit
+    /// collects them first.
+    pub pending_remote_spans: usize,
 }

@@ -76,6 +76,9 @@ struct malloc_arena_stats {
     size_t peak_in_use_bytes; /* most in_use_bytes ever: peak live bytes, rounded up to spans */
     size_t limit_bytes;       /* 0: no limit */
     size_t threads;           /* threads whose preferred arena this is */
+    size_t pending_remote_spans; /* spans holding blocks other threads freed, not yet
+                                    collected (they count as live and in use until then;
+                                    an allocation refused for the limit collects them) */
 };
 
 /* 0, or -1 (EINVAL) for a bad handle or a NULL out. */

@@ -413,7 +413,7 @@ pub extern "C" fn malloc_arena_aligned_alloc(
 /// which are laid out for C (`repr(C)`, `size_t` fields, same order).
 pub type MallocArenaStats = engine::ArenaStats;
 const _: () =
-    assert!(core::mem::size_of::<MallocArenaStats>() == 8 * core::mem::size_of::<usize>());
+    assert!(core::mem::size_of::<MallocArenaStats>() == 9 * core::mem::size_of::<usize>());
 
 /// The engine's handle for a C handle, or `None` with `errno = EINVAL`.
 fn handle_or_einval(arena: *mut ArenaHd) -> Option<engine::ArenaHandle> {
