@@ -199,3 +199,304 @@ fn interior_pointer_of_a_large_block_aborts() {
         },
     );
 }
+
+// ------------- the owner's own frees and reallocs (issue 10's misuse list)
+
+/// A live 64-byte block, with a neighbour kept live so that its span is
+/// busy whatever happens to the block.
+fn busy_block() -> *mut u8 {
+    let keep = engine::malloc(64);
+    let p = engine::malloc(64);
+    assert!(!p.is_null() && !keep.is_null());
+    p
+}
+
+#[test]
+fn free_of_an_interior_pointer_16_bytes_in_on_the_owning_thread_aborts() {
+    expect_abort(
+        "free_of_an_interior_pointer_16_bytes_in_on_the_owning_thread_aborts",
+        "not the start of a block",
+        || {
+            // SAFETY: inside the 64-byte block.
+            let q = unsafe { busy_block().add(16) };
+            announce(q);
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { engine::free(q) };
+            q
+        },
+    );
+}
+
+#[test]
+fn free_of_an_interior_pointer_1_byte_in_on_the_owning_thread_aborts() {
+    expect_abort(
+        "free_of_an_interior_pointer_1_byte_in_on_the_owning_thread_aborts",
+        "not the start of a block",
+        || {
+            // SAFETY: inside the 64-byte block.
+            let q = unsafe { busy_block().add(1) };
+            announce(q);
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { engine::free(q) };
+            q
+        },
+    );
+}
+
+#[test]
+fn double_free_after_allocs_busy() {
+    expect_abort("double_free_after_allocs_busy", "double free", || {
+        // Freed, then other blocks of its span freed after it, so it is no
+        // longer at the head of the free list, and more allocations.
+        let p = busy_block();
+        let others: Vec<*mut u8> = (0..5).map(|_| engine::malloc(64)).collect();
+        let later: Vec<*mut u8> = (0..3).map(|_| engine::malloc(200)).collect();
+        announce(p);
+        // SAFETY: the first frees are valid, the last deliberately not.
+        unsafe {
+            engine::free(p);
+            for &o in &others {
+                engine::free(o);
+            }
+            for &l in &later {
+                engine::free(l);
+            }
+            engine::free(p);
+        }
+        p
+    });
+}
+
+#[test]
+fn double_free_xthread_remote_delayed() {
+    expect_abort("double_free_xthread_remote_delayed", "double free", || {
+        let p = busy_block() as usize;
+        let q = engine::malloc(64) as usize;
+        let r = engine::malloc(64) as usize;
+        thread::spawn(move || {
+            announce(p as *mut u8);
+            // SAFETY: the first frees are valid (remote: this thread does
+            // not own the span), the last deliberately not.
+            unsafe {
+                engine::free(p as *mut u8);
+                engine::free(q as *mut u8);
+                engine::free(r as *mut u8);
+                engine::free(p as *mut u8);
+            }
+        })
+        .join()
+        .ok();
+        p as *mut u8
+    });
+}
+
+#[test]
+fn a_block_freed_by_its_owner_then_again_by_another_thread_aborts() {
+    expect_abort(
+        "a_block_freed_by_its_owner_then_again_by_another_thread_aborts",
+        "double free",
+        || {
+            let p = busy_block();
+            // SAFETY: valid: the owner frees its block; it now heads the
+            // owner's free list.
+            unsafe { engine::free(p) };
+            let addr = p as usize;
+            thread::spawn(move || {
+                announce(addr as *mut u8);
+                // SAFETY: deliberately invalid: the engine must abort.
+                unsafe { engine::free(addr as *mut u8) };
+            })
+            .join()
+            .ok();
+            // Before the fix the second free went through, and the owner
+            // crashed later collecting its remote frees.
+            for _ in 0..1000 {
+                let q = engine::malloc(64);
+                // SAFETY: a block of ours.
+                unsafe { engine::free(q) };
+            }
+            p
+        },
+    );
+}
+
+#[test]
+fn realloc_of_a_freed_block_to_a_smaller_size_aborts() {
+    expect_abort(
+        "realloc_of_a_freed_block_to_a_smaller_size_aborts",
+        "freed already",
+        || {
+            let p = busy_block();
+            announce(p);
+            // SAFETY: the free is valid, the realloc deliberately not.
+            unsafe {
+                engine::free(p);
+                engine::realloc(p, 40);
+            }
+            p
+        },
+    );
+}
+
+#[test]
+fn realloc_of_a_freed_block_to_a_larger_size_aborts() {
+    expect_abort(
+        "realloc_of_a_freed_block_to_a_larger_size_aborts",
+        "freed already",
+        || {
+            let p = busy_block();
+            announce(p);
+            // SAFETY: the free is valid, the realloc deliberately not.
+            unsafe {
+                engine::free(p);
+                engine::realloc(p, 5000);
+            }
+            p
+        },
+    );
+}
+
+#[test]
+fn realloc_of_a_block_freed_by_another_thread_aborts() {
+    expect_abort(
+        "realloc_of_a_block_freed_by_another_thread_aborts",
+        "freed already",
+        || {
+            let p = busy_block() as usize;
+            thread::spawn(move || {
+                // SAFETY: valid: a remote free.
+                unsafe { engine::free(p as *mut u8) };
+            })
+            .join()
+            .unwrap();
+            announce(p as *mut u8);
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { engine::realloc(p as *mut u8, 100) };
+            p as *mut u8
+        },
+    );
+}
+
+// --------------- free lists an overflow or a write after free cannot steer
+
+/// Where an attacker would like `malloc` to return: a `.bss` address.
+static mut ATTACKER_TARGET: [u64; 16] = [0; 16];
+
+fn attacker_target() -> u64 {
+    std::ptr::addr_of_mut!(ATTACKER_TARGET) as u64
+}
+
+/// The start of the 64 KiB slice that holds `p` (the span of a small
+/// block), which the corrupt-list message names.
+fn span_start_of(p: *mut u8) -> *mut u8 {
+    (p as usize & !0xffff) as *mut u8
+}
+
+/// Allocates 64-byte blocks until two neighbours come out: `(a, b)` with
+/// `b == a + 64`.
+fn neighbours() -> (*mut u8, *mut u8) {
+    let mut previous = engine::malloc(64);
+    loop {
+        let next = engine::malloc(64);
+        if next as usize == previous as usize + 64 {
+            return (previous, next);
+        }
+        previous = next;
+    }
+}
+
+/// Allocates 64-byte blocks until one is refused or lands outside the heap
+/// (the attacker's target): the test then failed to detect the steering.
+fn malloc_until_steered(blocks: usize) {
+    for _ in 0..blocks {
+        let q = engine::malloc(64);
+        if q as u64 == attacker_target() {
+            eprintln!("malloc returned the attacker's address {q:p}");
+            std::process::exit(NOT_DETECTED);
+        }
+    }
+}
+
+#[test]
+fn an_overflow_into_a_free_neighbour_cannot_steer_malloc() {
+    expect_abort(
+        "an_overflow_into_a_free_neighbour_cannot_steer_malloc",
+        "free list corrupted",
+        || {
+            let (a, b) = neighbours();
+            // SAFETY: valid: `b` is freed; then deliberately invalid: 8
+            // bytes written past the end of `a`, over `b`'s link.
+            unsafe {
+                engine::free(b);
+                a.add(64).cast::<u64>().write_unaligned(attacker_target());
+            }
+            announce(span_start_of(b));
+            malloc_until_steered(4);
+            b
+        },
+    );
+}
+
+#[test]
+fn a_one_byte_overflow_into_a_free_neighbour_cannot_steer_malloc() {
+    expect_abort(
+        "a_one_byte_overflow_into_a_free_neighbour_cannot_steer_malloc",
+        "free list corrupted",
+        || {
+            let (a, b) = neighbours();
+            // SAFETY: as above, one byte past the end of `a`.
+            unsafe {
+                engine::free(b);
+                *a.add(64) ^= 0x40;
+            }
+            announce(span_start_of(b));
+            malloc_until_steered(4);
+            b
+        },
+    );
+}
+
+#[test]
+fn a_write_into_a_freed_block_cannot_steer_malloc() {
+    expect_abort(
+        "a_write_into_a_freed_block_cannot_steer_malloc",
+        "free list corrupted",
+        || {
+            let p = busy_block();
+            // SAFETY: valid free; then deliberately invalid: a write into
+            // the freed block.
+            unsafe {
+                engine::free(p);
+                p.cast::<u64>().write(attacker_target());
+            }
+            announce(span_start_of(p));
+            malloc_until_steered(4);
+            p
+        },
+    );
+}
+
+#[test]
+fn an_overflow_into_a_block_freed_by_another_thread_cannot_steer_malloc() {
+    expect_abort(
+        "an_overflow_into_a_block_freed_by_another_thread_cannot_steer_malloc",
+        "free list corrupted",
+        || {
+            let (a, b) = neighbours();
+            let b_addr = b as usize;
+            thread::spawn(move || {
+                // SAFETY: valid: a remote free.
+                unsafe { engine::free(b_addr as *mut u8) };
+            })
+            .join()
+            .unwrap();
+            // SAFETY: deliberately invalid: over the remote-freed block's
+            // link, which the owner follows when it collects.
+            unsafe { a.add(64).cast::<u64>().write_unaligned(attacker_target()) };
+            announce(span_start_of(b));
+            // Enough to run the span dry, so the owner collects.
+            malloc_until_steered(5000);
+            b
+        },
+    );
+}

@@ -46,10 +46,8 @@ impl ThreadClaim {
         // Keep the store before the load below in program order; the
         // claimer's membarrier supplies the hardware fence.
         compiler_fence(Ordering::SeqCst);
-        // A nested entry needs no look: the outer one already excluded any
-        // claim (a claim that starts now sees the depth and backs off).
-        if depth == 0 && self.claimed.load(Ordering::Acquire) {
-            self.wait_unclaimed();
+        if self.claimed.load(Ordering::Acquire) {
+            self.wait_unclaimed(depth);
         }
         depth
     }
@@ -61,9 +59,16 @@ impl ThreadClaim {
         self.depth.store(depth, Ordering::Release);
     }
 
+    /// A claim was seen on entry at `depth`.
     #[cold]
     #[inline(never)]
-    fn wait_unclaimed(&self) {
+    fn wait_unclaimed(&self, depth: u32) {
+        // A nested entry does not wait: the outer one already excluded any
+        // claim, and a claim that starts now sees the depth and backs off
+        // (the flag is set only until then).
+        if depth != 0 {
+            return;
+        }
         loop {
             self.depth.store(0, Ordering::Release);
             while self.claimed.load(Ordering::Acquire) {

@@ -22,7 +22,7 @@ use crate::arena::{Arena, ArenaState, PurgeKind};
 use crate::diag;
 use crate::purger::Budget;
 use crate::size_class::{class_of, CLASS_COUNT};
-use crate::span::{Block, Span, SpanList, SpanState};
+use crate::span::{LinkCode, Span, SpanList, SpanState};
 use crate::sync::Mutex;
 
 /// How many spans of the `full` list one refill inspects for blocks that
@@ -87,7 +87,8 @@ pub fn empty_heap() -> *mut Heap {
     &EMPTY_HEAP.0 as *const Heap as *mut Heap
 }
 
-/// Pops a block of `class` from `heap`'s current span, or goes slow.
+/// Pops a block of `class` from `heap`'s current span, or goes slow; null
+/// (errno `ENOMEM`) if out of memory.
 ///
 /// # Safety
 /// `heap` is the calling thread's heap or `empty_heap()`.
@@ -98,11 +99,10 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // the owner thread touches `free` and `used` of its spans.
     unsafe {
         let span = &**(*heap).current.get_unchecked(class);
-        let block = span.free_head();
+        let block = span.pop();
         if !block.is_null() {
-            span.set_free_head((*block).next);
             span.set_used(span.used() + 1);
-            return block.cast();
+            return block;
         }
         alloc_small_slow(heap, class)
     }
@@ -128,7 +128,7 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     let heap = if dead {
         match crate::thread::heap_for_current_thread() {
             Some(h) => h,
-            None => return ptr::null_mut(),
+            None => return out_of_memory(),
         }
     } else {
         heap
@@ -139,48 +139,91 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: as above.
     let h = unsafe { &mut *heap };
     let Some(span) = h.refill(class) else {
-        return ptr::null_mut();
+        return out_of_memory();
     };
     // SAFETY: `refill` returns the current span of this thread's heap, with
     // a free block.
-    unsafe {
-        let s = &*span;
-        let block = s.free_head();
-        s.set_free_head((*block).next);
-        s.set_used(s.used() + 1);
-        block.cast()
+    let s = unsafe { &*span };
+    let block = s.pop();
+    if block.is_null() {
+        s.report_corrupt_list();
+    }
+    s.set_used(s.used() + 1);
+    block
+}
+
+/// Null with errno `ENOMEM`: what the slow path returns when it fails, so
+/// that the fast path needs no test of its own.
+#[cold]
+fn out_of_memory() -> *mut u8 {
+    crate::os::set_errno(libc::ENOMEM);
+    ptr::null_mut()
+}
+
+/// Frees `p`, an address in `span`, which the calling thread owns: a block
+/// start that does not look freed already goes on the free list; anything
+/// else takes the checked path.
+///
+/// # Safety
+/// `span` is owned by the calling thread and `p` lies in it.
+#[inline(always)]
+pub unsafe fn free_local(span: *mut Span, p: *mut u8) {
+    // SAFETY: the caller owns the span and `p` lies in it.
+    let s = unsafe { &*span };
+    // Read before the block is written, which the compiler cannot tell
+    // apart from the span's fields.
+    let (reserved, code) = (s.reserved(), s.link_code());
+    let index = s.index_of(p);
+    // SAFETY: `p` lies in the caller's span, whose memory is mapped.
+    if index >= reserved || unsafe { crate::span::looks_like_link(p, code, reserved) } {
+        // SAFETY: forwarded.
+        return unsafe { free_local_checked(span, p, index) };
+    }
+    // SAFETY: a block of the caller's own span, given up by the caller.
+    unsafe { release_local(span, p, index, code) }
+}
+
+/// The owner's push of block `p` (index `index`) and its accounting.
+///
+/// # Safety
+/// As for [`free_local`], and `p` is the block of index `index`, not free.
+#[inline(always)]
+unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode) {
+    // SAFETY: owner-only fields of the caller's own span; `p` is a block of
+    // it that the caller gives up.
+    let s = unsafe { &*span };
+    unsafe { s.push_local(p, index, code) };
+    let used = s.used().wrapping_sub(1);
+    s.set_used(used);
+    if used == 0 || s.is_full() {
+        // SAFETY: forwarded.
+        unsafe { free_local_slow(span, p) };
     }
 }
 
-/// Frees `block`, a block of `span`, which the calling thread owns.
-///
-/// # Safety
-/// `span` is owned by the calling thread and `block` is a live block of it.
-#[inline(always)]
-pub unsafe fn free_local(span: *mut Span, block: *mut Block) {
-    // SAFETY: owner-only fields of the caller's own span; `block` is a live
-    // block of it, so its first word is ours to use once freed.
-    unsafe {
-        let s = &*span;
-        let head = s.free_head();
-        if block == head {
-            diag::fatal_pointer("free", "double free", block.cast());
-        }
-        (*block).next = head;
-        s.set_free_head(block);
-        let used = s.used().wrapping_sub(1);
-        s.set_used(used);
-        if used == 0 || s.is_full() {
-            free_local_slow(span);
-        }
+/// A local free whose pointer is not a block start, or whose block looks
+/// freed already: abort with a message if it is misuse, else free it.
+#[cold]
+#[inline(never)]
+unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
+    // SAFETY: the caller owns the span.
+    let s = unsafe { &*span };
+    if index >= s.reserved() {
+        diag::fatal_pointer("free", "pointer is not the start of a block", p);
     }
+    if s.is_listed_free(index) {
+        diag::fatal_pointer("free", "double free", p);
+    }
+    // The program's data only happened to decode to a link.
+    // SAFETY: a block start of the caller's span, not on a free list.
+    unsafe { release_local(span, p, index, s.link_code()) }
 }
 
 /// A local free made a span empty, or gave a block to a span in the `full`
 /// list.
 #[cold]
 #[inline(never)]
-unsafe fn free_local_slow(span: *mut Span) {
+unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
     // SAFETY: the caller owns `span`, so its heap is the caller's.
     let s = unsafe { &*span };
     // SAFETY: the span's heap is the caller's own pool heap.
@@ -209,11 +252,7 @@ unsafe fn free_local_slow(span: *mut Span) {
         }
         // The current span is pinned: reaching zero means a block was freed
         // twice.
-        _ => diag::fatal_pointer(
-            "free",
-            "double free (block count underflow)",
-            s.free_head().cast(),
-        ),
+        _ => diag::fatal_pointer("free", "double free (block count underflow)", p),
     }
 }
 
@@ -278,8 +317,11 @@ impl Heap {
         if current != empty_span() {
             // SAFETY: a real current span of this heap.
             let s = unsafe { &*current };
+            if s.free_list_is_corrupt() {
+                s.report_corrupt_list();
+            }
             s.collect_remote();
-            if !s.free_head().is_null() || s.extend() {
+            if s.has_free() || s.extend() {
                 return Some(current);
             }
             // Exhausted: unpin and park it until blocks come back.
@@ -292,7 +334,7 @@ impl Heap {
         let span = self.find_span(class)?;
         // SAFETY: `find_span` returns a span of this heap in no list.
         let s = unsafe { &*span };
-        if s.free_head().is_null() && !s.extend() {
+        if !s.has_free() && !s.extend() {
             diag::fatal("refill found a span without room");
         }
         s.set_state(SpanState::Current);
@@ -359,7 +401,7 @@ impl Heap {
             // SAFETY: as above.
             let s = unsafe { &*span };
             s.collect_remote();
-            if !s.free_head().is_null() {
+            if s.has_free() {
                 // Possibly entirely free: reuse it rather than retire it and
                 // take it (or another) back from the arena.
                 return Some(span);
@@ -473,7 +515,7 @@ impl Heap {
                     purged += state.retire_span(span);
                 }
                 budget.progress();
-            } else if which == SpanState::Full && !s.free_head().is_null() {
+            } else if which == SpanState::Full && s.has_free() {
                 // SAFETY: a member; then unlinked.
                 unsafe {
                     list.remove(span);

@@ -44,7 +44,7 @@ use core::ptr;
 use arena::Arena;
 use segment::{Segment, SegmentKind, OWNERSHIP};
 use size_class::{class_of_aligned, class_size, MEDIUM_MAX};
-use span::{Block, SpanState};
+use span::SpanState;
 
 pub use stats::{ArenaStats, Stats};
 
@@ -64,12 +64,9 @@ fn out_of_memory() -> *mut u8 {
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= MEDIUM_MAX {
-        // SAFETY: the current heap belongs to this thread.
-        let p = thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) });
-        if p.is_null() {
-            return out_of_memory();
-        }
-        p
+        // SAFETY: the current heap belongs to this thread. A null result
+        // has errno set already (by the slow path).
+        thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) })
     } else {
         alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false)
     }
@@ -214,7 +211,7 @@ pub unsafe fn free(p: *mut u8) {
             let owner = unsafe { (*span).owner_thread() };
             if owner == thread::current_thread_id() {
                 // SAFETY: this thread owns the span; `p` is its block.
-                thread::inside_allocator(|| unsafe { heap::free_local(span, p.cast::<Block>()) });
+                thread::inside_allocator(|| unsafe { heap::free_local(span, p) });
             } else {
                 // SAFETY: as above, from another thread.
                 unsafe { free_remote(span, p) };
@@ -228,12 +225,13 @@ pub unsafe fn free(p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
-    {
+    let index = {
         // SAFETY: the span metadata is live (its segment is mapped, and it
         // holds `p`); this reference ends before the push below, after which
         // the owner may recycle the span.
         let s = unsafe { &*span };
-        if s.state() == SpanState::Free || !s.is_block_start(p) {
+        let index = s.index_of(p);
+        if s.state() == SpanState::Free || index >= s.reserved() {
             let problem = if OWNERSHIP.region_of(p as usize).is_none() {
                 "pointer was not allocated by arenalloc"
             } else {
@@ -241,9 +239,11 @@ unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
             };
             diag::fatal_pointer("free", problem, p);
         }
-    }
-    // SAFETY: `p` is a live block of `span` given up by the caller.
-    unsafe { span::free_remote(span, p.cast::<Block>()) };
+        index
+    };
+    // SAFETY: a block start of the live span, given up by the caller;
+    // `free_remote` checks that it does not look freed already.
+    unsafe { span::free_remote(span, p, index) };
 }
 
 /// Bytes usable in the block `p` (at least what was asked for).
@@ -287,6 +287,8 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     }
     let (old_usable, arena) = match owner_of(p, "realloc") {
         Owner::Span(span) => {
+            // SAFETY: `span` is the span the segment maps `p` to.
+            unsafe { check_block_in_use(span, p, "realloc") };
             // SAFETY: live span metadata.
             let usable = unsafe { (*span).block_size() };
             // Keep the block if it fits and would not be mostly empty.
@@ -322,6 +324,34 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
         free(p);
     }
     q
+}
+
+/// Aborts with a message unless `p` is a block in use of `span`: a block
+/// start of a live span that does not look freed (the owner confirms a
+/// suspect on its lists; for another thread the look is the answer: a
+/// block handed out never looks freed, and data decode to a link with a
+/// chance of one in 2^50).
+///
+/// # Safety
+/// `span` is the span entry that the segment of `p` maps `p` to.
+unsafe fn check_block_in_use(span: *mut span::Span, p: *mut u8, operation: &str) {
+    // SAFETY: span entries live in mapped segment headers.
+    let s = unsafe { &*span };
+    let index = s.index_of(p);
+    if s.state() == SpanState::Free || index >= s.reserved() {
+        diag::fatal_pointer(operation, "pointer is not a block in use", p);
+    }
+    // SAFETY: a block start of the span.
+    if unsafe { s.looks_free(p) } {
+        let freed = if s.owner_thread() == thread::current_thread_id() {
+            thread::inside_allocator(|| s.is_listed_free(index))
+        } else {
+            true
+        };
+        if freed {
+            diag::fatal_pointer(operation, "block was freed already", p);
+        }
+    }
 }
 
 /// The arena that owns the live block `p` (from its segment or large header).

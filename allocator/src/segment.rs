@@ -9,7 +9,7 @@
 //!  │ spans[64]│          │          │     │          │
 //!  └──────────┴──────────┴──────────┴─────┴──────────┘
 //!  block p → segment = p & !(4 MiB - 1) → slice = (p - segment) >> 16
-//!          → spans[slice] → head span (minus head_offset)
+//!          → span_heads[slice] → head span
 //! ```
 //!
 //! Large blocks get a mapping of their own with the same [`SegmentHeader`]
@@ -19,7 +19,7 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arena::Arena;
 use crate::os;
@@ -57,6 +57,11 @@ pub struct SegmentHeader {
 #[repr(C)]
 pub struct Segment {
     pub header: SegmentHeader,
+    /// Per slice, the head span of the span that covers it, or the slice's
+    /// own (free-state) entry: `free` finds a block's span with one load.
+    /// Written under the arena lock while the slices hold no block; read by
+    /// any thread that frees a block.
+    span_heads: [AtomicPtr<Span>; SLICES_PER_SEGMENT],
     /// Bit `i` set: slice `i` is free. Arena lock.
     free_slices: Cell<u64>,
     /// Bit `i` set: slice `i` may hold resident pages (it was used since it
@@ -98,6 +103,11 @@ impl Segment {
                 arena: arena.as_ptr(),
             });
             ptr::addr_of_mut!((*segment).free_slices).write(Cell::new(USABLE_SLICES));
+        }
+        // SAFETY: initialised above; shared references only from here on.
+        let seg = unsafe { &*segment };
+        for (head, own) in seg.span_heads.iter().zip(&seg.spans) {
+            head.store(own as *const Span as *mut Span, Ordering::Relaxed);
         }
         // Slices never used count as free since now (see `free_since`): the
         // purger gives back their address space only after the purge delay,
@@ -285,10 +295,13 @@ impl Segment {
         self.free_slices.set(self.free_slices.get() & !run_mask);
         self.dirty_slices.set(self.dirty_slices.get() | run_mask);
         let run = self.spans.get(first..first + count)?;
-        for (offset, tail) in run.iter().enumerate().skip(1) {
-            tail.init_tail(offset);
-        }
         let head = run.first()?;
+        for tail in run.iter().skip(1) {
+            tail.init_tail();
+        }
+        for entry in self.span_heads.iter().skip(first).take(count) {
+            entry.store(head as *const Span as *mut Span, Ordering::Relaxed);
+        }
         head.init(
             self.slice_start(first),
             count,
@@ -310,11 +323,18 @@ impl Segment {
         let count = s.slice_count();
         s.clear();
         let now = os::now_ms();
-        for slice in self.spans.iter().skip(index).take(count) {
-            // A tail entry must not lead to a head any more: its slice may
-            // be unmapped and its address someone else's.
-            slice.init_tail(0);
+        for (slice, head) in self
+            .spans
+            .iter()
+            .zip(&self.span_heads)
+            .skip(index)
+            .take(count)
+        {
+            // A free slice leads to its own free entry, not to a head: it
+            // may be unmapped and its address someone else's.
+            slice.init_tail();
             slice.set_freed_ms(now);
+            head.store(slice as *const Span as *mut Span, Ordering::Relaxed);
         }
         self.free_slices
             .set(self.free_slices.get() | run_mask(index, count));
@@ -365,7 +385,8 @@ impl Segment {
         let mut i = FIRST_USABLE_SLICE;
         while i < SLICES_PER_SEGMENT {
             let span = &self.spans[i];
-            if self.free_slices.get() & (1 << i) == 0 && span.head_offset() == 0 {
+            let is_head = core::ptr::eq(self.span_heads[i].load(Ordering::Relaxed), span);
+            if self.free_slices.get() & (1 << i) == 0 && is_head {
                 f(span);
                 i += span.slice_count().max(1);
             } else {
@@ -447,11 +468,11 @@ pub fn segment_base(p: usize) -> usize {
 #[inline(always)]
 pub unsafe fn span_of(segment: *mut Segment, p: *mut u8) -> *mut Span {
     let slice = (p as usize - segment as usize) >> SLICE_SHIFT;
-    // SAFETY: `slice` < SLICES_PER_SEGMENT because `p` is inside `segment`,
-    // and a slice's head_offset never leads outside its segment.
+    // SAFETY: `slice` < SLICES_PER_SEGMENT because `p` is inside `segment`;
+    // every entry leads to a span entry of the same segment.
     unsafe {
-        let entry = ptr::addr_of!((*segment).spans).cast::<Span>().add(slice);
-        entry.sub((*entry).head_offset()).cast_mut()
+        let heads = ptr::addr_of!((*segment).span_heads).cast::<AtomicPtr<Span>>();
+        (*heads.add(slice)).load(Ordering::Relaxed)
     }
 }
 
@@ -545,11 +566,13 @@ impl OwnershipMap {
     #[inline(always)]
     pub fn header_of(&self, p: usize) -> Option<*mut SegmentHeader> {
         let base = segment_base(p);
-        let (word, bit) = Self::bit(base)?;
-        if self.direct.get(word)?.load(Ordering::Acquire) & bit != 0 {
+        let index = base >> SEGMENT_SHIFT;
+        let word = self.direct.get(index / 64)?.load(Ordering::Acquire);
+        // A shift and a test, not a mask built first (one bit test on x86).
+        if (word >> (index % 64)) & 1 != 0 {
             return Some(base as *mut SegmentHeader);
         }
-        self.header_of_shifted(word, bit, base)
+        self.header_of_shifted(base)
     }
 
     /// The header of the region of ours that holds `p`: as [`header_of`],
@@ -578,7 +601,9 @@ impl OwnershipMap {
     }
 
     #[cold]
-    fn header_of_shifted(&self, word: usize, bit: u64, base: usize) -> Option<*mut SegmentHeader> {
+    #[inline(never)]
+    fn header_of_shifted(&self, base: usize) -> Option<*mut SegmentHeader> {
+        let (word, bit) = Self::bit(base)?;
         if self.shifted.get(word)?.load(Ordering::Acquire) & bit != 0 {
             Some((base - SEGMENT_SIZE) as *mut SegmentHeader)
         } else {

@@ -9,6 +9,22 @@
 //! - `thread_free`: blocks freed by other threads, pushed with one CAS and
 //!   taken all at once by the owner (`collect_remote`).
 //!
+//! Links are hardened against heap overflows and writes after free: a list
+//! names blocks by index, not address, and the word stored in a free block
+//! is `rotate_left(next index, 51) ^ key`, with a random key per span life.
+//! The index sits in the word's top 13 bits, under the key. Decoding a word
+//! that the list did not write (an attacker's, a live block's data) gives a
+//! number far above the span's block count unless its low 51 bits match the
+//! key's; an overflow from the block below writes the low bytes first, so
+//! it is caught unless it guesses 48 bits of the key. A corrupted link is
+//! reported before it is followed, and it can only ever lead to a block
+//! start of the same span. The list end is
+//! the index `reserved` (the block count), so one compare tells "a block",
+//! "the end" and "corrupt" apart. Blocks handed out have their link word
+//! cleared, so a live block never looks free; a block being freed whose
+//! first word decodes to a link is probably freed already (a double free),
+//! which the owner confirms by walking its lists.
+//!
 //! `used` counts blocks handed out and not yet back on `free`. It is written
 //! only by the owner (plain load/store, never a read-modify-write) and read
 //! racily by statistics.
@@ -18,18 +34,16 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::heap::Heap;
 use crate::os::PAGE_SIZE;
 use crate::segment::SLICE_SIZE;
 use crate::size_class::{MAX_BLOCKS_PER_SPAN, MAX_SPAN_SLICES};
 
-/// A free block: its first word links to the next free block.
-#[repr(C)]
-pub struct Block {
-    pub next: *mut Block,
-}
+/// The first word of a block: in a free block, the encoded index of the
+/// next free block; in a block handed out, 0 until the program writes it.
+type LinkWord = u64;
 
 /// Where a span is, which says who may touch its owner-only fields.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,11 +64,22 @@ pub enum SpanState {
 /// Span metadata. Shared between threads through `&Span` only: fields that
 /// only the owner (or the arena-lock holder) writes are `Cell`s, fields that
 /// other threads read or write are atomics (relaxed loads and stores compile
-/// to plain moves).
-#[repr(C)]
+/// to plain moves). The fields the fast paths touch come first, in one cache
+/// line; `thread_free`, which other threads write, starts the next one.
+#[repr(C, align(64))]
 pub struct Span {
-    /// Owner's free list.
-    free: Cell<*mut Block>,
+    /// Index of the first block of the owner's free list (`reserved`: none;
+    /// more: the list was corrupted). 64 bits so that a corrupted link is
+    /// kept whole until it is checked.
+    free: Cell<u64>,
+    /// Key of this span life's links (bit 0 set, so a zero word never
+    /// decodes to a link).
+    key: AtomicU64,
+    /// First block (fixed while the span is in use).
+    start: AtomicPtr<u8>,
+    /// `block_size >> shift`'s inverse modulo 2^64: turns a block's offset
+    /// into its index with one multiply (see [`Span::index_of`]).
+    inverse: AtomicU64,
     /// Blocks out (including remote frees not yet collected; plus one while
     /// the span is its heap's current span, so the owner's free path never
     /// sees zero for it).
@@ -62,28 +87,27 @@ pub struct Span {
     /// Block size; set while the span has no live block, read by any thread
     /// holding one of its blocks.
     block_size: AtomicU32,
-    /// Blocks carved from the bump region so far. Owner only.
-    capacity: Cell<u32>,
-    /// Blocks that fit in the span (fixed while the span is in use).
+    /// Blocks that fit in the span (fixed while the span is in use); also
+    /// the index that ends a list.
     reserved: AtomicU32,
-    class: Cell<u8>,
+    /// Trailing zero bits of `block_size`.
+    shift: AtomicU8,
     /// A `SpanState`.
     state: AtomicU8,
+    class: Cell<u8>,
     /// Slices in this span (valid in the head slice). Arena lock.
     slice_count: Cell<u8>,
-    /// Distance in slices from this slice to its span's head slice; read by
-    /// `free` from any thread, written only while the slice holds no block.
-    head_offset: AtomicU8,
     /// Thread that owns the span (0: none; `DEAD_OWNER`: a thread that did
     /// not survive a fork). Compared on every free to tell a local free from
     /// a remote one.
     owner_thread: AtomicUsize,
     /// Owning heap (null when free or abandoned). Owner and arena lock only.
     heap: Cell<*mut Heap>,
-    /// Blocks freed by threads other than the owner.
-    thread_free: AtomicPtr<Block>,
-    /// First block (fixed while the span is in use).
-    start: AtomicPtr<u8>,
+    /// Index of the first block freed by a thread other than the owner
+    /// (`reserved`: none). In its own cache line: other threads write it.
+    thread_free: Aligned64<AtomicU64>,
+    /// Blocks carved from the bump region so far. Owner only.
+    capacity: Cell<u32>,
     /// Links in a heap list or the arena's abandoned list.
     next: Cell<*mut Span>,
     prev: Cell<*mut Span>,
@@ -106,6 +130,10 @@ pub struct Span {
     used_at_purge: Cell<u32>,
 }
 
+/// A value alone in its cache line.
+#[repr(C, align(64))]
+struct Aligned64<T>(T);
+
 /// Pages in the largest span.
 const SPAN_MAX_PAGES: usize = MAX_SPAN_SLICES * SLICE_SIZE / PAGE_SIZE;
 const PURGE_WORDS: usize = SPAN_MAX_PAGES / 64;
@@ -126,19 +154,21 @@ impl Span {
     /// of these until it has a real span, so the fast path needs no null test.
     pub const fn empty() -> Span {
         Span {
-            free: Cell::new(ptr::null_mut()),
+            free: Cell::new(0),
+            key: AtomicU64::new(1),
+            start: AtomicPtr::new(ptr::null_mut()),
+            inverse: AtomicU64::new(0),
             used: AtomicU32::new(0),
             block_size: AtomicU32::new(0),
-            capacity: Cell::new(0),
             reserved: AtomicU32::new(0),
-            class: Cell::new(0),
+            shift: AtomicU8::new(0),
             state: AtomicU8::new(SpanState::Free as u8),
+            class: Cell::new(0),
             slice_count: Cell::new(0),
-            head_offset: AtomicU8::new(0),
             owner_thread: AtomicUsize::new(0),
             heap: Cell::new(ptr::null_mut()),
-            thread_free: AtomicPtr::new(ptr::null_mut()),
-            start: AtomicPtr::new(ptr::null_mut()),
+            thread_free: Aligned64(AtomicU64::new(0)),
+            capacity: Cell::new(0),
             next: Cell::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
             purged_pages: [const { Cell::new(0) }; PURGE_WORDS],
@@ -159,30 +189,34 @@ impl Span {
         class: u8,
         block_size: usize,
     ) {
-        self.free.set(ptr::null_mut());
+        let reserved = slice_bytes.checked_div(block_size).unwrap_or(0) as u64;
+        let shift = block_size.trailing_zeros() % usize::BITS;
+        self.free.set(reserved);
+        self.key.store(new_span_key(start), Ordering::Relaxed);
         self.used.store(0, Ordering::Relaxed);
         self.block_size.store(block_size as u32, Ordering::Relaxed);
-        self.capacity.set(0);
-        self.reserved.store(
-            slice_bytes.checked_div(block_size).unwrap_or(0) as u32,
+        self.shift.store(shift as u8, Ordering::Relaxed);
+        self.inverse.store(
+            odd_inverse(((block_size >> shift) as u64) | 1),
             Ordering::Relaxed,
         );
+        self.capacity.set(0);
+        self.reserved.store(reserved as u32, Ordering::Relaxed);
         self.class.set(class);
         self.set_state(SpanState::Free);
         self.slice_count.set(slice_count as u8);
-        self.head_offset.store(0, Ordering::Relaxed);
         self.owner_thread.store(0, Ordering::Relaxed);
         self.heap.set(ptr::null_mut());
-        self.thread_free.store(ptr::null_mut(), Ordering::Relaxed);
+        self.thread_free.0.store(reserved, Ordering::Relaxed);
         self.start.store(start, Ordering::Relaxed);
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
         self.forget_purged();
     }
 
-    /// Marks a slice as the `offset`-th tail slice of a span. Arena lock.
-    pub fn init_tail(&self, offset: usize) {
-        self.head_offset.store(offset as u8, Ordering::Relaxed);
+    /// Marks a slice's entry as not a span of its own (a tail slice, or a
+    /// free one). Arena lock.
+    pub fn init_tail(&self) {
         self.set_state(SpanState::Free);
     }
 
@@ -203,6 +237,9 @@ impl Span {
         self.forget_purged();
         self.set_state(SpanState::Free);
         self.block_size.store(0, Ordering::Relaxed);
+        self.reserved.store(0, Ordering::Relaxed);
+        self.free.set(0);
+        self.thread_free.0.store(0, Ordering::Relaxed);
         self.owner_thread.store(0, Ordering::Relaxed);
         self.heap.set(ptr::null_mut());
     }
@@ -239,14 +276,153 @@ impl Span {
         self.used.store(value, Ordering::Relaxed)
     }
 
+    /// Blocks that fit in the span; the index that ends its lists.
     #[inline(always)]
-    pub fn free_head(&self) -> *mut Block {
-        self.free.get()
+    pub fn reserved(&self) -> u64 {
+        u64::from(self.reserved.load(Ordering::Relaxed))
+    }
+
+    /// How this span life encodes its links.
+    #[inline(always)]
+    pub fn link_code(&self) -> LinkCode {
+        LinkCode {
+            key: self.key.load(Ordering::Relaxed),
+        }
     }
 
     #[inline(always)]
-    pub fn set_free_head(&self, block: *mut Block) {
-        self.free.set(block)
+    fn block_at(&self, index: u64) -> *mut u8 {
+        let start = self.start.load(Ordering::Relaxed);
+        start.wrapping_add(index as usize * self.block_size())
+    }
+
+    /// Takes the first block of the owner's free list (null if the list is
+    /// empty or corrupt: see [`Span::free_list_is_corrupt`]) and clears its
+    /// link word. Owner only.
+    #[inline(always)]
+    pub fn pop(&self) -> *mut u8 {
+        let index = self.free.get();
+        if index >= self.reserved() {
+            return ptr::null_mut();
+        }
+        let block = self.block_at(index);
+        // SAFETY: `index` is below `reserved` (checked above), so `block` is
+        // a block start of this span, on its free list: its first word is
+        // its encoded link, and it is ours to hand out.
+        unsafe {
+            let word = block.cast::<LinkWord>();
+            self.free.set(self.link_code().decode(word.read()));
+            word.write(0);
+        }
+        block
+    }
+
+    /// Whether the owner's free list has a block.
+    #[inline(always)]
+    pub fn has_free(&self) -> bool {
+        self.free.get() < self.reserved()
+    }
+
+    /// Whether the owner's free list leads to something that is not a
+    /// block of this span: a link word was overwritten.
+    pub fn free_list_is_corrupt(&self) -> bool {
+        self.free.get() > self.reserved()
+    }
+
+    /// The index of the block that starts at `p`, or a number of at least
+    /// `reserved` if `p` is not a block start of this span: for a valid
+    /// offset `i * size`, multiplying by the inverse of the size's odd part
+    /// leaves `i << shift`, and the rotation gives `i`; any other offset
+    /// leaves low bits that the rotation moves to the top. Reads only fields
+    /// fixed while the span is in use, so any thread may ask.
+    #[inline(always)]
+    pub fn index_of(&self, p: *mut u8) -> u64 {
+        let start = self.start.load(Ordering::Relaxed) as u64;
+        let offset = (p as u64).wrapping_sub(start);
+        offset
+            .wrapping_mul(self.inverse.load(Ordering::Relaxed))
+            .rotate_right(u32::from(self.shift.load(Ordering::Relaxed)))
+    }
+
+    /// Whether `p` is the start of a block of this span (not an interior or
+    /// out-of-range pointer).
+    #[inline(always)]
+    pub fn is_block_start(&self, p: *mut u8) -> bool {
+        self.index_of(p) < self.reserved()
+    }
+
+    /// Whether the block at `p` (a block start of this span) looks free:
+    /// its first word decodes to a link. A block handed out has that word
+    /// cleared, and a program's own data decodes to a link with a chance of
+    /// one in 2^50 or less; so this is almost surely a block freed already.
+    ///
+    /// # Safety
+    /// `p` lies in this span's mapped memory.
+    #[inline(always)]
+    pub unsafe fn looks_free(&self, p: *mut u8) -> bool {
+        // SAFETY: the caller's guarantee.
+        unsafe { looks_like_link(p, self.link_code(), self.reserved()) }
+    }
+
+    /// Puts the block `p`, of index `index`, on the owner's free list;
+    /// `key` is [`Span::key`]. Owner only.
+    ///
+    /// # Safety
+    /// `p` is the block of index `index` of this span, given up by the
+    /// caller.
+    #[inline(always)]
+    pub unsafe fn push_local(&self, p: *mut u8, index: u64, code: LinkCode) {
+        let head = self.free.get();
+        // SAFETY: the caller gives the block up; its first word is ours.
+        unsafe { p.cast::<LinkWord>().write(code.encode(head)) };
+        self.free.set(index);
+    }
+
+    /// Whether the block of index `index` is on the owner's free list or
+    /// on the list of blocks other threads freed: the owner's check of a
+    /// suspected double free. Aborts on a corrupt list. Owner only.
+    pub fn is_listed_free(&self, index: u64) -> bool {
+        let head = self.thread_free.0.load(Ordering::Acquire);
+        self.list_contains(self.free.get(), index) || self.list_contains(head, index)
+    }
+
+    /// Whether the list starting at `first` holds `index`. Pushes only
+    /// prepend, so a list that another thread extends meanwhile is walked
+    /// safely from a snapshot of its head.
+    fn list_contains(&self, first: u64, index: u64) -> bool {
+        let reserved = self.reserved();
+        let code = self.link_code();
+        let mut at = first;
+        let mut steps = 0;
+        while at < reserved {
+            if at == index {
+                return true;
+            }
+            steps += 1;
+            if steps > reserved {
+                crate::diag::fatal_pointer(
+                    "free",
+                    "free list has a cycle (double free)",
+                    self.block_at(at),
+                );
+            }
+            // SAFETY: `at` < reserved: a free block of this span.
+            at = code.decode(unsafe { self.block_at(at).cast::<LinkWord>().read() });
+        }
+        if at != reserved {
+            self.report_corrupt_list();
+        }
+        false
+    }
+
+    /// Aborts: a list of this span leads outside it.
+    #[cold]
+    pub fn report_corrupt_list(&self) -> ! {
+        crate::diag::fatal_pointer(
+            "malloc",
+            "free list corrupted (a freed block was overwritten) in the span at",
+            self.start.load(Ordering::Relaxed),
+        )
     }
 
     #[inline(always)]
@@ -260,11 +436,6 @@ impl Span {
 
     pub fn slice_count(&self) -> usize {
         self.slice_count.get() as usize
-    }
-
-    #[inline(always)]
-    pub fn head_offset(&self) -> usize {
-        self.head_offset.load(Ordering::Relaxed) as usize
     }
 
     #[inline(always)]
@@ -283,18 +454,7 @@ impl Span {
     }
 
     pub fn has_remote_frees(&self) -> bool {
-        !self.thread_free.load(Ordering::Relaxed).is_null()
-    }
-
-    /// Whether `p` is the start of a block of this span (not an interior or
-    /// out-of-range pointer). Reads only fields that are fixed while the span
-    /// is in use, so any thread may ask.
-    pub fn is_block_start(&self, p: *mut u8) -> bool {
-        let size = self.block_size();
-        let offset = (p as usize).wrapping_sub(self.start.load(Ordering::Relaxed) as usize);
-        size != 0
-            && offset < self.reserved.load(Ordering::Relaxed) as usize * size
-            && offset.is_multiple_of(size)
+        self.thread_free.0.load(Ordering::Relaxed) != self.reserved()
     }
 
     /// When this free slice became free. Arena lock.
@@ -330,7 +490,7 @@ impl Span {
     /// has not moved since its last purge is skipped in O(1).
     pub fn purge_free_pages(&self) -> usize {
         let used = self.used();
-        if self.free.get().is_null() || used == self.used_at_purge.get() {
+        if !self.has_free() || used == self.used_at_purge.get() {
             return 0;
         }
         self.used_at_purge.set(used);
@@ -343,15 +503,7 @@ impl Span {
         // Which carved blocks are free: on the free list, or parked by an
         // earlier purge (capacity does not grow while blocks are parked).
         let mut free_marks = [0u64; FREE_MARK_WORDS];
-        let mut block = self.free.get();
-        while !block.is_null() {
-            let index = (block as usize).wrapping_sub(start) / size;
-            if index >= capacity || !set_bit(&mut free_marks, index) {
-                crate::diag::fatal_pointer("free", "free list corrupted", block.cast());
-            }
-            // SAFETY: a free block of this span: its first word is its link.
-            block = unsafe { (*block).next };
-        }
+        self.mark_free_list(&mut free_marks, capacity);
         for index in 0..self.purged_capacity.get() as usize {
             if self.page_is_purged(index * size / PAGE_SIZE) {
                 set_bit(&mut free_marks, index);
@@ -380,25 +532,30 @@ impl Span {
         for (word, new) in self.purged_pages.iter().zip(goes) {
             word.set(word.get() | new);
         }
-        // Park the listed free blocks that now start in a purged page.
-        let mut kept_head: *mut Block = ptr::null_mut();
-        let mut kept_tail: *mut Block = ptr::null_mut();
-        let mut block = self.free.get();
-        while !block.is_null() {
-            // SAFETY: as above.
-            let next = unsafe { (*block).next };
-            if !bit(&goes, ((block as usize) - start) / PAGE_SIZE) {
-                // SAFETY: relinking free blocks of this span.
-                unsafe { (*block).next = ptr::null_mut() };
+        // Park the listed free blocks that now start in a purged page: the
+        // others are linked again, in their list order.
+        let (reserved, code) = (self.reserved(), self.link_code());
+        let mut kept_head = reserved;
+        let mut kept_tail: *mut u8 = ptr::null_mut();
+        let mut index = self.free.get();
+        while index < reserved {
+            let block = self.block_at(index);
+            // SAFETY: a free block of this span: its first word is its link.
+            let next = code.decode(unsafe { block.cast::<LinkWord>().read() });
+            if !bit(&goes, (block as usize - start) / PAGE_SIZE) {
                 if kept_tail.is_null() {
-                    kept_head = block;
+                    kept_head = index;
                 } else {
-                    // SAFETY: as above.
-                    unsafe { (*kept_tail).next = block };
+                    // SAFETY: relinking free blocks of this span.
+                    unsafe { kept_tail.cast::<LinkWord>().write(code.encode(index)) };
                 }
                 kept_tail = block;
             }
-            block = next;
+            index = next;
+        }
+        if !kept_tail.is_null() {
+            // SAFETY: as above.
+            unsafe { kept_tail.cast::<LinkWord>().write(code.encode(reserved)) };
         }
         self.free.set(kept_head);
         self.purged_capacity.set(capacity as u32);
@@ -427,31 +584,63 @@ impl Span {
         purged
     }
 
+    /// Marks the blocks of the owner's free list in `marks`, aborting if
+    /// the list leads past the `capacity` carved blocks (corrupt) or to a
+    /// block twice (a double free made it a cycle or a duplicate).
+    fn mark_free_list(&self, marks: &mut [u64], capacity: usize) {
+        let (reserved, code) = (self.reserved(), self.link_code());
+        let mut index = self.free.get();
+        while index < reserved {
+            if index as usize >= capacity {
+                self.report_corrupt_list();
+            }
+            if bit(marks, index as usize) {
+                crate::diag::fatal_pointer("free", "double free", self.block_at(index));
+            }
+            set_bit(marks, index as usize);
+            // SAFETY: a free block of this span: its first word is its link.
+            index = code.decode(unsafe { self.block_at(index).cast::<LinkWord>().read() });
+        }
+        if index != reserved {
+            self.report_corrupt_list();
+        }
+    }
+
     /// Puts the parked blocks of the last purge back on the free list (their
-    /// pages fault back in, zeroed, as they are used). Owner only.
+    /// pages fault back in, zeroed, as they are used). A parked block found
+    /// on the free list too was freed twice. Owner only.
     fn restore_parked(&self) -> bool {
         let parked_below = self.purged_capacity.get() as usize;
         if parked_below == 0 {
             return false;
         }
         let size = self.block_size();
-        let start = self.start.load(Ordering::Relaxed) as usize;
+        let mut listed = [0u64; FREE_MARK_WORDS];
+        self.mark_free_list(&mut listed, self.capacity.get() as usize);
+        let code = self.link_code();
         let mut head = self.free.get();
         // Link in reverse so the list runs in address order.
         let mut index = parked_below;
         while index > 0 {
             index -= 1;
             if self.page_is_purged(index * size / PAGE_SIZE) {
-                let block = (start + index * size) as *mut Block;
+                let block = self.block_at(index as u64);
+                if bit(&listed, index) {
+                    crate::diag::fatal_pointer(
+                        "free",
+                        "double free (of a block purged meanwhile)",
+                        block,
+                    );
+                }
                 // SAFETY: a parked block: free, of this span, in mapped
                 // (purged, so zero-filled on touch) memory.
-                unsafe { (*block).next = head };
-                head = block;
+                unsafe { block.cast::<LinkWord>().write(code.encode(head)) };
+                head = index as u64;
             }
         }
         self.free.set(head);
         self.forget_purged();
-        !head.is_null()
+        self.has_free()
     }
 
     /// Makes free blocks available: first the blocks parked by a purge,
@@ -469,17 +658,20 @@ impl Span {
         let size = self.block_size();
         let per_page = PAGE_SIZE.checked_div(size).unwrap_or(0).max(1) as u32;
         let count = left.min(per_page);
-        let first = self.start.load(Ordering::Relaxed) as usize + capacity as usize * size;
+        let code = self.link_code();
         // Link in address order so consecutive mallocs are adjacent.
         let mut next = self.free.get();
-        let mut i = count as usize;
-        while i > 0 {
-            i -= 1;
-            let block = (first + i * size) as *mut Block;
-            // SAFETY: `block` lies in the span's never-used bump region, which
-            // belongs to this span and is mapped read-write.
-            unsafe { (*block).next = next };
-            next = block;
+        let mut index = u64::from(capacity + count);
+        while index > u64::from(capacity) {
+            index -= 1;
+            // SAFETY: the block lies in the span's never-used bump region,
+            // which belongs to this span and is mapped read-write.
+            unsafe {
+                self.block_at(index)
+                    .cast::<LinkWord>()
+                    .write(code.encode(next))
+            };
+            next = index;
         }
         self.free.set(next);
         self.capacity.set(capacity + count);
@@ -487,25 +679,43 @@ impl Span {
     }
 
     /// Moves blocks freed by other threads onto the owner's free list and
-    /// returns how many there were. Owner only.
+    /// returns how many there were. Aborts on a corrupt list or one with a
+    /// block pushed twice. Owner only.
     pub fn collect_remote(&self) -> u32 {
         if !self.has_remote_frees() {
             return 0;
         }
-        let mut list = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
-        let mut free = self.free.get();
-        let mut count = 0u32;
-        while !list.is_null() {
+        let (reserved, code) = (self.reserved(), self.link_code());
+        let first = self.thread_free.0.swap(reserved, Ordering::Acquire);
+        // Walk to the tail, counting; the links are already encoded with
+        // this span's key, so the list is spliced in front of `free` whole.
+        let mut count = 0u64;
+        let mut tail = ptr::null_mut::<u8>();
+        let mut index = first;
+        while index < reserved {
+            count += 1;
+            if count > reserved {
+                crate::diag::fatal_pointer(
+                    "free",
+                    "double free (a block freed twice by other threads)",
+                    self.block_at(index),
+                );
+            }
+            tail = self.block_at(index);
             // SAFETY: every block on thread_free was pushed by `free_remote`
             // and is not live; the Acquire swap made its link visible.
-            let next = unsafe { (*list).next };
-            // SAFETY: as above; the block is ours again, relink it.
-            unsafe { (*list).next = free };
-            free = list;
-            list = next;
-            count += 1;
+            index = code.decode(unsafe { tail.cast::<LinkWord>().read() });
         }
-        self.free.set(free);
+        if index != reserved {
+            self.report_corrupt_list();
+        }
+        if tail.is_null() {
+            return 0;
+        }
+        // SAFETY: the tail is a block of the list just taken: ours now.
+        unsafe { tail.cast::<LinkWord>().write(code.encode(self.free.get())) };
+        self.free.set(first);
+        let count = count as u32;
         match self.used().checked_sub(count) {
             Some(used) => self.set_used(used),
             None => crate::diag::fatal("more blocks freed than allocated in a span (double free)"),
@@ -516,10 +726,83 @@ impl Span {
     /// Whether the owner can hand out a block from this span without more
     /// work than `extend`.
     pub fn has_room(&self) -> bool {
-        !self.free.get().is_null()
+        self.has_free()
             || self.parked.get() != 0
             || self.capacity.get() < self.reserved.load(Ordering::Relaxed)
     }
+}
+
+/// Whether the first word at `p` decodes, with `key`, to a link of a list
+/// whose end is `reserved` (see [`Span::looks_free`]).
+///
+/// # Safety
+/// `p` is readable for 8 bytes.
+#[inline(always)]
+pub unsafe fn looks_like_link(p: *mut u8, code: LinkCode, reserved: u64) -> bool {
+    // SAFETY: the caller's guarantee.
+    let word = unsafe { p.cast::<LinkWord>().read() };
+    code.decode(word) <= reserved
+}
+
+/// How one span life encodes the links of its lists (see the module).
+#[derive(Clone, Copy)]
+pub struct LinkCode {
+    key: u64,
+}
+
+/// Where an index sits in a link word: its top 13 bits.
+const LINK_ROTATION: u32 = 51;
+
+impl LinkCode {
+    #[inline(always)]
+    fn encode(self, index: u64) -> LinkWord {
+        index.rotate_left(LINK_ROTATION) ^ self.key
+    }
+
+    #[inline(always)]
+    fn decode(self, word: LinkWord) -> u64 {
+        (word ^ self.key).rotate_right(LINK_ROTATION)
+    }
+}
+
+/// A per-process secret for the span keys (0: not drawn yet).
+static KEY_SECRET: AtomicU64 = AtomicU64::new(0);
+/// Span lives begun, so that a span reused at the same address gets
+/// another key.
+static KEY_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh key for the links of a span life starting at `start`: the
+/// process secret mixed with the address and a counter, bit 0 set (a zero
+/// word then decodes to an index with its top bit set: never a link).
+fn new_span_key(start: *mut u8) -> u64 {
+    let mut secret = KEY_SECRET.load(Ordering::Relaxed);
+    if secret == 0 {
+        // Two threads may both draw one; either secret is as good.
+        secret = crate::os::random_u64() | 1;
+        KEY_SECRET.store(secret, Ordering::Relaxed);
+    }
+    let n = KEY_COUNTER.fetch_add(1, Ordering::Relaxed);
+    splitmix(secret ^ (start as u64) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
+}
+
+/// SplitMix64's finaliser: a bijection that mixes every input bit into
+/// every output bit.
+fn splitmix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The inverse of the odd number `d` modulo 2^64 (Newton's iteration: each
+/// step doubles the correct low bits, from 3).
+const fn odd_inverse(d: u64) -> u64 {
+    let mut x = d;
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(d.wrapping_mul(x)));
+        i += 1;
+    }
+    x
 }
 
 /// Bit `i` of a bitmap (false past its end).
@@ -538,33 +821,39 @@ fn set_bit(words: &mut [u64], i: usize) -> bool {
     }
 }
 
-/// Pushes `block` on `span`'s remote list: one atomic operation (a CAS,
-/// retried only if another thread pushed at the same moment). Aborts on a
-/// block pushed twice in a row (a double free).
+/// Pushes the block `p` of index `index` on `span`'s remote list: one
+/// atomic operation (a CAS, retried only if another thread pushed at the
+/// same moment). Aborts on a block that looks freed already (a double free:
+/// its link word decodes, or it heads the list).
 ///
 /// # Safety
-/// `span` is the live span that holds `block`, a live block that the caller
-/// gives up. After the push the owner may recycle the span at any time, so
-/// nothing of it is touched once the CAS succeeds.
+/// `span` is the live span that holds `p`, a block start of it (`index`)
+/// that the caller gives up. After the push the owner may recycle the span
+/// at any time, so nothing of it is touched once the CAS succeeds.
 #[inline]
-pub unsafe fn free_remote(span: *const Span, block: *mut Block) {
-    // SAFETY: the span is live until our push lands (it holds `block`).
-    let list = unsafe { ptr::addr_of!((*span).thread_free) };
-    // SAFETY: as above.
-    let mut head = unsafe { (*list).load(Ordering::Relaxed) };
+pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64) {
+    // SAFETY: the span is live until our push lands (it holds `p`).
+    let (code, end, list) = unsafe {
+        (
+            (*span).link_code(),
+            (*span).reserved(),
+            &(*span).thread_free.0,
+        )
+    };
+    // SAFETY: as above; `p` is a block start of the span.
+    if unsafe { (*span).looks_free(p) } {
+        crate::diag::fatal_pointer("free", "double free", p);
+    }
+    let mut head = list.load(Ordering::Relaxed);
     loop {
-        if head == block {
-            crate::diag::fatal_pointer("free", "double free", block.cast());
+        if head == index {
+            crate::diag::fatal_pointer("free", "double free", p);
         }
-        // SAFETY: the caller gave up `block`; its first word is ours to use.
-        unsafe { (*block).next = head };
-        // SAFETY: as above; the reference lives only for the CAS.
-        let result = unsafe {
-            (*list).compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed)
-        };
-        match result {
+        // SAFETY: the caller gave up `p`; its first word is ours to use.
+        unsafe { p.cast::<LinkWord>().write(code.encode(head)) };
+        match list.compare_exchange_weak(head, index, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
-                if head.is_null() {
+                if head == end {
                     // The owner may be idle: tell the purger.
                     crate::purger::note_pending();
                 }
@@ -647,5 +936,61 @@ impl SpanList {
     pub unsafe fn next_of(span: *mut Span) -> *mut Span {
         // SAFETY: members are valid.
         unsafe { (*span).next.get() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::size_class::{class_size, span_slices, CLASS_COUNT};
+
+    #[test]
+    fn odd_inverses_are_inverses() {
+        for d in (1..100_000u64).step_by(2) {
+            assert_eq!(d.wrapping_mul(odd_inverse(d)), 1, "{d}");
+        }
+    }
+
+    /// `index_of` gives the index of every block start and a number of at
+    /// least `reserved` for every other offset in (and beyond) the span.
+    #[test]
+    fn index_of_recognises_exactly_the_block_starts() {
+        let start = 0x7f12_3450_0000usize as *mut u8;
+        for class in 0..CLASS_COUNT {
+            let size = class_size(class);
+            let bytes = span_slices(class) * crate::segment::SLICE_SIZE;
+            let span = Span::empty();
+            span.init(start, span_slices(class), bytes, class as u8, size);
+            let reserved = span.reserved();
+            // Every offset for the small spans, a stride (co-prime with the
+            // sizes) over the large ones, plus both sides of each start.
+            let stride = if bytes <= 1 << 17 { 1 } else { 7 };
+            let mut offsets: std::vec::Vec<usize> = (0..bytes + 4096).step_by(stride).collect();
+            for i in 0..=reserved as usize {
+                offsets.extend([
+                    i * size,
+                    (i * size).wrapping_sub(1),
+                    i * size + 1,
+                    i * size + 16,
+                ]);
+            }
+            for offset in offsets {
+                let p = start.wrapping_add(offset);
+                let index = span.index_of(p);
+                let expected = offset % size == 0 && offset / size < reserved as usize;
+                assert_eq!(
+                    index < reserved,
+                    expected,
+                    "class {class} ({size} B): offset {offset} gave index {index:#x}"
+                );
+                if expected {
+                    assert_eq!(index as usize, offset / size);
+                }
+            }
+            // Below the start.
+            assert!(span.index_of(start.wrapping_sub(size)) >= reserved);
+        }
     }
 }

@@ -67,16 +67,20 @@ pub fn current_heap() -> *mut Heap {
 /// first waits for a claim in progress to end.
 #[inline(always)]
 pub fn inside_allocator<R>(f: impl FnOnce() -> R) -> R {
-    THREAD.with(|t| {
-        let depth = t.claim.enter();
-        let result = f();
-        t.claim.leave(depth);
-        result
-    })
+    // `f` runs outside `with`'s closure, so that the compiler inlines the
+    // TLS access whatever the size of `f`.
+    let state = current_thread_state();
+    // SAFETY: the calling thread's own TLS, alive as long as the thread.
+    let claim = unsafe { &(*state).claim };
+    let depth = claim.enter();
+    let result = f();
+    claim.leave(depth);
+    result
 }
 
 /// The calling thread's state, for its heaps' links. Valid until the
 /// thread exits; its heaps leave their arenas' lists before that.
+#[inline(always)]
 pub fn current_thread_state() -> *const ThreadState {
     THREAD.with(|t| t as *const ThreadState)
 }
