@@ -675,6 +675,58 @@ fn a_limit_reached_by_idle_threads_frees_up_when_another_thread_frees_their_bloc
     }
 }
 
+#[test]
+fn at_the_limit_blocks_freed_into_a_threads_older_spans_are_found_again() {
+    // One thread fills the arena with 1 KiB blocks (64 per span) up to the
+    // limit; another frees one block in each of 20 of its spans. The
+    // owner's next allocation must find one of them (by its bounded scan of
+    // its full spans, or by collecting the remote frees when the limit
+    // refuses a new span), not fail.
+    const LIMIT: usize = 4 * MIB;
+    let arena = Arena::new().unwrap();
+    arena.set_limit(Some(LIMIT)).unwrap();
+    let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<usize>>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let owner = thread::spawn(move || {
+        let mut blocks = Vec::with_capacity(8 * 1024);
+        loop {
+            let p = alloc_in(arena, 1000);
+            if p.is_null() {
+                break;
+            }
+            blocks.push(p as usize);
+        }
+        blocks_tx.send(blocks).unwrap();
+        go_rx.recv().unwrap();
+        let p = alloc_in(arena, 1000);
+        assert!(
+            !p.is_null(),
+            "refused at the limit although 20 spans had free blocks"
+        );
+        free(p);
+    });
+    let blocks = blocks_rx.recv().unwrap();
+    assert!(blocks.len() >= 64 * 40, "{} blocks", blocks.len());
+    let mut spans: Vec<usize> = blocks.iter().map(|&b| b & !0xffff).collect();
+    spans.dedup();
+    let newest: HashSet<usize> = spans.iter().skip(36).take(20).copied().collect();
+    assert_eq!(newest.len(), 20, "{} spans", spans.len());
+    let mut freed = HashSet::new();
+    let mut rest = Vec::new();
+    for &b in &blocks {
+        if newest.contains(&(b & !0xffff)) && freed.insert(b & !0xffff) {
+            free(b as *mut u8);
+        } else {
+            rest.push(b);
+        }
+    }
+    go_tx.send(()).unwrap();
+    owner.join().unwrap();
+    for b in rest {
+        free(b as *mut u8);
+    }
+}
+
 // ------------------------------------------------------- stats vs a model
 
 #[derive(Clone, Debug)]

@@ -490,3 +490,96 @@ fn fork_during_purge_of_destroyed() {
         "child status {status:#x}"
     );
 }
+
+#[test]
+fn an_unmap_waits_only_for_the_inspections_that_began_before_it() {
+    in_child(
+        "an_unmap_waits_only_for_the_inspections_that_began_before_it",
+        unmap_not_held_up_by_new_inspections,
+    );
+}
+
+/// Inspection R1 (`owns`) parks after reading a bit of arena X's segment;
+/// destroy D of X waits for it. Inspection R2 begins after D started and
+/// parks inside. When R1 leaves, D must finish although R2 is still inside:
+/// a stream of new inspections cannot hold an unmap (and the arena lock it
+/// runs under) up for ever. With one reader count for all, D waited for R2.
+fn unmap_not_held_up_by_new_inspections() {
+    let x = engine::arena_new().expect("arena X");
+    let p = engine::arena_alloc(x, 64, 16, false) as usize;
+    let other = engine::malloc(64) as usize;
+    let (r1_id, r1_go, r1) = thread_with_pause(
+        || {},
+        move |()| {
+            engine::owns(p as *const u8);
+        },
+    );
+    race_hooks::arm(Point::OwnershipBitSeen, r1_id);
+    r1_go.send(()).unwrap();
+    wait_parked(Point::OwnershipBitSeen);
+    // SAFETY: X's one block is never used again.
+    let d = thread::spawn(move || assert!(unsafe { engine::arena_destroy(x) }));
+    thread::sleep(Duration::from_millis(100));
+    assert!(!d.is_finished(), "the destroy did not wait for R1");
+    let (r2_id, r2_go, r2) = thread_with_pause(
+        || {},
+        move |()| {
+            assert!(engine::owns(other as *const u8));
+        },
+    );
+    race_hooks::arm(Point::InspectCounted, r2_id);
+    r2_go.send(()).unwrap();
+    wait_parked(Point::InspectCounted);
+    race_hooks::release(Point::OwnershipBitSeen);
+    r1.join().expect("R1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let finished = d.is_finished();
+    race_hooks::release(Point::InspectCounted);
+    r2.join().expect("R2");
+    d.join().expect("D");
+    assert!(
+        finished,
+        "the unmap waited for an inspection that began after it"
+    );
+    // SAFETY: a block of ours.
+    unsafe { engine::free(other as *mut u8) };
+}
+
+#[test]
+fn switching_to_an_arena_destroyed_meanwhile_is_refused_and_joins_no_other_arena() {
+    in_child(
+        "switching_to_an_arena_destroyed_meanwhile_is_refused_and_joins_no_other_arena",
+        stale_switch,
+    );
+}
+
+/// Thread T switches to X; its handle resolves, and T parks before its new
+/// heap joins X. X is destroyed and Y created in the slot. T's switch must
+/// fail with `EINVAL` and leave T in the default arena, not in Y (before
+/// the fix it joined Y through X's handle and reported success).
+fn stale_switch() {
+    let x = engine::arena_new().expect("arena X");
+    let (t_id, t_go, t) = thread_with_pause(
+        || {},
+        move |()| {
+            engine::os::set_errno(0);
+            let switched = engine::arena_set(x);
+            let errno = engine::os::errno();
+            assert_eq!(switched, None, "a stale handle was switched to");
+            assert_eq!(errno, libc::EINVAL);
+            assert_eq!(engine::arena_current(), engine::arena_default());
+        },
+    );
+    race_hooks::arm(Point::JoinBeforeLock, t_id);
+    t_go.send(()).unwrap();
+    wait_parked(Point::JoinBeforeLock);
+    // SAFETY: X holds nothing; T is parked outside X's lock.
+    assert!(unsafe { engine::arena_destroy(x) });
+    let y = engine::arena_new().expect("arena Y");
+    race_hooks::release(Point::JoinBeforeLock);
+    t.join().expect("thread T");
+    assert_eq!(engine::arena_stats(y).unwrap().threads, 0);
+}

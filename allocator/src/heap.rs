@@ -265,11 +265,9 @@ impl Heap {
         self.full = [SpanList::EMPTY; CLASS_COUNT];
         self.arena.store(arena.cast_mut(), Ordering::Relaxed);
         self.thread_id = thread_id;
-        // SAFETY: heaps are created for live arenas of the static registry.
-        let handle = crate::registry::handle_of(unsafe { &*arena })
-            .unwrap_or_else(crate::registry::default_handle)
-            .to_raw();
-        self.arena_handle.store(handle, Ordering::Relaxed);
+        // Set under the arena's lock when the heap joins it.
+        let default = crate::registry::default_handle().to_raw();
+        self.arena_handle.store(default, Ordering::Relaxed);
         self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
     }
@@ -345,45 +343,52 @@ impl Heap {
 
     /// A span of `class` with room, owned by this heap and in no list.
     fn find_span(&mut self, class: usize) -> Option<*mut Span> {
-        if let Some(span) = self.avail[class].pop_front() {
-            return Some(span);
-        }
-        if let Some(span) = self.reclaim_full(class) {
-            return Some(span);
-        }
-        let arena = self.arena();
-        let mut state = arena.state.lock();
-        while let Some(span) = state.take_abandoned(class) {
-            self.adopt(span);
-            // SAFETY: adopted: ours now.
-            let s = unsafe { &*span };
-            s.collect_remote();
-            if s.has_room() {
+        let mut reclaimed = false;
+        loop {
+            if let Some(span) = self.avail[class].pop_front() {
                 return Some(span);
             }
-            s.set_state(SpanState::Full);
-            // SAFETY: in no list.
-            unsafe { self.full[class].push_back(span) };
-        }
-        let span = match state.alloc_span(arena, class) {
-            Some(span) => span,
-            None if state.has_limit() => {
-                // Perhaps refused for the limit while blocks freed by other
-                // threads still hold spans: collect them (this heap's
-                // first: no purge can claim a heap from inside it), then
-                // try once more.
-                // SAFETY: this thread owns the heap; `state` is its arena's.
-                unsafe { self.purge_idle(&mut state, 0, PurgeKind::Reclaim, &Budget::unlimited()) };
-                drop(state);
-                crate::purger::reclaim_for_limit(arena);
-                state = arena.state.lock();
-                state.alloc_span(arena, class)?
+            if let Some(span) = self.reclaim_full(class) {
+                return Some(span);
             }
-            None => return None,
-        };
-        drop(state);
-        self.adopt(span);
-        Some(span)
+            let arena = self.arena();
+            let mut state = arena.state.lock();
+            while let Some(span) = state.take_abandoned(class) {
+                self.adopt(span);
+                // SAFETY: adopted: ours now.
+                let s = unsafe { &*span };
+                s.collect_remote();
+                if s.has_room() {
+                    return Some(span);
+                }
+                s.set_state(SpanState::Full);
+                // SAFETY: in no list.
+                unsafe { self.full[class].push_back(span) };
+            }
+            match state.alloc_span(arena, class) {
+                Some(span) => {
+                    drop(state);
+                    self.adopt(span);
+                    return Some(span);
+                }
+                None if !reclaimed && state.has_limit() => {
+                    // Perhaps refused for the limit while blocks freed by
+                    // other threads still hold spans: collect them (this
+                    // heap's first: no purge can claim a heap from inside
+                    // it), then look again, from this heap's own lists on
+                    // (full spans that got blocks back are available now).
+                    // SAFETY: this thread owns the heap; `state` is its
+                    // arena's.
+                    unsafe {
+                        self.purge_idle(&mut state, 0, PurgeKind::Reclaim, &Budget::unlimited())
+                    };
+                    drop(state);
+                    crate::purger::reclaim_for_limit(arena);
+                    reclaimed = true;
+                }
+                None => return None,
+            }
+        }
     }
 
     /// Looks for blocks that other threads freed into spans of the full
@@ -809,8 +814,9 @@ pub(crate) static POOL: Mutex<HeapPool> = Mutex::new(HeapPool {
 const POOL_CHUNK: usize = 256 * 1024;
 
 /// A fresh heap for `thread_id` in `arena`, registered with the arena, or
-/// `None` if out of memory or the arena is closed.
-pub fn new_heap(arena: &'static Arena, thread_id: usize) -> Option<*mut Heap> {
+/// `None` if out of memory, or the arena is closed or not in the life the
+/// raw handle `life` names (0: any).
+pub fn new_heap(arena: &'static Arena, thread_id: usize, life: u64) -> Option<*mut Heap> {
     let heap = {
         let mut pool = POOL.lock();
         if !pool.free.is_null() {
@@ -835,7 +841,7 @@ pub fn new_heap(arena: &'static Arena, thread_id: usize) -> Option<*mut Heap> {
     // writable memory that nothing else references; all-zero links are
     // valid ones).
     unsafe { (*heap).init(arena.as_ptr(), thread_id, ptr::null_mut()) };
-    if join_arena(arena, heap) {
+    if join_arena(arena, heap, life) {
         Some(heap)
     } else {
         // SAFETY: nobody else has seen the heap.
@@ -844,15 +850,16 @@ pub fn new_heap(arena: &'static Arena, thread_id: usize) -> Option<*mut Heap> {
     }
 }
 
-/// Makes the dead heap `heap` (of the calling thread) a heap of `arena`.
+/// Makes the dead heap `heap` (of the calling thread) a heap of `arena` in
+/// the life `life` names (see [`new_heap`]).
 ///
 /// # Safety
 /// `heap` is the calling thread's own dead heap.
-pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena) -> bool {
+pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena, life: u64) -> bool {
     // SAFETY: the caller's own heap, in no arena's list.
     let h = unsafe { &mut *heap };
     h.init(arena.as_ptr(), h.thread_id, h.next_in_thread);
-    let joined = join_arena(arena, heap);
+    let joined = join_arena(arena, heap, life);
     if !joined {
         // The arena closed meanwhile: stay dead, or a later arena in the
         // same slot would find this heap, which is in no arena's list.
@@ -861,16 +868,24 @@ pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena) -> bool {
     joined
 }
 
-/// Registers a heap of the calling thread with its arena; false if the
-/// arena is closed.
-fn join_arena(arena: &'static Arena, heap: *mut Heap) -> bool {
+/// Registers a heap of the calling thread with its arena and records the
+/// arena's handle in it, both under the arena's lock; false if the arena is
+/// closed, or not in the life the raw handle `life` names (0: any), so a
+/// handle that went stale since it was checked is refused.
+fn join_arena(arena: &'static Arena, heap: *mut Heap, life: u64) -> bool {
     // SAFETY: a pool heap that no other thread sees yet; the lock below
     // publishes the pointer to the purger.
     let l = unsafe { links(heap) };
     l.thread.set(crate::thread::current_thread_state());
+    crate::race_hooks::pause(crate::race_hooks::Point::JoinBeforeLock);
     let mut state = arena.state.lock();
+    if !state.is_open() || (life != 0 && state.life() != life) {
+        return false;
+    }
+    // SAFETY: the caller's own heap, not yet in any list.
+    unsafe { (*heap).arena_handle.store(state.life(), Ordering::Relaxed) };
     // SAFETY: a pool heap in no list.
-    state.is_open() && unsafe { state.add_heap(heap) }
+    unsafe { state.add_heap(heap) }
 }
 
 /// Returns a heap whose spans were all handed back.

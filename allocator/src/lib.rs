@@ -313,7 +313,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     let q = if core::ptr::eq(arena, thread::preferred_arena()) {
         malloc_aligned(new_size, align)
     } else {
-        alloc_in(arena, new_size, align, false)
+        alloc_in(arena, 0, new_size, align, false)
     };
     if q.is_null() {
         return q;
@@ -366,7 +366,9 @@ fn arena_of_header(p: *mut u8) -> &'static Arena {
 
 /// Allocates in `arena` through the calling thread's heap for it (created on
 /// first use), without changing the thread's preferred arena.
-fn alloc_in(arena: &'static Arena, size: usize, align: usize, zero: bool) -> *mut u8 {
+/// `life` is the raw handle `arena` was resolved from (0: any life); a
+/// handle that went stale meanwhile gets null and `EINVAL`.
+fn alloc_in(arena: &'static Arena, life: u64, size: usize, align: usize, zero: bool) -> *mut u8 {
     if !align.is_power_of_two() {
         os::set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -380,12 +382,20 @@ fn alloc_in(arena: &'static Arena, size: usize, align: usize, zero: bool) -> *mu
     let Some(class) = class else {
         return alloc_large(arena, size, align, zero);
     };
-    let p = thread::inside_allocator(|| match thread::heap_in(arena) {
+    let p = thread::inside_allocator(|| match thread::heap_in(arena, life) {
         // SAFETY: `heap` is the calling thread's own heap for `arena`.
         Some(heap) => unsafe { heap::alloc_small(heap, class) },
         None => ptr::null_mut(),
     });
     if p.is_null() {
+        let stale = life != 0
+            && ArenaHandle::from_raw(life)
+                .and_then(registry::resolve)
+                .is_none();
+        if stale {
+            os::set_errno(libc::EINVAL);
+            return ptr::null_mut();
+        }
         return out_of_memory();
     }
     if zero {
@@ -429,8 +439,11 @@ pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
     // SAFETY: the current heap is the thread's own or the read-only empty
     // heap (whose handle is the default arena's, as is a dead heap's).
     let (current_arena, previous) = unsafe { ((*current).arena_ptr(), (*current).arena_handle()) };
-    if !core::ptr::eq(current_arena, arena) && thread::set_preferred_arena(arena).is_none() {
-        os::set_errno(libc::ENOMEM);
+    let already = core::ptr::eq(current_arena, arena) && previous == handle.to_raw();
+    if !already && thread::set_preferred_arena(arena, handle.to_raw()).is_none() {
+        // Stale since it was checked, or no memory for a heap.
+        let stale = registry::resolve(handle).is_none();
+        os::set_errno(if stale { libc::EINVAL } else { libc::ENOMEM });
         return None;
     }
     ArenaHandle::from_raw(previous)
@@ -510,7 +523,7 @@ pub fn arena_alloc(handle: ArenaHandle, size: usize, align: usize, zero: bool) -
         os::set_errno(libc::EINVAL);
         return ptr::null_mut();
     };
-    alloc_in(arena, size, align, zero)
+    alloc_in(arena, handle.to_raw(), size, align, zero)
 }
 
 /// The arena that owns `p`, if `p` is in memory of ours.

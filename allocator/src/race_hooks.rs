@@ -34,13 +34,19 @@ pub enum Point {
     /// A purge of one arena has just taken the arena's lock (again) and not
     /// yet looked at the arena's life.
     PurgeLocked = 6,
+    /// An inspection of the ownership map has counted itself in and not
+    /// yet read a bit.
+    InspectCounted = 7,
+    /// A heap is about to join its arena (its handle was checked without
+    /// the lock).
+    JoinBeforeLock = 8,
 }
 
 #[cfg(feature = "race-hooks")]
 mod armed {
     use super::Point;
 
-    const POINTS: usize = 7;
+    const POINTS: usize = 9;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;

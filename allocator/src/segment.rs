@@ -492,18 +492,28 @@ const MAP_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
 /// `free` and `realloc` look a live block up without more ado: its region
 /// cannot go meanwhile. [`OwnershipMap::inspect`] takes any address, where
 /// the region may be unmapped between the look at the bit and the read of
-/// its header; so inspectors count themselves in `readers`, and removing a
-/// region waits until none is inside before the caller unmaps it.
+/// its header; so inspectors count themselves in, and removing a region
+/// waits until the inspectors that might have seen its bit are out before
+/// the caller unmaps it. Two counters and an epoch (as in sleepable RCU): an
+/// inspector counts itself in the current epoch's counter; a remover flips
+/// the epoch and waits only for the old counter, so a stream of inspectors
+/// cannot hold it up (they count in the new one).
 pub struct OwnershipMap {
     direct: [AtomicU64; MAP_WORDS],
     shifted: [AtomicU64; MAP_WORDS],
-    readers: AtomicUsize,
+    inspectors: [AtomicUsize; 2],
+    epoch: AtomicUsize,
+    /// One remover at a time: two flips during one wait would send the
+    /// second remover to wait on the wrong counter.
+    removers: crate::sync::Mutex<()>,
 }
 
 pub static OWNERSHIP: OwnershipMap = OwnershipMap {
     direct: [const { AtomicU64::new(0) }; MAP_WORDS],
     shifted: [const { AtomicU64::new(0) }; MAP_WORDS],
-    readers: AtomicUsize::new(0),
+    inspectors: [const { AtomicUsize::new(0) }; 2],
+    epoch: AtomicUsize::new(0),
+    removers: crate::sync::Mutex::new(()),
 };
 
 impl OwnershipMap {
@@ -533,9 +543,14 @@ impl OwnershipMap {
         }
         crate::race_hooks::pause(crate::race_hooks::Point::SegmentBeforeUnmap);
         // Dekker with `inspect`: it counts itself in, then reads the bit;
-        // we cleared the bit, then read the count. Either it saw the bit
-        // clear, or we see it inside.
-        while self.readers.load(Ordering::SeqCst) != 0 {
+        // we cleared the bit, then flip the epoch and read the old count
+        // (all SeqCst). Either it saw the bit clear, or we see it counted:
+        // an inspector that read the old epoch before our flip counts in
+        // the old counter; one that read the new epoch comes after our
+        // flip, so after our clear, and sees the bit clear.
+        let _one = self.removers.lock();
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst) % 2;
+        while self.inspectors[old].load(Ordering::SeqCst) != 0 {
             crate::os::yield_now();
         }
     }
@@ -546,20 +561,31 @@ impl OwnershipMap {
     ///
     /// [`region_of`]: OwnershipMap::region_of
     pub fn inspect<R>(&self, p: usize, f: impl FnOnce(*mut SegmentHeader) -> R) -> Option<R> {
-        self.readers.fetch_add(1, Ordering::SeqCst);
+        let epoch = self.epoch.load(Ordering::SeqCst) % 2;
+        self.inspectors[epoch].fetch_add(1, Ordering::SeqCst);
+        // The bit is read with SeqCst ordering after the count (the look-up
+        // below loads with Acquire, which alone may move before it).
+        core::sync::atomic::fence(Ordering::SeqCst);
+        crate::race_hooks::pause(crate::race_hooks::Point::InspectCounted);
         let result = self.header_of(p).and_then(|header| {
             crate::race_hooks::pause(crate::race_hooks::Point::OwnershipBitSeen);
-            // SAFETY: the region is mapped until our count leaves `readers`.
+            // SAFETY: the region is mapped until our count leaves.
             let in_hole = unsafe { Self::header_in_hole(header, p) };
             (!in_hole).then(|| f(header))
         });
-        self.readers.fetch_sub(1, Ordering::Release);
+        self.inspectors[epoch].fetch_sub(1, Ordering::Release);
         result
     }
 
     /// In the child after `fork`: the threads that were inspecting are gone.
     pub fn after_fork_child(&self) {
-        self.readers.store(0, Ordering::Relaxed);
+        for count in &self.inspectors {
+            count.store(0, Ordering::Relaxed);
+        }
+        // SAFETY: the child has one thread, which is not removing a region
+        // (`fork` does not run inside `remove`), so the lock is free or was
+        // held by a thread that does not exist here.
+        unsafe { self.removers.reset() };
     }
 
     /// The header that owns address `p`, if `p` is in a region of ours.

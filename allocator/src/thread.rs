@@ -203,7 +203,7 @@ pub fn ensure_init() {
 /// current one.
 #[cold]
 pub fn heap_for_current_thread() -> Option<*mut Heap> {
-    let heap = heap_in(default_arena())?;
+    let heap = heap_in(default_arena(), 0)?;
     set_current_heap(heap);
     Some(heap)
 }
@@ -211,7 +211,10 @@ pub fn heap_for_current_thread() -> Option<*mut Heap> {
 /// The calling thread's heap for `arena`, created on first use. A thread's
 /// heaps form a chain from the first one, which the thread-exit key holds;
 /// heaps whose arena was destroyed stay in the chain, dead, until reused.
-pub fn heap_in(arena: &'static Arena) -> Option<*mut Heap> {
+///
+/// `life` is the raw handle the caller resolved `arena` from (0: any life):
+/// `None` if the arena is no longer in that life.
+pub fn heap_in(arena: &'static Arena, life: u64) -> Option<*mut Heap> {
     let first = THREAD_HEAPS.with(|h| h.get());
     let mut heap = first;
     let mut dead = core::ptr::null_mut();
@@ -219,7 +222,9 @@ pub fn heap_in(arena: &'static Arena) -> Option<*mut Heap> {
         // SAFETY: the chain holds this thread's own heaps.
         let h = unsafe { &*heap };
         if core::ptr::eq(h.arena_ptr(), arena) {
-            return Some(heap);
+            // A thread has one heap per arena: one of another life means
+            // the caller's handle went stale.
+            return (life == 0 || h.arena_handle() == life).then_some(heap);
         }
         // The current heap, even dead, must not silently change arena.
         if h.arena_ptr().is_null() && heap != current_heap() {
@@ -229,19 +234,19 @@ pub fn heap_in(arena: &'static Arena) -> Option<*mut Heap> {
     }
     if !dead.is_null() {
         // SAFETY: a dead heap of this thread's chain.
-        return unsafe { heap::revive_heap(dead, arena) }.then_some(dead);
+        return unsafe { heap::revive_heap(dead, arena, life) }.then_some(dead);
     }
-    new_heap_in(arena, first)
+    new_heap_in(arena, first, life)
 }
 
 #[cold]
-fn new_heap_in(arena: &'static Arena, first: *mut Heap) -> Option<*mut Heap> {
+fn new_heap_in(arena: &'static Arena, first: *mut Heap, life: u64) -> Option<*mut Heap> {
     ensure_init();
     // The set-up may have allocated (re-entrantly) and so created a heap.
     if first.is_null() && !THREAD_HEAPS.with(|h| h.get()).is_null() {
-        return heap_in(arena);
+        return heap_in(arena, life);
     }
-    let heap = heap::new_heap(arena, current_thread_id())?;
+    let heap = heap::new_heap(arena, current_thread_id(), life)?;
     if first.is_null() {
         THREAD_HEAPS.with(|h| h.set(heap));
         // Register for thread exit after the heap is in place: this call may
@@ -280,14 +285,19 @@ pub fn preferred_arena() -> &'static Arena {
 
 /// Makes `arena` the calling thread's preferred arena; `None` if the
 /// thread's heap for it cannot be created.
-pub fn set_preferred_arena(arena: &'static Arena) -> Option<()> {
+///
+/// `life` is the raw handle `arena` was resolved from: a handle that went
+/// stale meanwhile is refused (`None`).
+pub fn set_preferred_arena(arena: &'static Arena, life: u64) -> Option<()> {
     let previous = THREAD.with(|t| t.previous_heap.load(Ordering::Relaxed));
     // SAFETY: the previous heap is the empty heap or one of this thread's
     // pool heaps (a dead one has a null arena and never matches).
-    let heap = if core::ptr::eq(unsafe { (*previous).arena_ptr() }, arena) {
+    let (previous_arena, previous_life) =
+        unsafe { ((*previous).arena_ptr(), (*previous).arena_handle()) };
+    let heap = if core::ptr::eq(previous_arena, arena) && previous_life == life {
         previous
     } else {
-        heap_in(arena)?
+        heap_in(arena, life)?
     };
     set_current_heap(heap);
     Some(())
