@@ -424,11 +424,13 @@ fn an_overflow_into_a_free_neighbour_cannot_steer_malloc() {
         "free list corrupted",
         || {
             let (a, b) = neighbours();
-            // SAFETY: valid: `b` is freed; then deliberately invalid: 8
-            // bytes written past the end of `a`, over `b`'s link.
+            // SAFETY: valid: `b` is freed; then deliberately invalid: 16
+            // bytes written past the end of `a`, over `b`'s first two
+            // words (its link is the second).
             unsafe {
                 engine::free(b);
                 a.add(64).cast::<u64>().write_unaligned(attacker_target());
+                a.add(72).cast::<u64>().write_unaligned(attacker_target());
             }
             announce(span_start_of(b));
             malloc_until_steered(4);
@@ -438,16 +440,19 @@ fn an_overflow_into_a_free_neighbour_cannot_steer_malloc() {
 }
 
 #[test]
-fn a_one_byte_overflow_into_a_free_neighbour_cannot_steer_malloc() {
+fn an_overflow_into_one_byte_of_a_free_neighbours_link_cannot_steer_malloc() {
     expect_abort(
-        "a_one_byte_overflow_into_a_free_neighbour_cannot_steer_malloc",
+        "an_overflow_into_one_byte_of_a_free_neighbours_link_cannot_steer_malloc",
         "free list corrupted",
         || {
             let (a, b) = neighbours();
-            // SAFETY: as above, one byte past the end of `a`.
+            // SAFETY: as above, 9 bytes past the end of `a`: the first byte
+            // of `b`'s link changes.
             unsafe {
                 engine::free(b);
-                *a.add(64) ^= 0x40;
+                for i in 64..73 {
+                    *a.add(i) ^= 0x40;
+                }
             }
             announce(span_start_of(b));
             malloc_until_steered(4);
@@ -463,11 +468,12 @@ fn a_write_into_a_freed_block_cannot_steer_malloc() {
         "free list corrupted",
         || {
             let p = busy_block();
-            // SAFETY: valid free; then deliberately invalid: a write into
-            // the freed block.
+            // SAFETY: valid free; then deliberately invalid: a pointer
+            // written over the freed block's first 16 bytes.
             unsafe {
                 engine::free(p);
                 p.cast::<u64>().write(attacker_target());
+                p.cast::<u64>().add(1).write(attacker_target());
             }
             announce(span_start_of(p));
             malloc_until_steered(4);
@@ -491,8 +497,12 @@ fn an_overflow_into_a_block_freed_by_another_thread_cannot_steer_malloc() {
             .join()
             .unwrap();
             // SAFETY: deliberately invalid: over the remote-freed block's
-            // link, which the owner follows when it collects.
-            unsafe { a.add(64).cast::<u64>().write_unaligned(attacker_target()) };
+            // first 16 bytes, with its link, which the owner follows when it
+            // collects.
+            unsafe {
+                a.add(64).cast::<u64>().write_unaligned(attacker_target());
+                a.add(72).cast::<u64>().write_unaligned(attacker_target());
+            }
             announce(span_start_of(b));
             // Enough to run the span dry, so the owner collects.
             malloc_until_steered(5000);

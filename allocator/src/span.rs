@@ -1,8 +1,9 @@
 //! Spans: runs of slices that hold blocks of one size class for one owner.
 //!
 //! A span's metadata lives in its segment's header (never next to the
-//! blocks), so blocks carry no header and a freed block's first word is free
-//! to link it into a list. Three lists per span:
+//! blocks), so blocks carry no header and a freed block's link word is free
+//! (its second word: see `LinkWord`) to link it into a list. Three lists
+//! per span:
 //! - `free`: blocks the owner hands out; owner-only, no atomics.
 //! - bump region (`capacity..reserved`): never-touched blocks, carved into
 //!   `free` a page at a time so memory is faulted in only when used.
@@ -22,7 +23,7 @@
 //! the index `reserved` (the block count), so one compare tells "a block",
 //! "the end" and "corrupt" apart. Blocks handed out have their link word
 //! cleared, so a live block never looks free; a block being freed whose
-//! first word decodes to a link is probably freed already (a double free),
+//! link word decodes to a link is probably freed already (a double free),
 //! which the owner confirms by walking its lists.
 //!
 //! `used` counts blocks handed out and not yet back on `free`. It is written
@@ -41,9 +42,19 @@ use crate::os::PAGE_SIZE;
 use crate::segment::SLICE_SIZE;
 use crate::size_class::{MAX_BLOCKS_PER_SPAN, MAX_SPAN_SLICES};
 
-/// The first word of a block: in a free block, the encoded index of the
-/// next free block; in a block handed out, 0 until the program writes it.
+/// The link word of a block, its second 8 bytes: in a free block, the
+/// encoded index of the next free block; in a block handed out, 0 until the
+/// program writes it. Not the first word: programs write a block's first
+/// bytes most, often just before they free it, and an 8-byte load that
+/// overlaps a recent smaller store stalls (no store forwarding).
 type LinkWord = u64;
+
+/// Where the link word of the block at `block` is (every block has at
+/// least 16 bytes).
+#[inline(always)]
+fn link_slot(block: *mut u8) -> *mut LinkWord {
+    block.wrapping_add(8).cast::<LinkWord>()
+}
 
 /// Where a span is, which says who may touch its owner-only fields.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -72,6 +83,11 @@ pub struct Span {
     /// more: the list was corrupted). 64 bits so that a corrupted link is
     /// kept whole until it is checked.
     free: Cell<u64>,
+    /// The address of block `free` when `free` < `reserved` (meaningless
+    /// otherwise): `malloc` hands it out without turning the index into an
+    /// address first, and `free` sets it to the pointer it has, so a block
+    /// freed and allocated again costs no multiply on that path.
+    free_block: Cell<*mut u8>,
     /// Key of this span life's links (bit 0 set, so a zero word never
     /// decodes to a link).
     key: AtomicU64,
@@ -155,6 +171,7 @@ impl Span {
     pub const fn empty() -> Span {
         Span {
             free: Cell::new(0),
+            free_block: Cell::new(ptr::null_mut()),
             key: AtomicU64::new(1),
             start: AtomicPtr::new(ptr::null_mut()),
             inverse: AtomicU64::new(0),
@@ -191,7 +208,7 @@ impl Span {
     ) {
         let reserved = slice_bytes.checked_div(block_size).unwrap_or(0) as u64;
         let shift = block_size.trailing_zeros() % usize::BITS;
-        self.free.set(reserved);
+        self.set_free(reserved);
         self.key.store(new_span_key(start), Ordering::Relaxed);
         self.used.store(0, Ordering::Relaxed);
         self.block_size.store(block_size as u32, Ordering::Relaxed);
@@ -238,7 +255,7 @@ impl Span {
         self.set_state(SpanState::Free);
         self.block_size.store(0, Ordering::Relaxed);
         self.reserved.store(0, Ordering::Relaxed);
-        self.free.set(0);
+        self.set_free(0);
         self.thread_free.0.store(0, Ordering::Relaxed);
         self.owner_thread.store(0, Ordering::Relaxed);
         self.heap.set(ptr::null_mut());
@@ -290,10 +307,19 @@ impl Span {
         }
     }
 
+    /// The address of block `index` (wrapping: meaningless for an index
+    /// past the span, which is never dereferenced).
     #[inline(always)]
     fn block_at(&self, index: u64) -> *mut u8 {
         let start = self.start.load(Ordering::Relaxed);
-        start.wrapping_add(index as usize * self.block_size())
+        start.wrapping_add((index as usize).wrapping_mul(self.block_size()))
+    }
+
+    /// Makes block `index` the head of the owner's free list.
+    #[inline(always)]
+    fn set_free(&self, index: u64) {
+        self.free.set(index);
+        self.free_block.set(self.block_at(index));
     }
 
     /// Takes the first block of the owner's free list (null if the list is
@@ -305,13 +331,13 @@ impl Span {
         if index >= self.reserved() {
             return ptr::null_mut();
         }
-        let block = self.block_at(index);
+        let block = self.free_block.get();
         // SAFETY: `index` is below `reserved` (checked above), so `block` is
-        // a block start of this span, on its free list: its first word is
-        // its encoded link, and it is ours to hand out.
+        // block `index`, a block start of this span on its free list: its
+        // link word is its encoded link, and it is ours to hand out.
         unsafe {
-            let word = block.cast::<LinkWord>();
-            self.free.set(self.link_code().decode(word.read()));
+            let word = link_slot(block);
+            self.set_free(self.link_code().decode(word.read()));
             word.write(0);
         }
         block
@@ -352,7 +378,7 @@ impl Span {
     }
 
     /// Whether the block at `p` (a block start of this span) looks free:
-    /// its first word decodes to a link. A block handed out has that word
+    /// its link word decodes to a link. A block handed out has that word
     /// cleared, and a program's own data decodes to a link with a chance of
     /// one in 2^50 or less; so this is almost surely a block freed already.
     ///
@@ -373,9 +399,10 @@ impl Span {
     #[inline(always)]
     pub unsafe fn push_local(&self, p: *mut u8, index: u64, code: LinkCode) {
         let head = self.free.get();
-        // SAFETY: the caller gives the block up; its first word is ours.
-        unsafe { p.cast::<LinkWord>().write(code.encode(head)) };
+        // SAFETY: the caller gives the block up; its link word is ours.
+        unsafe { link_slot(p).write(code.encode(head)) };
         self.free.set(index);
+        self.free_block.set(p);
     }
 
     /// Whether the block of index `index` is on the owner's free list or
@@ -407,7 +434,7 @@ impl Span {
                 );
             }
             // SAFETY: `at` < reserved: a free block of this span.
-            at = code.decode(unsafe { self.block_at(at).cast::<LinkWord>().read() });
+            at = code.decode(unsafe { link_slot(self.block_at(at)).read() });
         }
         if at != reserved {
             self.report_corrupt_list();
@@ -540,14 +567,14 @@ impl Span {
         let mut index = self.free.get();
         while index < reserved {
             let block = self.block_at(index);
-            // SAFETY: a free block of this span: its first word is its link.
-            let next = code.decode(unsafe { block.cast::<LinkWord>().read() });
+            // SAFETY: a free block of this span: its link word is its link.
+            let next = code.decode(unsafe { link_slot(block).read() });
             if !bit(&goes, (block as usize - start) / PAGE_SIZE) {
                 if kept_tail.is_null() {
                     kept_head = index;
                 } else {
                     // SAFETY: relinking free blocks of this span.
-                    unsafe { kept_tail.cast::<LinkWord>().write(code.encode(index)) };
+                    unsafe { link_slot(kept_tail).write(code.encode(index)) };
                 }
                 kept_tail = block;
             }
@@ -555,9 +582,9 @@ impl Span {
         }
         if !kept_tail.is_null() {
             // SAFETY: as above.
-            unsafe { kept_tail.cast::<LinkWord>().write(code.encode(reserved)) };
+            unsafe { link_slot(kept_tail).write(code.encode(reserved)) };
         }
-        self.free.set(kept_head);
+        self.set_free(kept_head);
         self.purged_capacity.set(capacity as u32);
         // Free blocks that start in a purged page: parked now (by this purge
         // or an earlier one).
@@ -598,8 +625,8 @@ impl Span {
                 crate::diag::fatal_pointer("free", "double free", self.block_at(index));
             }
             set_bit(marks, index as usize);
-            // SAFETY: a free block of this span: its first word is its link.
-            index = code.decode(unsafe { self.block_at(index).cast::<LinkWord>().read() });
+            // SAFETY: a free block of this span: its link word is its link.
+            index = code.decode(unsafe { link_slot(self.block_at(index)).read() });
         }
         if index != reserved {
             self.report_corrupt_list();
@@ -634,11 +661,11 @@ impl Span {
                 }
                 // SAFETY: a parked block: free, of this span, in mapped
                 // (purged, so zero-filled on touch) memory.
-                unsafe { block.cast::<LinkWord>().write(code.encode(head)) };
+                unsafe { link_slot(block).write(code.encode(head)) };
                 head = index as u64;
             }
         }
-        self.free.set(head);
+        self.set_free(head);
         self.forget_purged();
         self.has_free()
     }
@@ -666,14 +693,10 @@ impl Span {
             index -= 1;
             // SAFETY: the block lies in the span's never-used bump region,
             // which belongs to this span and is mapped read-write.
-            unsafe {
-                self.block_at(index)
-                    .cast::<LinkWord>()
-                    .write(code.encode(next))
-            };
+            unsafe { link_slot(self.block_at(index)).write(code.encode(next)) };
             next = index;
         }
-        self.free.set(next);
+        self.set_free(next);
         self.capacity.set(capacity + count);
         true
     }
@@ -704,7 +727,7 @@ impl Span {
             tail = self.block_at(index);
             // SAFETY: every block on thread_free was pushed by `free_remote`
             // and is not live; the Acquire swap made its link visible.
-            index = code.decode(unsafe { tail.cast::<LinkWord>().read() });
+            index = code.decode(unsafe { link_slot(tail).read() });
         }
         if index != reserved {
             self.report_corrupt_list();
@@ -713,8 +736,8 @@ impl Span {
             return 0;
         }
         // SAFETY: the tail is a block of the list just taken: ours now.
-        unsafe { tail.cast::<LinkWord>().write(code.encode(self.free.get())) };
-        self.free.set(first);
+        unsafe { link_slot(tail).write(code.encode(self.free.get())) };
+        self.set_free(first);
         let count = count as u32;
         match self.used().checked_sub(count) {
             Some(used) => self.set_used(used),
@@ -732,7 +755,8 @@ impl Span {
     }
 }
 
-/// Whether the first word at `p` decodes, with `key`, to a link of a list
+/// Whether the link word of the block at `p` decodes, with `code`, to a
+/// link of a list
 /// whose end is `reserved` (see [`Span::looks_free`]).
 ///
 /// # Safety
@@ -740,7 +764,7 @@ impl Span {
 #[inline(always)]
 pub unsafe fn looks_like_link(p: *mut u8, code: LinkCode, reserved: u64) -> bool {
     // SAFETY: the caller's guarantee.
-    let word = unsafe { p.cast::<LinkWord>().read() };
+    let word = unsafe { link_slot(p).read() };
     code.decode(word) <= reserved
 }
 
@@ -849,8 +873,8 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64) {
         if head == index {
             crate::diag::fatal_pointer("free", "double free", p);
         }
-        // SAFETY: the caller gave up `p`; its first word is ours to use.
-        unsafe { p.cast::<LinkWord>().write(code.encode(head)) };
+        // SAFETY: the caller gave up `p`; its link word is ours to use.
+        unsafe { link_slot(p).write(code.encode(head)) };
         match list.compare_exchange_weak(head, index, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
                 if head == end {
