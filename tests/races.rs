@@ -583,3 +583,137 @@ fn stale_switch() {
     t.join().expect("thread T");
     assert_eq!(engine::arena_stats(y).unwrap().threads, 0);
 }
+
+// --------------------------- 6. the purger's claim against the owner
+
+#[test]
+fn a_trim_never_takes_memory_from_a_thread_that_is_inside_the_allocator() {
+    in_child(
+        "a_trim_never_takes_memory_from_a_thread_that_is_inside_the_allocator",
+        claim_against_owner,
+    );
+}
+
+/// Thread O allocates and frees in arena X, so its heap keeps a current
+/// span with no block in it (a trim would give it back); O then parks on
+/// `malloc`'s slow path, inside the allocator. A trim of X meanwhile must
+/// not claim O's heap (X's bytes in use stay), and once O is outside again a
+/// trim takes the span.
+fn claim_against_owner() {
+    let x = engine::arena_new().expect("arena X");
+    let (o_id, o_go, o) = thread_with_pause(
+        move || {
+            engine::arena_set(x).expect("enter X");
+            let blocks: Vec<usize> = (0..10).map(|_| engine::malloc(1000) as usize).collect();
+            for &b in &blocks {
+                // SAFETY: blocks of ours.
+                unsafe { engine::free(b as *mut u8) };
+            }
+        },
+        |()| {
+            // A class this thread has no span of yet: the slow path.
+            let p = engine::malloc(3000);
+            assert!(!p.is_null());
+            // SAFETY: a block of ours.
+            unsafe { engine::free(p) };
+        },
+    );
+    let held = engine::arena_stats(x).unwrap().in_use_bytes;
+    assert!(held > 0, "O's heap holds no span");
+    race_hooks::arm(Point::MallocSlowPath, o_id);
+    o_go.send(()).unwrap();
+    wait_parked(Point::MallocSlowPath);
+    let _ = engine::arena_trim(x);
+    let while_inside = engine::arena_stats(x).unwrap().in_use_bytes;
+    race_hooks::release(Point::MallocSlowPath);
+    o.join().expect("thread O");
+    assert_eq!(
+        while_inside, held,
+        "a trim took spans from a heap whose owner was inside the allocator"
+    );
+    // O has exited: its spans went back to X (empty ones as free slices).
+    let _ = engine::arena_trim(x);
+    assert_eq!(engine::arena_stats(x).unwrap().in_use_bytes, 0);
+}
+
+#[test]
+fn an_idle_threads_heap_is_trimmed_while_it_waits_outside_the_allocator() {
+    in_child(
+        "an_idle_threads_heap_is_trimmed_while_it_waits_outside_the_allocator",
+        claim_of_idle_owner,
+    );
+}
+
+/// The other side of the handshake: the same heap, its owner parked
+/// outside the allocator (waiting on a channel): a trim claims it and takes
+/// the empty current span; the owner then allocates on as usual.
+fn claim_of_idle_owner() {
+    let x = engine::arena_new().expect("arena X");
+    let (_o_id, o_go, o) = thread_with_pause(
+        move || {
+            engine::arena_set(x).expect("enter X");
+            let blocks: Vec<usize> = (0..10).map(|_| engine::malloc(1000) as usize).collect();
+            for &b in &blocks {
+                // SAFETY: blocks of ours.
+                unsafe { engine::free(b as *mut u8) };
+            }
+        },
+        |()| {
+            let blocks: Vec<usize> = (0..100).map(|_| engine::malloc(1000) as usize).collect();
+            let mut sorted = blocks.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), blocks.len(), "a block was handed out twice");
+            for &b in &blocks {
+                // SAFETY: blocks of ours.
+                unsafe { engine::free(b as *mut u8) };
+            }
+        },
+    );
+    assert!(engine::arena_stats(x).unwrap().in_use_bytes > 0);
+    let _ = engine::arena_trim(x);
+    assert_eq!(
+        engine::arena_stats(x).unwrap().in_use_bytes,
+        0,
+        "the idle owner's empty span was not taken"
+    );
+    o_go.send(()).unwrap();
+    o.join().expect("thread O");
+}
+
+// -------------------- 7. a remote free against the span's reuse
+
+#[test]
+fn a_remote_free_touches_nothing_of_the_span_once_its_push_landed() {
+    in_child(
+        "a_remote_free_touches_nothing_of_the_span_once_its_push_landed",
+        remote_free_against_unmap,
+    );
+}
+
+/// Thread R frees the only block of arena X's only segment and parks right
+/// after its push landed, still inside `free`. The owner's trim collects
+/// the block, retires the span and unmaps the segment. R must then return
+/// without reading the span (it would fault on the unmapped header).
+fn remote_free_against_unmap() {
+    let x = engine::arena_new().expect("arena X");
+    let p = engine::arena_alloc(x, 64, 16, false) as usize;
+    let mapped = engine::arena_stats(x).unwrap().mapped_bytes;
+    assert!(mapped > 0);
+    let (r_id, r_go, r) = thread_with_pause(
+        || {},
+        move |()| {
+            // SAFETY: a live block of ours, given up here.
+            unsafe { engine::free(p as *mut u8) };
+        },
+    );
+    race_hooks::arm(Point::RemotePushed, r_id);
+    r_go.send(()).unwrap();
+    wait_parked(Point::RemotePushed);
+    let _ = engine::arena_trim(x);
+    let after = engine::arena_stats(x).unwrap().mapped_bytes;
+    race_hooks::release(Point::RemotePushed);
+    r.join().expect("thread R");
+    assert_eq!(after, 0, "the trim did not unmap the emptied segment");
+    assert!(!engine::owns(p as *const u8));
+}

@@ -135,6 +135,7 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     };
     // SAFETY: `heap` is now the calling thread's own heap (a pool heap).
     unsafe { note_activity(heap) };
+    crate::race_hooks::pause(crate::race_hooks::Point::MallocSlowPath);
     crate::purger::maybe_start();
     // SAFETY: as above.
     let h = unsafe { &mut *heap };

@@ -40,13 +40,18 @@ pub enum Point {
     /// A heap is about to join its arena (its handle was checked without
     /// the lock).
     JoinBeforeLock = 8,
+    /// The owner is inside the allocator, on `malloc`'s slow path, before
+    /// it refills (its heaps must not be claimed meanwhile).
+    MallocSlowPath = 9,
+    /// A remote free's push has landed; the freeing thread has not returned.
+    RemotePushed = 10,
 }
 
 #[cfg(feature = "race-hooks")]
 mod armed {
     use super::Point;
 
-    const POINTS: usize = 9;
+    const POINTS: usize = 11;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;

@@ -877,6 +877,7 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64) {
         unsafe { link_slot(p).write(code.encode(head)) };
         match list.compare_exchange_weak(head, index, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
+                crate::race_hooks::pause(crate::race_hooks::Point::RemotePushed);
                 if head == end {
                     // The owner may be idle: tell the purger.
                     crate::purger::note_pending();
