@@ -752,7 +752,7 @@ impl ArenaState {
     pub fn orphan_spans_of_other_threads(&self, survivor: usize) {
         self.for_each_segment(|segment| {
             segment.for_each_span(|span| {
-                let owner = span.owner_thread();
+                let owner = crate::secure::owner_id(span.owner_thread());
                 if owner != 0 && owner != survivor {
                     span.set_owner(span.heap(), DEAD_OWNER);
                 }

@@ -33,7 +33,9 @@ const FULL_SCAN_LIMIT: usize = 16;
 #[repr(C)]
 pub struct Heap {
     /// Span the fast path allocates from, per class (`EMPTY_SPAN` if none).
-    pub current: [*mut Span; CLASS_COUNT],
+    /// Atomic (relaxed: plain moves) because a destroy of the heap's arena
+    /// resets it from another thread (see [`Heap::detach`]).
+    current: [AtomicPtr<Span>; CLASS_COUNT],
     avail: [SpanList; CLASS_COUNT],
     full: [SpanList; CLASS_COUNT],
     /// Null once the arena has been destroyed: the heap is dead, holds no
@@ -72,7 +74,7 @@ pub fn empty_span() -> *mut Span {
 /// The heap of threads that have not allocated yet: every class leads to the
 /// slow path, which sets up a real heap.
 pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
-    current: [&EMPTY_SPAN.0 as *const Span as *mut Span; CLASS_COUNT],
+    current: [const { AtomicPtr::new(&EMPTY_SPAN.0 as *const Span as *mut Span) }; CLASS_COUNT],
     avail: [SpanList::EMPTY; CLASS_COUNT],
     full: [SpanList::EMPTY; CLASS_COUNT],
     arena: AtomicPtr::new(ptr::null_mut()),
@@ -98,7 +100,7 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // current span is the heap's own or the read-only empty span, and only
     // the owner thread touches `free` and `used` of its spans.
     unsafe {
-        let span = &**(*heap).current.get_unchecked(class);
+        let span = &*(*heap).current.get_unchecked(class).load(Ordering::Relaxed);
         let block = span.pop();
         if !block.is_null() {
             span.set_used(span.used() + 1);
@@ -261,7 +263,7 @@ impl Heap {
     /// Makes the heap an empty heap of `arena` for `thread_id`, keeping its
     /// place in its thread's chain.
     fn init(&mut self, arena: *const Arena, thread_id: usize, next_in_thread: *mut Heap) {
-        self.current = [empty_span(); CLASS_COUNT];
+        self.clear_current();
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
         self.arena.store(arena.cast_mut(), Ordering::Relaxed);
@@ -279,7 +281,7 @@ impl Heap {
     /// this arena (the destroy contract), and the destroyer's membarrier
     /// orders these stores before the owner's next look.
     fn detach(&mut self) {
-        self.current = [empty_span(); CLASS_COUNT];
+        self.clear_current();
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
         self.forget_arena();
@@ -310,9 +312,28 @@ impl Heap {
         unsafe { &*self.arena_ptr() }
     }
 
+    /// The current span of `class` (`empty_span()` if none).
+    fn current(&self, class: usize) -> *mut Span {
+        self.current
+            .get(class)
+            .map_or(empty_span(), |c| c.load(Ordering::Relaxed))
+    }
+
+    fn set_current(&self, class: usize, span: *mut Span) {
+        if let Some(c) = self.current.get(class) {
+            c.store(span, Ordering::Relaxed);
+        }
+    }
+
+    fn clear_current(&self) {
+        for c in &self.current {
+            c.store(empty_span(), Ordering::Relaxed);
+        }
+    }
+
     /// Makes `current[class]` a span with a free block and returns it.
     fn refill(&mut self, class: usize) -> Option<*mut Span> {
-        let current = self.current[class];
+        let current = self.current(class);
         if current != empty_span() {
             // SAFETY: a real current span of this heap.
             let s = unsafe { &*current };
@@ -328,7 +349,7 @@ impl Heap {
             s.set_state(SpanState::Full);
             // SAFETY: the current span is in no list.
             unsafe { self.full[class].push_back(current) };
-            self.current[class] = empty_span();
+            self.set_current(class, empty_span());
         }
         let span = self.find_span(class)?;
         // SAFETY: `find_span` returns a span of this heap in no list.
@@ -338,7 +359,7 @@ impl Heap {
         }
         s.set_state(SpanState::Current);
         s.set_used(s.used() + 1);
-        self.current[class] = span;
+        self.set_current(class, span);
         Some(span)
     }
 
@@ -425,7 +446,7 @@ impl Heap {
         // SAFETY: the span was handed over under the arena lock; no other
         // thread owns it.
         let s = unsafe { &*span };
-        s.set_owner(self as *mut Heap, self.thread_id);
+        s.set_owner(self as *mut Heap, crate::secure::owner_tag(self.thread_id));
         s.set_state(SpanState::Available);
     }
 
@@ -458,7 +479,7 @@ impl Heap {
             if budget.spent() {
                 return (purged, Some(class));
             }
-            let current = self.current[class];
+            let current = self.current(class);
             if current != empty_span() {
                 // SAFETY: the heap's current span; the claim makes its
                 // owner-only fields ours.
@@ -467,7 +488,7 @@ impl Heap {
                 if s.used() == 1 {
                     // Only the pin: unpin and give the span back.
                     s.set_used(0);
-                    self.current[class] = empty_span();
+                    self.set_current(class, empty_span());
                     // SAFETY: empty; a current span is in no list.
                     purged += unsafe { state.retire_span(current) };
                     budget.progress();
@@ -567,11 +588,11 @@ impl Heap {
         // SAFETY: this heap is in its arena's list; we hold the lock.
         unsafe { state.remove_heap(self) };
         for class in 0..CLASS_COUNT {
-            let current = self.current[class];
+            let current = self.current(class);
             if current != empty_span() {
                 // SAFETY: our current span; unpin before handing it over.
                 unsafe { (*current).set_used((*current).used() - 1) };
-                self.current[class] = empty_span();
+                self.set_current(class, empty_span());
                 release_to_arena(&mut state, current);
             }
             while let Some(span) = self.avail[class].pop_front() {

@@ -57,6 +57,9 @@ pub struct LargeBlock {
     block: *mut u8,
     /// Header one segment below the block (alignment of a segment or more).
     shifted: bool,
+    /// Bytes of `PROT_NONE` guard at the end of the mapping (secure mode:
+    /// one page; else 0). Part of `map_size`, not of the block.
+    guard: usize,
     /// Freed and parked in the cache.
     cached: bool,
     freed_at_ms: u64,
@@ -68,7 +71,7 @@ pub struct LargeBlock {
 impl LargeBlock {
     /// Bytes the caller may use.
     pub fn usable(&self) -> usize {
-        self.map_base as usize + self.map_size - self.block as usize
+        self.map_base as usize + self.map_size - self.guard - self.block as usize
     }
 
     pub fn block(&self) -> *mut u8 {
@@ -94,10 +97,20 @@ fn round_map_size(bytes: usize) -> Option<usize> {
 
 /// The size of the mapping [`map_block`] makes for `size` bytes at `align`.
 fn fresh_map_size(size: usize, align: usize) -> Option<usize> {
-    if align >= SEGMENT_SIZE {
+    let body = if align >= SEGMENT_SIZE {
         round_map_size(size)?.checked_add(SEGMENT_SIZE)
     } else {
         round_map_size(align.max(PAGE_SIZE).checked_add(size)?)
+    };
+    body?.checked_add(guard_bytes())
+}
+
+/// The guard page a fresh block gets at its end (secure mode), or 0.
+fn guard_bytes() -> usize {
+    if crate::secure::enabled() {
+        PAGE_SIZE
+    } else {
+        0
     }
 }
 
@@ -213,16 +226,17 @@ fn map_block(arena: &'static Arena, size: usize, align: usize) -> Option<*mut La
     let map_size;
     let block;
     let shifted = align >= SEGMENT_SIZE;
+    let guard = guard_bytes();
     if !shifted {
         let offset = align.max(PAGE_SIZE);
-        map_size = round_map_size(offset.checked_add(size)?)?;
+        map_size = round_map_size(offset.checked_add(size)?)?.checked_add(guard)?;
         map_base = os::map_aligned(map_size, SEGMENT_SIZE)?;
         header = map_base.cast();
         block = (map_base as usize + offset) as *mut u8;
     } else {
         // Map enough to place the block on an `align` boundary with one
         // segment below it for the header, then trim both ends.
-        let body = round_map_size(size)?;
+        let body = round_map_size(size)?.checked_add(guard)?;
         let padded = body.checked_add(SEGMENT_SIZE)?.checked_add(align)?;
         let raw = os::map(padded)? as usize;
         let block_addr = (raw + SEGMENT_SIZE + align - 1) & !(align - 1);
@@ -239,6 +253,10 @@ fn map_block(arena: &'static Arena, size: usize, align: usize) -> Option<*mut La
         header = map_base.cast();
         block = block_addr as *mut u8;
     }
+    if guard != 0 && !os::protect_none((map_base as usize + map_size - guard) as *mut u8, guard) {
+        os::unmap(map_base, map_size);
+        return None;
+    }
     // SAFETY: the first page of the mapping is ours and zeroed.
     unsafe {
         header.write(LargeBlock {
@@ -250,6 +268,7 @@ fn map_block(arena: &'static Arena, size: usize, align: usize) -> Option<*mut La
             map_size,
             block,
             shifted,
+            guard,
             cached: false,
             freed_at_ms: 0,
             next: ptr::null_mut(),
@@ -333,9 +352,10 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
     let evicted = {
         let mut state = arena.state.lock();
         untrack_live(&mut state, header);
-        if b.shifted {
+        if b.shifted || b.guard != 0 {
             // Cached blocks are reused only without a shifted header; do not
-            // let one occupy the cache.
+            // let one occupy the cache. Guarded (secure) blocks go at once,
+            // so that a use after free faults.
             None
         } else {
             b.cached = true;
@@ -377,6 +397,11 @@ pub unsafe fn resize(header: *mut LargeBlock, p: *mut u8, new_size: usize) -> Op
     // SAFETY: validated live header; a large block's arena is static.
     let (b, arena) = unsafe { (&mut *header, &*(*header).header.arena) };
     let old_usable = b.usable();
+    if b.guard != 0 {
+        // The guard page would have to move: keep the block if it fits,
+        // else let the caller move it.
+        return (new_size <= old_usable).then_some(p);
+    }
     if new_size <= old_usable {
         // Shrink the mapping when more than half would be idle.
         if new_size < old_usable / 2 && !b.shifted {

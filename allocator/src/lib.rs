@@ -32,6 +32,7 @@ pub mod os;
 pub mod purger;
 pub mod race_hooks;
 pub mod registry;
+pub mod secure;
 pub mod segment;
 pub mod size_class;
 pub mod span;
@@ -243,7 +244,7 @@ unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
     };
     // SAFETY: a block start of the live span, given up by the caller;
     // `free_remote` checks that it does not look freed already.
-    unsafe { span::free_remote(span, p, index) };
+    unsafe { span::free_remote(span, p, index, secure::enabled()) };
 }
 
 /// Bytes usable in the block `p` (at least what was asked for).
@@ -343,7 +344,8 @@ unsafe fn check_block_in_use(span: *mut span::Span, p: *mut u8, operation: &str)
     }
     // SAFETY: a block start of the span.
     if unsafe { s.looks_free(p) } {
-        let freed = if s.owner_thread() == thread::current_thread_id() {
+        let owner = secure::owner_id(s.owner_thread());
+        let freed = if owner == thread::current_thread_id() {
             thread::inside_allocator(|| s.is_listed_free(index))
         } else {
             true

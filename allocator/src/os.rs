@@ -95,6 +95,13 @@ pub fn unmap(p: *mut u8, size: usize) -> bool {
     unsafe { libc::munmap(p.cast(), size) == 0 }
 }
 
+/// Makes `[p, p + size)` inaccessible (a guard page); false if refused.
+pub fn protect_none(p: *mut u8, size: usize) -> bool {
+    // SAFETY: the range is page-aligned memory the engine mapped and that
+    // holds no data; any later access faults, which is the point.
+    unsafe { libc::mprotect(p.cast(), size, libc::PROT_NONE) == 0 }
+}
+
 /// Drops the physical pages behind `[p, p + size)`: RSS falls now and the
 /// next touch reads zeros.
 pub fn discard(p: *mut u8, size: usize) -> bool {

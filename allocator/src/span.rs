@@ -848,14 +848,15 @@ fn set_bit(words: &mut [u64], i: usize) -> bool {
 /// Pushes the block `p` of index `index` on `span`'s remote list: one
 /// atomic operation (a CAS, retried only if another thread pushed at the
 /// same moment). Aborts on a block that looks freed already (a double free:
-/// its link word decodes, or it heads the list).
+/// its link word decodes, or it heads the list). With `zero`, the block's
+/// bytes are cleared first (secure mode).
 ///
 /// # Safety
 /// `span` is the live span that holds `p`, a block start of it (`index`)
 /// that the caller gives up. After the push the owner may recycle the span
 /// at any time, so nothing of it is touched once the CAS succeeds.
 #[inline]
-pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64) {
+pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool) {
     // SAFETY: the span is live until our push lands (it holds `p`).
     let (code, end, list) = unsafe {
         (
@@ -867,6 +868,10 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64) {
     // SAFETY: as above; `p` is a block start of the span.
     if unsafe { (*span).looks_free(p) } {
         crate::diag::fatal_pointer("free", "double free", p);
+    }
+    if zero {
+        // SAFETY: the caller gave up `p`, a block of the span's size.
+        unsafe { ptr::write_bytes(p, 0, (*span).block_size()) };
     }
     let mut head = list.load(Ordering::Relaxed);
     loop {
