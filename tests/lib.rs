@@ -279,6 +279,24 @@ pub fn run_in_child(test_name: &str, env_key: &str, scenario: &str) -> Output {
     cmd.output().expect("spawn the test binary")
 }
 
+/// Maps a read-write page at `addr`, where nothing may be mapped; panics if
+/// something is (`MAP_FIXED_NOREPLACE`). For tests that put a foreign page
+/// into a hole the allocator gave back.
+pub fn map_page_at(addr: usize) {
+    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped.
+    let page = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(page as usize, addr, "could not map a page at {addr:#x}");
+}
+
 /// How a child of [`run_in_child_timed`] ended, and its output.
 pub struct ChildRun {
     /// `exit status: 0`, `signal: 6 (SIGABRT)`, or a description of where

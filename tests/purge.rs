@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use arenalloc_engine as engine;
 use arenalloc_tests::{
-    contains, pattern, rss_bytes, run_in_child_timed, stuck_process_report, Rng,
+    contains, map_page_at, pattern, rss_bytes, run_in_child_timed, stuck_process_report, Rng,
 };
 use engine::purger;
 
@@ -1437,22 +1437,6 @@ fn foreign_page_in_a_hole(survivors: &[Held]) -> usize {
         .expect("no unmapped slice in any survivor's segment");
     map_page_at(hole);
     hole
-}
-
-/// Maps a read-write page at `hole`, where nothing is mapped.
-fn map_page_at(hole: usize) {
-    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped.
-    let page = unsafe {
-        libc::mmap(
-            hole as *mut libc::c_void,
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(page as usize, hole, "could not map a page into the hole");
 }
 
 /// `free` of an address in a hole (someone else's page) must abort with

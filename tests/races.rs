@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arenalloc_engine as engine;
-use arenalloc_tests::{contains, run_in_child_timed};
+use arenalloc_tests::{contains, map_page_at, run_in_child_timed};
 use engine::race_hooks::{self, Point};
 
 const CHILD_VAR: &str = "RACES_CHILD";
@@ -193,25 +193,14 @@ fn stale_limit() {
     unsafe { engine::free(p) };
 }
 
-#[test]
-fn a_trim_whose_arena_is_destroyed_between_slices_leaves_the_next_arena_alone() {
-    in_child_with(
-        "a_trim_whose_arena_is_destroyed_between_slices_leaves_the_next_arena_alone",
-        &[("ARENALLOC_PURGE_SLICE_US", "0")],
-        trim_across_destroy,
-    );
-}
-
-/// Thread P trims X, one step per lock hold (`ARENALLOC_PURGE_SLICE_US=0`),
-/// and parks between two holds; X is destroyed and
-/// Y created in the same slot, with a freed large block in its cache. P's
-/// trim must stop: Y's cached block stays (it is Y's, not X's to give
-/// back). Before the fix P went on and purged Y.
-fn trim_across_destroy() {
+/// Arena X with free slices in several segments (work for several lock
+/// holds); thread P trims it (the child runs with
+/// `ARENALLOC_PURGE_SLICE_US=0`: one step per hold) and parks between two
+/// holds; then X is destroyed. Returns P's id and handle; P is still
+/// parked at `PurgeBetweenSlices`.
+fn destroy_an_arena_while_its_trim_is_between_slices() -> (usize, thread::JoinHandle<()>) {
     engine::purger::set_background(false);
     let x = engine::arena_new().expect("arena X");
-    // Something for X's trim to do in several lock holds: free slices in
-    // several segments.
     let blocks: Vec<usize> = (0..40)
         .map(|_| engine::arena_alloc(x, 100 * 1024, 16, false) as usize)
         .collect();
@@ -230,6 +219,25 @@ fn trim_across_destroy() {
     wait_parked(Point::PurgeBetweenSlices);
     // SAFETY: X's blocks were all freed; nobody uses it.
     assert!(unsafe { engine::arena_destroy(x) });
+    (p_id, p)
+}
+
+#[test]
+fn a_trim_whose_arena_is_destroyed_between_slices_leaves_the_next_arena_alone() {
+    in_child_with(
+        "a_trim_whose_arena_is_destroyed_between_slices_leaves_the_next_arena_alone",
+        &[("ARENALLOC_PURGE_SLICE_US", "0")],
+        trim_across_destroy,
+    );
+}
+
+/// Thread P trims X, one step per lock hold (`ARENALLOC_PURGE_SLICE_US=0`),
+/// and parks between two holds; X is destroyed and
+/// Y created in the same slot, with a freed large block in its cache. P's
+/// trim must stop: Y's cached block stays (it is Y's, not X's to give
+/// back). Before the fix P went on and purged Y.
+fn trim_across_destroy() {
+    let (_, p) = destroy_an_arena_while_its_trim_is_between_slices();
     let y = engine::arena_new().expect("arena Y");
     let big = engine::arena_alloc(y, 8 << 20, 16, false);
     assert!(!big.is_null());
@@ -349,22 +357,12 @@ fn hole_being_unmapped() {
     race_hooks::arm(Point::HoleUnmapped, p_id);
     p_go.send(()).unwrap();
     wait_parked(Point::HoleUnmapped);
-    // SAFETY: maps one page where the hole is, only if nothing is there.
-    let page = unsafe {
-        libc::mmap(
-            hole as *mut libc::c_void,
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(page as usize, hole, "the hole was not unmapped");
+    // Fails if the hole was not unmapped.
+    map_page_at(hole);
     let ours = engine::owns(hole as *const u8);
     let arena = engine::arena_of(hole as *const u8);
     // SAFETY: our own page.
-    unsafe { libc::munmap(page, 4096) };
+    unsafe { libc::munmap(hole as *mut libc::c_void, 4096) };
     race_hooks::release(Point::HoleUnmapped);
     p.join().expect("thread P");
     assert!(!ours, "a foreign page in a hole was taken for ours");
@@ -429,26 +427,7 @@ fn fork_while_a_purge_holds_the_lock_of_a_destroyed_arena_leaves_the_child_worki
 /// inherits it held, and the child's next arena creation, which reuses X's
 /// slot, hangs. The child creates an arena and exits 0.
 fn fork_during_purge_of_destroyed() {
-    engine::purger::set_background(false);
-    let x = engine::arena_new().expect("arena X");
-    let blocks: Vec<usize> = (0..40)
-        .map(|_| engine::arena_alloc(x, 100 * 1024, 16, false) as usize)
-        .collect();
-    for &b in &blocks {
-        // SAFETY: blocks of ours.
-        unsafe { engine::free(b as *mut u8) };
-    }
-    let (p_id, p_go, p) = thread_with_pause(
-        || {},
-        move |()| {
-            let _ = engine::arena_trim(x);
-        },
-    );
-    race_hooks::arm(Point::PurgeBetweenSlices, p_id);
-    p_go.send(()).unwrap();
-    wait_parked(Point::PurgeBetweenSlices);
-    // SAFETY: X's blocks were all freed; nobody uses it.
-    assert!(unsafe { engine::arena_destroy(x) });
+    let (p_id, p) = destroy_an_arena_while_its_trim_is_between_slices();
     race_hooks::arm(Point::PurgeLocked, p_id);
     race_hooks::release(Point::PurgeBetweenSlices);
     wait_parked(Point::PurgeLocked);
