@@ -510,3 +510,79 @@ fn an_overflow_into_a_block_freed_by_another_thread_cannot_steer_malloc() {
         },
     );
 }
+
+// ------------- blocks never handed out, and blocks parked by a purge
+
+/// A block start of a live span that was never handed out: the span has
+/// carved its first page of 64-byte blocks only.
+fn never_handed_out() -> *mut u8 {
+    let p = busy_block();
+    let span = p as usize & !0xffff;
+    // Block 500 of the span: far past the first page's 64 blocks.
+    (span + 500 * 64) as *mut u8
+}
+
+#[test]
+fn free_of_a_block_never_handed_out_aborts() {
+    expect_abort(
+        "free_of_a_block_never_handed_out_aborts",
+        "never handed out",
+        || {
+            let q = never_handed_out();
+            announce(q);
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { engine::free(q) };
+            q
+        },
+    );
+}
+
+#[test]
+fn free_of_a_block_never_handed_out_from_another_thread_aborts() {
+    expect_abort(
+        "free_of_a_block_never_handed_out_from_another_thread_aborts",
+        "not a block in use",
+        || {
+            let q = never_handed_out() as usize;
+            thread::spawn(move || {
+                announce(q as *mut u8);
+                // SAFETY: deliberately invalid: the engine must abort.
+                unsafe { engine::free(q as *mut u8) };
+            })
+            .join()
+            .ok();
+            q as *mut u8
+        },
+    );
+}
+
+#[test]
+fn double_free_of_a_block_whose_page_was_purged_aborts() {
+    expect_abort(
+        "double_free_of_a_block_whose_page_was_purged_aborts",
+        "double free",
+        || {
+            // 256 blocks of 64 B: four pages. Free the third page's blocks,
+            // keep the rest; a trim gives that page back and parks its
+            // blocks (their link words are gone with it).
+            let blocks: Vec<*mut u8> = (0..256).map(|_| engine::malloc(64)).collect();
+            let base = blocks[0] as usize;
+            let in_third_page: Vec<*mut u8> = blocks
+                .iter()
+                .copied()
+                .filter(|&b| (b as usize - base) / 4096 == 2)
+                .collect();
+            assert_eq!(in_third_page.len(), 64, "blocks not laid out in order");
+            for &b in &in_third_page {
+                // SAFETY: valid frees.
+                unsafe { engine::free(b) };
+            }
+            assert!(engine::trim() > 0, "the trim gave nothing back");
+            let p = in_third_page[5];
+            announce(p);
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { engine::free(p) };
+            p
+        },
+    );
+}

@@ -155,6 +155,11 @@ fn the_byte_after_a_large_block_is_a_guard_page_and_writing_it_faults() {
                 let p = engine::malloc(size);
                 // SAFETY: the usable size of a live block.
                 let usable = unsafe { engine::usable_size(p) };
+                assert!(
+                    usable - size < 16,
+                    "{} bytes between the end of a block of {size} B and its guard",
+                    usable - size
+                );
                 assert_eq!(
                     permissions_at(p as usize + usable).as_deref(),
                     Some("---p"),

@@ -175,10 +175,12 @@ pub unsafe fn free_local(span: *mut Span, p: *mut u8) {
     let s = unsafe { &*span };
     // Read before the block is written, which the compiler cannot tell
     // apart from the span's fields.
-    let (reserved, code) = (s.reserved(), s.link_code());
+    let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
     let index = s.index_of(p);
+    // Below `fast_below`: a block start that was handed out, in a span with
+    // no parked blocks.
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
-    if index >= reserved || unsafe { crate::span::looks_like_link(p, code, reserved) } {
+    if index >= fast_below || unsafe { crate::span::looks_like_link(p, code, reserved) } {
         // SAFETY: forwarded.
         return unsafe { free_local_checked(span, p, index) };
     }
@@ -204,8 +206,9 @@ unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode)
     }
 }
 
-/// A local free whose pointer is not a block start, or whose block looks
-/// freed already: abort with a message if it is misuse, else free it.
+/// A local free whose pointer is not a block start of a block handed out,
+/// whose block looks freed already, or whose span has parked blocks: abort
+/// with a message if it is misuse, else free it.
 #[cold]
 #[inline(never)]
 unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
@@ -214,7 +217,14 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
     if index >= s.reserved() {
         diag::fatal_pointer("free", "pointer is not the start of a block", p);
     }
-    if s.is_listed_free(index) {
+    if index >= s.capacity() {
+        diag::fatal_pointer(
+            "free",
+            "pointer is not a block in use (never handed out)",
+            p,
+        );
+    }
+    if s.is_parked(index) || s.is_listed_free(index) {
         diag::fatal_pointer("free", "double free", p);
     }
     // The program's data only happened to decode to a link.

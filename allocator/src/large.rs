@@ -97,12 +97,24 @@ fn round_map_size(bytes: usize) -> Option<usize> {
 
 /// The size of the mapping [`map_block`] makes for `size` bytes at `align`.
 fn fresh_map_size(size: usize, align: usize) -> Option<usize> {
+    let guard = guard_bytes();
     let body = if align >= SEGMENT_SIZE {
         round_map_size(size)?.checked_add(SEGMENT_SIZE)
     } else {
-        round_map_size(align.max(PAGE_SIZE).checked_add(size)?)
+        body_size(align.max(PAGE_SIZE).checked_add(size)?, guard)
     };
-    body?.checked_add(guard_bytes())
+    body?.checked_add(guard)
+}
+
+/// The mapping (before any guard) for a header page and a block that need
+/// `bytes` together: rounded for in-place growth, or with a guard page only
+/// to whole pages, so that the guard follows the block's end closely.
+fn body_size(bytes: usize, guard: usize) -> Option<usize> {
+    if guard == 0 {
+        round_map_size(bytes)
+    } else {
+        Some(bytes.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
+    }
 }
 
 /// The guard page a fresh block gets at its end (secure mode), or 0.
@@ -229,10 +241,18 @@ fn map_block(arena: &'static Arena, size: usize, align: usize) -> Option<*mut La
     let guard = guard_bytes();
     if !shifted {
         let offset = align.max(PAGE_SIZE);
-        map_size = round_map_size(offset.checked_add(size)?)?.checked_add(guard)?;
+        let body = body_size(offset.checked_add(size)?, guard)?;
+        map_size = body.checked_add(guard)?;
         map_base = os::map_aligned(map_size, SEGMENT_SIZE)?;
         header = map_base.cast();
-        block = (map_base as usize + offset) as *mut u8;
+        block = if guard == 0 {
+            (map_base as usize + offset) as *mut u8
+        } else {
+            // Flush against the guard (aligned down, so at most an
+            // alignment's worth of slack): an overflow faults at once.
+            let end = map_base as usize + body;
+            ((end - size.max(1)) & !(align.max(16) - 1)) as *mut u8
+        };
     } else {
         // Map enough to place the block on an `align` boundary with one
         // segment below it for the header, then trim both ends.

@@ -232,7 +232,7 @@ unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
         // the owner may recycle the span.
         let s = unsafe { &*span };
         let index = s.index_of(p);
-        if s.state() == SpanState::Free || index >= s.reserved() {
+        if s.state() == SpanState::Free || index >= s.capacity() {
             let problem = if OWNERSHIP.region_of(p as usize).is_none() {
                 "pointer was not allocated by arenalloc"
             } else {
@@ -339,13 +339,17 @@ unsafe fn check_block_in_use(span: *mut span::Span, p: *mut u8, operation: &str)
     // SAFETY: span entries live in mapped segment headers.
     let s = unsafe { &*span };
     let index = s.index_of(p);
-    if s.state() == SpanState::Free || index >= s.reserved() {
+    if s.state() == SpanState::Free || index >= s.capacity() {
         diag::fatal_pointer(operation, "pointer is not a block in use", p);
+    }
+    let owner = secure::owner_id(s.owner_thread());
+    let mine = owner == thread::current_thread_id();
+    if mine && thread::inside_allocator(|| s.is_parked(index)) {
+        diag::fatal_pointer(operation, "block was freed already", p);
     }
     // SAFETY: a block start of the span.
     if unsafe { s.looks_free(p) } {
-        let owner = secure::owner_id(s.owner_thread());
-        let freed = if owner == thread::current_thread_id() {
+        let freed = if mine {
             thread::inside_allocator(|| s.is_listed_free(index))
         } else {
             true

@@ -106,6 +106,14 @@ pub struct Span {
     /// Blocks that fit in the span (fixed while the span is in use); also
     /// the index that ends a list.
     reserved: AtomicU32,
+    /// Blocks carved from the bump region so far (only these were ever
+    /// handed out). Written by the owner; read by any thread that frees a
+    /// block (it got the block after it was carved).
+    capacity: AtomicU32,
+    /// Blocks below this index take the owner's fast free path: `capacity`,
+    /// or 0 while blocks are parked, so that every free checks whether its
+    /// block is a parked (free) one. Owner only.
+    fast_free_below: AtomicU32,
     /// Trailing zero bits of `block_size`.
     shift: AtomicU8,
     /// A `SpanState`.
@@ -122,8 +130,6 @@ pub struct Span {
     /// Index of the first block freed by a thread other than the owner
     /// (`reserved`: none). In its own cache line: other threads write it.
     thread_free: Aligned64<AtomicU64>,
-    /// Blocks carved from the bump region so far. Owner only.
-    capacity: Cell<u32>,
     /// Links in a heap list or the arena's abandoned list.
     next: Cell<*mut Span>,
     prev: Cell<*mut Span>,
@@ -178,6 +184,8 @@ impl Span {
             used: AtomicU32::new(0),
             block_size: AtomicU32::new(0),
             reserved: AtomicU32::new(0),
+            capacity: AtomicU32::new(0),
+            fast_free_below: AtomicU32::new(0),
             shift: AtomicU8::new(0),
             state: AtomicU8::new(SpanState::Free as u8),
             class: Cell::new(0),
@@ -185,7 +193,6 @@ impl Span {
             owner_thread: AtomicUsize::new(0),
             heap: Cell::new(ptr::null_mut()),
             thread_free: Aligned64(AtomicU64::new(0)),
-            capacity: Cell::new(0),
             next: Cell::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
             purged_pages: [const { Cell::new(0) }; PURGE_WORDS],
@@ -217,7 +224,8 @@ impl Span {
             odd_inverse(((block_size >> shift) as u64) | 1),
             Ordering::Relaxed,
         );
-        self.capacity.set(0);
+        self.capacity.store(0, Ordering::Relaxed);
+        self.fast_free_below.store(0, Ordering::Relaxed);
         self.reserved.store(reserved as u32, Ordering::Relaxed);
         self.class.set(class);
         self.set_state(SpanState::Free);
@@ -341,6 +349,27 @@ impl Span {
             word.write(0);
         }
         block
+    }
+
+    /// Blocks carved so far: a block start at or above this index was never
+    /// handed out.
+    #[inline(always)]
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.capacity.load(Ordering::Relaxed))
+    }
+
+    /// Blocks below this index may take the owner's fast free path (see
+    /// `fast_free_below`).
+    #[inline(always)]
+    pub fn fast_free_below(&self) -> u64 {
+        u64::from(self.fast_free_below.load(Ordering::Relaxed))
+    }
+
+    /// Whether block `index` is parked (free, off the list, its page given
+    /// back). Owner only.
+    pub fn is_parked(&self, index: u64) -> bool {
+        index < u64::from(self.purged_capacity.get())
+            && self.page_is_purged(index as usize * self.block_size() / PAGE_SIZE)
     }
 
     /// Whether the owner's free list has a block.
@@ -499,6 +528,8 @@ impl Span {
         }
         self.purged_capacity.set(0);
         self.parked.set(0);
+        self.fast_free_below
+            .store(self.capacity.load(Ordering::Relaxed), Ordering::Relaxed);
         self.used_at_purge.set(u32::MAX);
     }
 
@@ -522,7 +553,7 @@ impl Span {
         }
         self.used_at_purge.set(used);
         let size = self.block_size();
-        let capacity = self.capacity.get() as usize;
+        let capacity = self.capacity.load(Ordering::Relaxed) as usize;
         let start = self.start.load(Ordering::Relaxed) as usize;
         if size == 0 || capacity == 0 || capacity > MAX_BLOCKS_PER_SPAN {
             return 0;
@@ -592,6 +623,10 @@ impl Span {
             .filter(|&i| bit(&free_marks, i) && self.page_is_purged(i * size / PAGE_SIZE))
             .count();
         self.parked.set(parked as u32);
+        if parked != 0 {
+            // Frees must now check for parked blocks.
+            self.fast_free_below.store(0, Ordering::Relaxed);
+        }
         // Discard the runs of pages that go.
         let mut purged = 0;
         let mut page = 0;
@@ -643,7 +678,7 @@ impl Span {
         }
         let size = self.block_size();
         let mut listed = [0u64; FREE_MARK_WORDS];
-        self.mark_free_list(&mut listed, self.capacity.get() as usize);
+        self.mark_free_list(&mut listed, self.capacity.load(Ordering::Relaxed) as usize);
         let code = self.link_code();
         let mut head = self.free.get();
         // Link in reverse so the list runs in address order.
@@ -677,7 +712,7 @@ impl Span {
         if self.restore_parked() {
             return true;
         }
-        let capacity = self.capacity.get();
+        let capacity = self.capacity.load(Ordering::Relaxed);
         let left = self.reserved.load(Ordering::Relaxed) - capacity;
         if left == 0 {
             return false;
@@ -697,7 +732,10 @@ impl Span {
             next = index;
         }
         self.set_free(next);
-        self.capacity.set(capacity + count);
+        self.capacity.store(capacity + count, Ordering::Relaxed);
+        // Nothing is parked here (restore_parked ran first).
+        self.fast_free_below
+            .store(capacity + count, Ordering::Relaxed);
         true
     }
 
@@ -714,13 +752,21 @@ impl Span {
         // this span's key, so the list is spliced in front of `free` whole.
         let mut count = 0u64;
         let mut tail = ptr::null_mut::<u8>();
+        let (capacity, parked) = (self.capacity(), self.parked.get() != 0);
         let mut index = first;
         while index < reserved {
             count += 1;
-            if count > reserved {
+            if count > reserved || (parked && self.is_parked(index)) {
                 crate::diag::fatal_pointer(
                     "free",
                     "double free (a block freed twice by other threads)",
+                    self.block_at(index),
+                );
+            }
+            if index >= capacity {
+                crate::diag::fatal_pointer(
+                    "free",
+                    "pointer is not a block in use (never handed out)",
                     self.block_at(index),
                 );
             }
@@ -751,7 +797,7 @@ impl Span {
     pub fn has_room(&self) -> bool {
         self.has_free()
             || self.parked.get() != 0
-            || self.capacity.get() < self.reserved.load(Ordering::Relaxed)
+            || self.capacity.load(Ordering::Relaxed) < self.reserved.load(Ordering::Relaxed)
     }
 }
 
