@@ -436,6 +436,7 @@ pub fn arena_current() -> ArenaHandle {
 /// Makes `handle` the calling thread's preferred arena and returns the
 /// previous one. A stale or foreign handle is refused (`None`, errno
 /// `EINVAL`) and the preferred arena stays as it was.
+#[inline]
 pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
     let Some(arena) = registry::resolve(handle) else {
         os::set_errno(libc::EINVAL);
@@ -446,7 +447,22 @@ pub fn arena_set(handle: ArenaHandle) -> Option<ArenaHandle> {
     // heap (whose handle is the default arena's, as is a dead heap's).
     let (current_arena, previous) = unsafe { ((*current).arena_ptr(), (*current).arena_handle()) };
     let already = core::ptr::eq(current_arena, arena) && previous == handle.to_raw();
-    if !already && thread::set_preferred_arena(arena, handle.to_raw()).is_none() {
+    if !already && !thread::switch_back(arena, handle.to_raw()) {
+        return arena_set_slow(arena, handle, previous);
+    }
+    ArenaHandle::from_raw(previous)
+}
+
+/// [`arena_set`] when the thread's heap for the arena is not the one it
+/// last switched away from: find or make it.
+#[cold]
+#[inline(never)]
+fn arena_set_slow(
+    arena: &'static Arena,
+    handle: ArenaHandle,
+    previous: u64,
+) -> Option<ArenaHandle> {
+    if thread::set_preferred_arena(arena, handle.to_raw()).is_none() {
         // Stale since it was checked, or no memory for a heap.
         let stale = registry::resolve(handle).is_none();
         os::set_errno(if stale { libc::EINVAL } else { libc::ENOMEM });

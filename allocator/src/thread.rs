@@ -289,18 +289,28 @@ pub fn preferred_arena() -> &'static Arena {
 /// `life` is the raw handle `arena` was resolved from: a handle that went
 /// stale meanwhile is refused (`None`).
 pub fn set_preferred_arena(arena: &'static Arena, life: u64) -> Option<()> {
+    if switch_back(arena, life) {
+        return Some(());
+    }
+    set_current_heap(heap_in(arena, life)?);
+    Some(())
+}
+
+/// Makes the heap the thread last switched away from current again if it
+/// is the heap for `arena` in the life `life` (the common case of a
+/// library call wrapped in a switch); false otherwise.
+#[inline(always)]
+pub fn switch_back(arena: &'static Arena, life: u64) -> bool {
     let previous = THREAD.with(|t| t.previous_heap.load(Ordering::Relaxed));
     // SAFETY: the previous heap is the empty heap or one of this thread's
     // pool heaps (a dead one has a null arena and never matches).
     let (previous_arena, previous_life) =
         unsafe { ((*previous).arena_ptr(), (*previous).arena_handle()) };
-    let heap = if core::ptr::eq(previous_arena, arena) && previous_life == life {
-        previous
-    } else {
-        heap_in(arena, life)?
-    };
-    set_current_heap(heap);
-    Some(())
+    let matches = core::ptr::eq(previous_arena, arena) && previous_life == life;
+    if matches {
+        set_current_heap(previous);
+    }
+    matches
 }
 
 /// Thread exit: every heap of the thread hands its spans to its arena and
