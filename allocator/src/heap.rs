@@ -194,9 +194,10 @@ pub unsafe fn free_local(span: *mut Span, p: *mut u8) {
 /// As for [`free_local`], and `p` is the block of index `index`, not free.
 #[inline(always)]
 unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode) {
-    // SAFETY: owner-only fields of the caller's own span; `p` is a block of
-    // it that the caller gives up.
+    // SAFETY: the caller's own span, reached through a shared reference.
     let s = unsafe { &*span };
+    // SAFETY: `p` is block `index` of the caller's own span, given up by the
+    // caller, and `code` is the span's link code.
     unsafe { s.push_local(p, index, code) };
     let used = s.used().wrapping_sub(1);
     s.set_used(used);
