@@ -565,6 +565,18 @@ fn stale_switch() {
 
 // --------------------------- 6. the purger's claim against the owner
 
+/// Makes `x` the calling thread's arena and allocates and frees ten 1 KiB
+/// blocks there: the thread's heap keeps a current span with no block in
+/// it, which a trim gives back if it can claim the heap.
+fn leave_an_empty_current_span_in(x: engine::ArenaHandle) {
+    engine::arena_set(x).expect("enter X");
+    let blocks: Vec<usize> = (0..10).map(|_| engine::malloc(1000) as usize).collect();
+    for &b in &blocks {
+        // SAFETY: blocks of ours.
+        unsafe { engine::free(b as *mut u8) };
+    }
+}
+
 #[test]
 fn a_trim_never_takes_memory_from_a_thread_that_is_inside_the_allocator() {
     in_child(
@@ -581,14 +593,7 @@ fn a_trim_never_takes_memory_from_a_thread_that_is_inside_the_allocator() {
 fn claim_against_owner() {
     let x = engine::arena_new().expect("arena X");
     let (o_id, o_go, o) = thread_with_pause(
-        move || {
-            engine::arena_set(x).expect("enter X");
-            let blocks: Vec<usize> = (0..10).map(|_| engine::malloc(1000) as usize).collect();
-            for &b in &blocks {
-                // SAFETY: blocks of ours.
-                unsafe { engine::free(b as *mut u8) };
-            }
-        },
+        move || leave_an_empty_current_span_in(x),
         |()| {
             // A class this thread has no span of yet: the slow path.
             let p = engine::malloc(3000);
@@ -629,14 +634,7 @@ fn an_idle_threads_heap_is_trimmed_while_it_waits_outside_the_allocator() {
 fn claim_of_idle_owner() {
     let x = engine::arena_new().expect("arena X");
     let (_o_id, o_go, o) = thread_with_pause(
-        move || {
-            engine::arena_set(x).expect("enter X");
-            let blocks: Vec<usize> = (0..10).map(|_| engine::malloc(1000) as usize).collect();
-            for &b in &blocks {
-                // SAFETY: blocks of ours.
-                unsafe { engine::free(b as *mut u8) };
-            }
-        },
+        move || leave_an_empty_current_span_in(x),
         |()| {
             let blocks: Vec<usize> = (0..100).map(|_| engine::malloc(1000) as usize).collect();
             let mut sorted = blocks.clone();
