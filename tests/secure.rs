@@ -243,3 +243,39 @@ fn blocks_keep_their_contents_across_threads_in_secure_mode() {
         },
     );
 }
+
+#[test]
+fn spans_emptied_by_frees_go_back_while_the_thread_allocates_other_sizes() {
+    expect_success(
+        "spans_emptied_by_frees_go_back_while_the_thread_allocates_other_sizes",
+        || {
+            // No housekeeper: only the thread's own slow paths may notice.
+            engine::purger::set_background(false);
+            let x = engine::arena_new().expect("an arena");
+            engine::arena_set(x).expect("enter it");
+            let small: Vec<usize> = (0..65_536).map(|_| engine::malloc(64) as usize).collect();
+            for &p in &small {
+                // SAFETY: blocks of ours (in secure mode every free goes
+                // through the span's remote list).
+                unsafe { engine::free(p as *mut u8) };
+            }
+            let before = engine::arena_stats(x).unwrap().in_use_bytes;
+            let large: Vec<usize> = (0..4096).map(|_| engine::malloc(1024) as usize).collect();
+            let after = engine::arena_stats(x).unwrap().in_use_bytes;
+            println!(
+                "in use: {} KiB after freeing 4 MiB of 64 B blocks, {} KiB after 4 MiB of 1 KiB blocks",
+                before >> 10,
+                after >> 10
+            );
+            assert!(
+                after < before + (1 << 20),
+                "the emptied 64 B spans stayed in use: {before} then {after} bytes"
+            );
+            for &p in &large {
+                // SAFETY: blocks of ours.
+                unsafe { engine::free(p as *mut u8) };
+            }
+            engine::arena_set(engine::arena_default()).expect("leave it");
+        },
+    );
+}

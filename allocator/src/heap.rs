@@ -53,6 +53,9 @@ pub struct Heap {
     pub next_in_thread: *mut Heap,
     /// Link in the pool of unused heaps.
     pool_next: *mut Heap,
+    /// Secure mode: the size class the next sweep for emptied spans starts
+    /// at (see [`Heap::sweep_for_emptied`]).
+    sweep_class: usize,
 }
 
 /// A `Sync` wrapper for read-only statics that contain raw pointers.
@@ -82,6 +85,7 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     arena_handle: AtomicU64::new(1),
     next_in_thread: ptr::null_mut(),
     pool_next: ptr::null_mut(),
+    sweep_class: 0,
 });
 
 #[inline(always)]
@@ -141,6 +145,9 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     crate::purger::maybe_start();
     // SAFETY: as above.
     let h = unsafe { &mut *heap };
+    if crate::secure::enabled() {
+        h.sweep_for_emptied();
+    }
     let Some(span) = h.refill(class) else {
         return out_of_memory();
     };
@@ -284,6 +291,7 @@ impl Heap {
         self.arena_handle.store(default, Ordering::Relaxed);
         self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
+        self.sweep_class = 0;
     }
 
     /// The heap's arena is being destroyed, and with it every span: forget
@@ -340,6 +348,57 @@ impl Heap {
         for c in &self.current {
             c.store(empty_span(), Ordering::Relaxed);
         }
+    }
+
+    /// Secure mode sends every free through the remote lists, so a span
+    /// that empties is noticed only when its own class refills: a thread
+    /// that moved on to other sizes would keep it for good. Each slow path
+    /// therefore looks at a few spans of the other classes' lists, collects
+    /// the blocks freed into them and gives back the spans that emptied.
+    fn sweep_for_emptied(&mut self) {
+        const SPANS_PER_SWEEP: usize = 16;
+        let mut looked = 0;
+        for step in 0..CLASS_COUNT {
+            let class = (self.sweep_class + step) % CLASS_COUNT;
+            for which in [SpanState::Full, SpanState::Available] {
+                let mut span = if which == SpanState::Full {
+                    self.full[class].head
+                } else {
+                    self.avail[class].head
+                };
+                while !span.is_null() && looked < SPANS_PER_SWEEP {
+                    looked += 1;
+                    // SAFETY: a member of this heap's list: ours.
+                    let next = unsafe { SpanList::next_of(span) };
+                    // SAFETY: as above.
+                    let s = unsafe { &*span };
+                    s.collect_remote();
+                    if s.used() == 0 || (which == SpanState::Full && s.has_free()) {
+                        // SAFETY: a member of the list named by `which`.
+                        unsafe {
+                            if which == SpanState::Full {
+                                self.full[class].remove(span);
+                            } else {
+                                self.avail[class].remove(span);
+                            }
+                        }
+                        if s.used() == 0 {
+                            self.retire(span);
+                        } else {
+                            s.set_state(SpanState::Available);
+                            // SAFETY: unlinked above.
+                            unsafe { self.avail[class].push_back(span) };
+                        }
+                    }
+                    span = next;
+                }
+            }
+            if looked >= SPANS_PER_SWEEP {
+                self.sweep_class = class;
+                return;
+            }
+        }
+        self.sweep_class = (self.sweep_class + 1) % CLASS_COUNT;
     }
 
     /// Makes `current[class]` a span with a free block and returns it.
