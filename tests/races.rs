@@ -658,6 +658,101 @@ fn claim_of_idle_owner() {
     o.join().expect("thread O");
 }
 
+#[test]
+fn an_allocation_at_the_limit_waits_for_a_busy_owner_and_reclaims_its_freed_spans() {
+    in_child_with(
+        "an_allocation_at_the_limit_waits_for_a_busy_owner_and_reclaims_its_freed_spans",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        reclaim_waits_for_busy_owner,
+    );
+}
+
+/// Thread F fills arena X up to its limit; this thread frees every one of
+/// F's blocks (remote frees, pending in F's spans). F is then inside the
+/// allocator (parked on `malloc`'s slow path, as if preempted there) when
+/// this thread allocates in the full arena: the reclaim cannot claim F's
+/// heap, so it must look again once F is outside, not refuse the
+/// allocation for blocks that are all free. Before the fix it refused it
+/// (ENOMEM), which the CI run saw when a preempted filler thread lost
+/// this race by chance.
+fn reclaim_waits_for_busy_owner() {
+    const LIMIT: usize = 4 << 20;
+    let x = engine::arena_new().expect("arena X");
+    assert!(engine::arena_set_limit(x, LIMIT));
+    let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<usize>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let (f_id, f_go, f) = thread_with_pause(
+        move || {
+            engine::arena_set(x).expect("enter X");
+            let mut blocks = Vec::new();
+            loop {
+                let p = engine::malloc(1500);
+                if p.is_null() {
+                    break;
+                }
+                blocks.push(p as usize);
+            }
+            engine::arena_set(engine::arena_default()).expect("leave X");
+            blocks_tx.send(blocks).unwrap();
+        },
+        move |()| {
+            // A class this thread has no span of yet: the slow path.
+            let p = engine::malloc(3000);
+            assert!(!p.is_null());
+            // SAFETY: a block of ours.
+            unsafe { engine::free(p) };
+            done_tx.send(()).unwrap();
+            // Alive, outside the allocator, until the test is over.
+            exit_rx.recv().unwrap();
+        },
+    );
+    let blocks = blocks_rx.recv().unwrap();
+    assert!(
+        blocks.len() > 2000,
+        "{} blocks fit under the limit",
+        blocks.len()
+    );
+    assert!(
+        engine::arena_alloc(x, 100, 16, false).is_null(),
+        "X is full"
+    );
+    for &b in &blocks {
+        // SAFETY: F's blocks, each freed once.
+        unsafe { engine::free(b as *mut u8) };
+    }
+    assert!(engine::arena_stats(x).unwrap().pending_remote_spans > 0);
+    race_hooks::arm(Point::MallocSlowPath, f_id);
+    f_go.send(()).unwrap();
+    wait_parked(Point::MallocSlowPath);
+    // Once the reclaim has found F busy, let F out of the allocator.
+    race_hooks::arm(Point::ReclaimFoundBusy, race_hooks::thread_id());
+    let releaser = thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !race_hooks::is_parked(Point::ReclaimFoundBusy) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let reclaim_waited = race_hooks::is_parked(Point::ReclaimFoundBusy);
+        race_hooks::release(Point::MallocSlowPath);
+        done_rx.recv().unwrap();
+        race_hooks::release(Point::ReclaimFoundBusy);
+        reclaim_waited
+    });
+    let p = engine::arena_alloc(x, 100, 16, false);
+    let reclaim_waited = releaser.join().expect("releaser");
+    let after = engine::arena_stats(x).unwrap();
+    assert!(
+        !p.is_null(),
+        "refused for the limit while F was busy (the reclaim waited: {reclaim_waited}): {after:?}"
+    );
+    assert_eq!(after.pending_remote_spans, 0, "{after:?}");
+    assert!(after.in_use_bytes < LIMIT / 4, "{after:?}");
+    // SAFETY: a block of ours.
+    unsafe { engine::free(p) };
+    exit_tx.send(()).unwrap();
+    f.join().expect("thread F");
+}
+
 // -------------------- 7. a remote free against the span's reuse
 
 #[test]

@@ -121,6 +121,9 @@ pub struct PurgeOutcome {
     pub purged: usize,
     /// Something is not old enough yet, or a heap was busy: look again.
     pub more: bool,
+    /// Heaps of other threads that could not be claimed (their thread was
+    /// inside the allocator, or another purge held them).
+    pub busy_heaps: usize,
     /// Cached large blocks to unmap once the arena lock is released.
     pub evicted: [Option<*mut LargeBlock>; CACHE_SLOTS],
 }
@@ -130,6 +133,7 @@ impl Default for PurgeOutcome {
         PurgeOutcome {
             purged: 0,
             more: false,
+            busy_heaps: 0,
             evicted: [None; CACHE_SLOTS],
         }
     }
@@ -322,6 +326,16 @@ impl ArenaState {
             });
         });
         s
+    }
+
+    /// Whether blocks other threads freed wait in some span of the arena for
+    /// its owner to collect them (walks every span).
+    pub fn has_pending_remote_frees(&self) -> bool {
+        let mut pending = false;
+        self.for_each_segment(|segment| {
+            segment.for_each_span(|span| pending |= span.has_remote_frees());
+        });
+        pending
     }
 
     /// Reopens a destroyed (or never used) arena for a new life in its
@@ -651,11 +665,15 @@ impl ArenaState {
                     continue;
                 }
                 // SAFETY: as above.
-                if unsafe { crate::heap::claim_of(heap) }.try_claim() {
+                let claim = unsafe { crate::heap::claim_of(heap) };
+                if claim.try_claim() {
                     if let Some(slot) = claimed.get_mut(count) {
                         *slot = (heap, cursor.position + offset);
                         count += 1;
                     }
+                } else {
+                    outcome.more = true;
+                    outcome.busy_heaps += usize::from(!crate::thread::is_own_claim(claim));
                 }
             }
             let mut stopped_at = None;
@@ -687,6 +705,7 @@ impl ArenaState {
                             claim.release();
                         }
                         outcome.more = true;
+                        outcome.busy_heaps += usize::from(!crate::thread::is_own_claim(claim));
                     }
                 }
             }

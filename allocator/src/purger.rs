@@ -263,12 +263,12 @@ pub fn longest_lock_hold_us() -> u64 {
 /// it has at the first lock). The purge stops when the arena is closed, or
 /// destroyed and created again, while it lets go of the lock; `None` if it
 /// was not in that life at the first lock.
-fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<(usize, bool)> {
+fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<PurgeTotals> {
     read_settings();
     // Not under the lock: the first call is slow.
     os::membarrier_register();
     let mut cursor = PurgeCursor::new(PURGE_PASS.fetch_add(1, Ordering::Relaxed) + 1);
-    let (mut released, mut more) = (0, false);
+    let mut totals = PurgeTotals::default();
     let mut life = life;
     let mut first = true;
     loop {
@@ -291,24 +291,35 @@ fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<(usize, bool
         drop(state);
         LONGEST_HOLD_US.fetch_max(held, Ordering::Relaxed);
         LOCK_HOLDS.fetch_add(1, Ordering::Relaxed);
-        more |= outcome.more;
-        released += outcome.finish();
+        totals.more |= outcome.more;
+        totals.busy_heaps += outcome.busy_heaps;
+        totals.released += outcome.finish();
         if cursor.is_done() {
             break;
         }
         os::yield_now();
         crate::race_hooks::pause(crate::race_hooks::Point::PurgeBetweenSlices);
     }
-    PURGED_BYTES.fetch_add(released, Ordering::Relaxed);
-    Some((released, more))
+    PURGED_BYTES.fetch_add(totals.released, Ordering::Relaxed);
+    Some(totals)
+}
+
+/// What one purge of an arena did, over all its lock holds.
+#[derive(Default)]
+struct PurgeTotals {
+    /// Bytes given back to the OS.
+    released: usize,
+    /// Something was left for a later pass.
+    more: bool,
+    /// Heaps of other threads skipped because they could not be claimed.
+    busy_heaps: usize,
 }
 
 /// One pass over every arena; true if something is left for a later pass.
 fn pass(freed_by_ms: u64) -> bool {
     let mut more = false;
     for_each_arena(|arena| {
-        more |=
-            purge_arena(arena, 0, PurgeKind::Decay { freed_by_ms }).is_some_and(|(_, more)| more)
+        more |= purge_arena(arena, 0, PurgeKind::Decay { freed_by_ms }).is_some_and(|t| t.more)
     });
     more
 }
@@ -318,7 +329,7 @@ fn pass(freed_by_ms: u64) -> bool {
 pub fn purge_all_now() -> usize {
     let mut released = 0;
     for_each_arena(|arena| {
-        released += purge_arena(arena, 0, PurgeKind::Trim).map_or(0, |(bytes, _)| bytes)
+        released += purge_arena(arena, 0, PurgeKind::Trim).map_or(0, |t| t.released)
     });
     released
 }
@@ -326,7 +337,7 @@ pub fn purge_all_now() -> usize {
 /// Gives back everything free now in the arena whose life the raw `handle`
 /// names; returns the bytes released, or `None` if the handle is stale.
 pub fn purge_arena_now(arena: &Arena, handle: u64) -> Option<usize> {
-    purge_arena(arena, handle, PurgeKind::Trim).map(|(bytes, _)| bytes)
+    purge_arena(arena, handle, PurgeKind::Trim).map(|t| t.released)
 }
 
 /// An allocation in `arena` is about to be refused for the arena's limit:
@@ -335,6 +346,35 @@ pub fn purge_arena_now(arena: &Arena, handle: u64) -> Option<usize> {
 /// its abandoned spans, and gives back the spans that emptied, so that the
 /// limit counts what is really in use. The caller's own heap cannot be
 /// claimed from inside the allocator: see `Heap::release_emptied`.
+///
+/// A thread that is inside the allocator right now (preempted in its own
+/// `malloc`, say) holds its heaps; while blocks freed by other threads
+/// still wait in the arena's spans, the reclaim waits for it, yielding, for
+/// at most [`RECLAIM_WAIT_US`], rather than refuse an allocation for blocks
+/// that are already free.
 pub fn reclaim_for_limit(arena: &Arena) {
-    let _ = purge_arena(arena, 0, PurgeKind::Reclaim);
+    let deadline_us = os::now_us() + RECLAIM_WAIT_US;
+    // Every round reclaims the same life of the arena (0: closed).
+    let life = arena.state.lock().life();
+    if life == 0 {
+        return;
+    }
+    loop {
+        let Some(totals) = purge_arena(arena, life, PurgeKind::Reclaim) else {
+            return;
+        };
+        if totals.busy_heaps == 0 || os::now_us() >= deadline_us {
+            return;
+        }
+        if !arena.state.lock().has_pending_remote_frees() {
+            // Nothing a busy heap could give back.
+            return;
+        }
+        crate::race_hooks::pause(crate::race_hooks::Point::ReclaimFoundBusy);
+        os::yield_now();
+    }
 }
+
+/// How long an allocation about to be refused for its arena's limit waits
+/// for busy threads to leave the allocator, so their heaps can be reclaimed.
+pub const RECLAIM_WAIT_US: u64 = 20_000;

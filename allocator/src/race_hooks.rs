@@ -45,13 +45,16 @@ pub enum Point {
     MallocSlowPath = 9,
     /// A remote free's push has landed; the freeing thread has not returned.
     RemotePushed = 10,
+    /// A reclaim for an arena's limit skipped a busy heap of another thread
+    /// and is about to look again (no lock held).
+    ReclaimFoundBusy = 11,
 }
 
 #[cfg(feature = "race-hooks")]
 mod armed {
     use super::Point;
 
-    const POINTS: usize = 11;
+    const POINTS: usize = 12;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;

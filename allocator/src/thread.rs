@@ -62,6 +62,15 @@ pub fn current_heap() -> *mut Heap {
     THREAD.with(|t| t.heap.load(Ordering::Relaxed))
 }
 
+/// Whether `claim` is the calling thread's own (a purge run from inside
+/// the allocator cannot claim it, and need not wait for it).
+pub fn is_own_claim(claim: &ThreadClaim) -> bool {
+    let state = current_thread_state();
+    // SAFETY: the calling thread's own TLS, alive as long as the thread;
+    // only the field's address is taken.
+    core::ptr::eq(claim, unsafe { &(*state).claim })
+}
+
 /// Runs `f` (which may touch the calling thread's heaps and spans) marked as
 /// inside the allocator, so no purger claims the thread's heaps meanwhile;
 /// first waits for a claim in progress to end.
