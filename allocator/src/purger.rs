@@ -353,7 +353,7 @@ pub fn purge_arena_now(arena: &Arena, handle: u64) -> Option<usize> {
 /// at most [`RECLAIM_WAIT_US`], rather than refuse an allocation for blocks
 /// that are already free.
 pub fn reclaim_for_limit(arena: &Arena) {
-    let deadline_us = os::now_us() + RECLAIM_WAIT_US;
+    let mut deadline_us = os::now_us() + RECLAIM_WAIT_US;
     // Every round reclaims the same life of the arena (0: closed).
     let life = arena.state.lock().life();
     if life == 0 {
@@ -363,14 +363,17 @@ pub fn reclaim_for_limit(arena: &Arena) {
         let Some(totals) = purge_arena(arena, life, PurgeKind::Reclaim) else {
             return;
         };
-        if totals.busy_heaps == 0 || os::now_us() >= deadline_us {
+        if totals.busy_heaps == 0 {
             return;
         }
-        if !arena.state.lock().has_pending_remote_frees() {
-            // Nothing a busy heap could give back.
+        if crate::race_hooks::pause(crate::race_hooks::Point::ReclaimFoundBusy) {
+            // A test held this thread here: the wait starts now.
+            deadline_us = os::now_us() + RECLAIM_WAIT_US;
+        }
+        if os::now_us() >= deadline_us || !arena.state.lock().has_pending_remote_frees() {
+            // Waited long enough, or nothing a busy heap could give back.
             return;
         }
-        crate::race_hooks::pause(crate::race_hooks::Point::ReclaimFoundBusy);
         os::yield_now();
     }
 }

@@ -66,28 +66,29 @@ mod armed {
     static TARGET: [AtomicUsize; POINTS] = [const { AtomicUsize::new(0) }; POINTS];
     static PHASE: [AtomicU8; POINTS] = [const { AtomicU8::new(IDLE) }; POINTS];
 
-    pub fn pause(point: Point) {
+    pub fn pause(point: Point) -> bool {
         let i = point as usize;
         let (Some(phase), Some(target)) = (PHASE.get(i), TARGET.get(i)) else {
-            return;
+            return false;
         };
         if phase.load(Ordering::Acquire) != ARMED {
-            return;
+            return false;
         }
         let want = target.load(Ordering::Relaxed);
         if want != 0 && want != crate::thread::current_thread_id() {
-            return;
+            return false;
         }
         if phase
             .compare_exchange(ARMED, PARKED, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            return;
+            return false;
         }
         while phase.load(Ordering::Acquire) == PARKED {
             crate::os::yield_now();
         }
         phase.store(IDLE, Ordering::Release);
+        true
     }
 
     pub fn arm(point: Point, thread_id: usize) {
@@ -112,13 +113,17 @@ mod armed {
     }
 }
 
-/// Parks the calling thread here if a test armed `point` for it.
+/// Parks the calling thread here if a test armed `point` for it; true if
+/// it was parked (a timed wait may then start its clock again).
 #[inline(always)]
-pub fn pause(point: Point) {
+pub fn pause(point: Point) -> bool {
     #[cfg(feature = "race-hooks")]
-    armed::pause(point);
+    return armed::pause(point);
     #[cfg(not(feature = "race-hooks"))]
-    let _ = point;
+    {
+        let _ = point;
+        false
+    }
 }
 
 /// Test side: the next thread with id `thread_id` (0: any thread) to reach
