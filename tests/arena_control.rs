@@ -3,14 +3,14 @@
 //! arena under stress, `allocator_api2` collections, the guard on panic, and
 //! trim.
 //!
-//! Tests of one binary run in parallel threads. Three tests need the
+//! Tests of one binary run in parallel threads. Four tests need the
 //! process to themselves and run in a child process (this binary re-run with
 //! `ARENA_CONTROL_CHILD=<test>`, see `in_child`): the destroy test, which
 //! measures the process RSS, the stale-handle test, which needs the slot it
 //! frees not to be taken by another test's new arena, and the limit test
-//! that runs without the housekeeper (`ARENALLOC_BACKGROUND=0`). Everything else
-//! reads the arena's own statistics (`Arena::stats`), which no other test
-//! touches.
+//! and the trim test, which run without the housekeeper
+//! (`ARENALLOC_BACKGROUND=0`). Everything else reads the arena's own
+//! statistics (`Arena::stats`), which no other test touches.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1475,9 +1475,20 @@ fn guards_restore_the_previous_arena_when_a_closure_panics() {
 
 #[test]
 fn trim_returns_an_arenas_free_memory() {
-    // Explicit trim only: the housekeeper must not purge between the
-    // snapshots below (this binary's other tests do not rely on it).
-    engine::purger::set_purge_delay_ms(600_000);
+    // Explicit trim only: no housekeeper pass may purge between the
+    // snapshots (changing the delay at run time would not stop a pass
+    // already sleeping, and would change it for the other tests here).
+    in_child_with(
+        "trim_returns_an_arenas_free_memory",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        trim_and_measure,
+    );
+}
+
+/// In the child process, without the housekeeper: 4000 small blocks and
+/// four 4 MiB blocks in an arena, freed, then trimmed.
+fn trim_and_measure() {
+    assert!(!engine::purger::background_enabled());
     let arena = Arena::new().unwrap();
     let small: Vec<*mut u8> = (0..4000)
         .map(|_| {

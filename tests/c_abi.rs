@@ -10,7 +10,9 @@
 //! allocator in the process really is arenalloc: `malloc_info` must name it
 //! (`--expect-arenalloc`) and `ARENALLOC_VERBOSE=1` must print the load line.
 //! A third test runs the plain binary without the preload and requires the
-//! identity check to say "other", so that check can fail.
+//! identity check to say "other", so that check can fail. The contract runs
+//! set a purge delay longer than the run: its `malloc_trim` check expects
+//! to release what it freed, which a housekeeper pass could take first.
 //!
 //! The libraries come from `target/release/` (`cargo build --release -p
 //! arenalloc-capi`, which `scripts/test-all.sh` runs first); when they are
@@ -29,6 +31,11 @@ use native::{capi_libs, require_tool, run_with_limit, tail, Run, LOAD_LINE_PREFI
 
 /// A run of c_contract takes about 10 s here; this only catches hangs.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Purge delay of the contract runs (longer than `RUN_LIMIT`): the
+/// housekeeper starts but never purges, so `malloc_trim(0)` after the frees
+/// of `test_trim` finds them all (it must return 1).
+const NO_PURGE_IN_THE_RUN_MS: &str = "600000";
 
 fn c_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("c/c_contract.c")
@@ -141,6 +148,7 @@ fn c_contract_static() {
         Command::new(&exe)
             .arg("--expect-arenalloc")
             .env("ARENALLOC_VERBOSE", "1")
+            .env("ARENALLOC_PURGE_DELAY_MS", NO_PURGE_IN_THE_RUN_MS)
             .env_remove("LD_PRELOAD"),
         RUN_LIMIT,
     );
@@ -155,7 +163,8 @@ fn c_contract_preload() {
         Command::new(&exe)
             .arg("--expect-arenalloc")
             .env("LD_PRELOAD", &libs.so)
-            .env("ARENALLOC_VERBOSE", "1"),
+            .env("ARENALLOC_VERBOSE", "1")
+            .env("ARENALLOC_PURGE_DELAY_MS", NO_PURGE_IN_THE_RUN_MS),
         RUN_LIMIT,
     );
     assert_contract_run("LD_PRELOAD=libarenalloc.so", &run);

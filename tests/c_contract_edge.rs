@@ -15,14 +15,19 @@
 //!
 //! The tests take turns (statistics and the large-block cache are
 //! process-wide); this binary keeps the system allocator, so only these
-//! tests use arenalloc.
+//! tests use arenalloc. The trim test runs in a child process (this binary
+//! re-run with `C_CONTRACT_EDGE_CHILD=<test>`) without the housekeeper,
+//! which would unmap the cached large blocks before the trim it measures.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
+use std::time::Duration;
 
 use arenalloc_engine as engine;
-use arenalloc_tests::{errno, pattern, set_errno};
+use arenalloc_tests::{contains, errno, pattern, run_in_child_timed, set_errno};
+
+const CHILD_VAR: &str = "C_CONTRACT_EDGE_CHILD";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -417,9 +422,39 @@ fn large_block_grows_from_1_mib_to_64_mib_keeping_its_contents() {
     eprintln!("grew 1 MiB -> 64 MiB in {step} steps, {moved} of them moved the block");
 }
 
+/// In the child: runs `body` and prints `<name>: done`. In the test
+/// process: runs this binary again for `name` alone with `env` added and
+/// checks the child finished the body and exited cleanly.
+fn in_child_with(name: &str, env: &[(&str, &str)], body: fn()) {
+    if std::env::var(CHILD_VAR).as_deref() == Ok(name) {
+        body();
+        println!("{name}: done");
+        return;
+    }
+    let mut env = env.to_vec();
+    env.push((CHILD_VAR, name));
+    let run = run_in_child_timed(name, &env, &[], Duration::from_secs(120));
+    let report = run.report(name);
+    assert_eq!(run.status, "exit status: 0", "the child failed\n{report}");
+    assert!(
+        contains(&run.stdout, &format!("{name}: done")),
+        "the child did not run the test\n{report}"
+    );
+}
+
 #[test]
 fn trim_unmaps_cached_large_blocks_and_empty_segments() {
-    let _serial = serial();
+    in_child_with(
+        "trim_unmaps_cached_large_blocks_and_empty_segments",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        trim_unmaps,
+    );
+}
+
+/// In the child process, without the housekeeper (the cached large blocks
+/// stay until the trim).
+fn trim_unmaps() {
+    assert!(!engine::purger::background_enabled());
     // Start from nothing cached and no spare segment.
     engine::trim();
     let before = engine::stats();
