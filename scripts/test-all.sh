@@ -13,3 +13,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --release -p arenalloc-capi
 
 cargo test --workspace
+# The workspace build unifies features, so the engine above keeps its thread
+# state the way the C ABI crate asks (initial-exec TLS); its unit tests once
+# more on their own cover the `thread_local!` model Rust programs get.
+cargo test -p arenalloc-engine --lib

@@ -105,6 +105,11 @@ impl ThreadClaim {
         }
     }
 
+    /// Whether the owner is outside the allocator and no claim is marked.
+    pub fn is_at_rest(&self) -> bool {
+        self.depth.load(Ordering::Relaxed) == 0 && !self.claimed.load(Ordering::Relaxed)
+    }
+
     /// Claimer: hands the heaps back (every write to them before this is
     /// published to the owner).
     pub fn release(&self) {

@@ -39,6 +39,7 @@ pub mod span;
 pub mod stats;
 pub mod sync;
 pub mod thread;
+pub mod tls;
 
 use core::ptr;
 

@@ -1,15 +1,11 @@
 //! Threads: which heap the calling thread uses, who the calling thread is,
 //! what happens when it exits, and `fork`.
 //!
-//! The heap pointer lives in a `const`-initialised thread local without
-//! `Drop` (no destructor registration, so no `calloc` from glibc). This is
-//! the engine's only use of `std`, for `thread_local!`, which stable Rust has
-//! no `core` equivalent for. Thread exit is seen through a pthread key
-//! destructor, created once at start-up while few keys exist.
+//! The heap pointer lives in the thread's [`ThreadState`] (see `tls`), which
+//! has no destructor (no registration, so no `calloc` from glibc). Thread
+//! exit is seen through a pthread key destructor, created once at start-up
+//! while few keys exist.
 
-extern crate std;
-
-use core::cell::Cell;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arena::{default_arena, for_each_arena, Arena};
@@ -18,21 +14,36 @@ use crate::heap::{self, Heap, EMPTY_HEAP};
 
 /// What a thread keeps in its TLS: its current heap, and its side of the
 /// purger's claim handshake (next to the heap pointer, so the fast path
-/// computes one TLS address for both).
+/// computes one TLS address for both). Laid out as `tls` initialises it.
+#[repr(C)]
 pub struct ThreadState {
     /// The heap of the thread's preferred arena. Written only by the owner
     /// (relaxed atomics are plain moves); read by statistics, which count
     /// the threads that prefer an arena.
-    heap: AtomicPtr<Heap>,
+    pub(crate) heap: AtomicPtr<Heap>,
     /// The heap that was current before the last switch: a library call
     /// wrapped in an arena switches back to it, found without a walk. Only
     /// this thread touches it; atomic (relaxed, plain moves) so that the
     /// state stays `Sync` for the purger, which reads other fields.
-    previous_heap: AtomicPtr<Heap>,
-    claim: ThreadClaim,
+    pub(crate) previous_heap: AtomicPtr<Heap>,
+    pub(crate) claim: ThreadClaim,
+    /// The thread's first heap; the others hang off it (`next_in_thread`).
+    /// Only this thread touches it.
+    pub(crate) heaps: AtomicPtr<Heap>,
 }
 
 impl ThreadState {
+    /// A new thread's state: no heap yet (the empty heap's slow path makes
+    /// one), no claim.
+    pub const fn initial() -> ThreadState {
+        ThreadState {
+            heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            previous_heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            claim: ThreadClaim::new(),
+            heaps: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
     pub fn claim(&self) -> &ThreadClaim {
         &self.claim
     }
@@ -43,23 +54,19 @@ impl ThreadState {
     }
 }
 
-std::thread_local! {
-    static THREAD: ThreadState = const {
-        ThreadState {
-            heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
-            previous_heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
-            claim: ThreadClaim::new(),
-        }
-    };
-    /// The thread's first heap; the others hang off it (`next_in_thread`).
-    static THREAD_HEAPS: Cell<*mut Heap> = const { Cell::new(core::ptr::null_mut()) };
+/// The calling thread's state.
+#[inline(always)]
+fn this_thread() -> &'static ThreadState {
+    // SAFETY: the calling thread's own TLS, alive as long as the thread,
+    // which is as long as any caller can hold the reference.
+    unsafe { &*crate::tls::state() }
 }
 
 /// The calling thread's heap for its preferred arena (`empty_heap()` until
 /// the thread first allocates).
 #[inline(always)]
 pub fn current_heap() -> *mut Heap {
-    THREAD.with(|t| t.heap.load(Ordering::Relaxed))
+    this_thread().heap.load(Ordering::Relaxed)
 }
 
 /// Whether `claim` is the calling thread's own (a purge run from inside
@@ -91,18 +98,17 @@ pub fn inside_allocator<R>(f: impl FnOnce() -> R) -> R {
 /// thread exits; its heaps leave their arenas' lists before that.
 #[inline(always)]
 pub fn current_thread_state() -> *const ThreadState {
-    THREAD.with(|t| t as *const ThreadState)
+    crate::tls::state()
 }
 
 /// Makes `heap` the thread's current heap.
 fn set_current_heap(heap: *mut Heap) {
-    THREAD.with(|t| {
-        // Load and store, not a swap: only this thread writes the field, and
-        // a swap is a locked instruction on x86.
-        t.previous_heap
-            .store(t.heap.load(Ordering::Relaxed), Ordering::Relaxed);
-        t.heap.store(heap, Ordering::Relaxed);
-    });
+    let t = this_thread();
+    // Load and store, not a swap: only this thread writes the field, and a
+    // swap is a locked instruction on x86.
+    t.previous_heap
+        .store(t.heap.load(Ordering::Relaxed), Ordering::Relaxed);
+    t.heap.store(heap, Ordering::Relaxed);
 }
 
 /// Runs `f` with the default arena preferred, then restores the thread's
@@ -224,7 +230,7 @@ pub fn heap_for_current_thread() -> Option<*mut Heap> {
 /// `life` is the raw handle the caller resolved `arena` from (0: any life):
 /// `None` if the arena is no longer in that life.
 pub fn heap_in(arena: &'static Arena, life: u64) -> Option<*mut Heap> {
-    let first = THREAD_HEAPS.with(|h| h.get());
+    let first = this_thread().heaps.load(Ordering::Relaxed);
     let mut heap = first;
     let mut dead = core::ptr::null_mut();
     while !heap.is_null() {
@@ -252,12 +258,12 @@ pub fn heap_in(arena: &'static Arena, life: u64) -> Option<*mut Heap> {
 fn new_heap_in(arena: &'static Arena, first: *mut Heap, life: u64) -> Option<*mut Heap> {
     ensure_init();
     // The set-up may have allocated (re-entrantly) and so created a heap.
-    if first.is_null() && !THREAD_HEAPS.with(|h| h.get()).is_null() {
+    if first.is_null() && !this_thread().heaps.load(Ordering::Relaxed).is_null() {
         return heap_in(arena, life);
     }
     let heap = heap::new_heap(arena, current_thread_id(), life)?;
     if first.is_null() {
-        THREAD_HEAPS.with(|h| h.set(heap));
+        this_thread().heaps.store(heap, Ordering::Relaxed);
         // Register for thread exit after the heap is in place: this call may
         // allocate (glibc calloc's key blocks past the first 32 keys), and
         // that allocation must find the heap.
@@ -310,7 +316,7 @@ pub fn set_preferred_arena(arena: &'static Arena, life: u64) -> Option<()> {
 /// library call wrapped in a switch); false otherwise.
 #[inline(always)]
 pub fn switch_back(arena: &'static Arena, life: u64) -> bool {
-    let previous = THREAD.with(|t| t.previous_heap.load(Ordering::Relaxed));
+    let previous = this_thread().previous_heap.load(Ordering::Relaxed);
     // SAFETY: the previous heap is the empty heap or one of this thread's
     // pool heaps (a dead one has a null arena and never matches).
     let (previous_arena, previous_life) =
@@ -332,8 +338,9 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 fn abandon_heaps(first: *mut Heap) {
     set_current_heap(heap::empty_heap());
     // The heaps go back to the pool: forget the one switched away from.
-    THREAD.with(|t| t.previous_heap.store(heap::empty_heap(), Ordering::Relaxed));
-    THREAD_HEAPS.with(|h| h.set(core::ptr::null_mut()));
+    let t = this_thread();
+    t.previous_heap.store(heap::empty_heap(), Ordering::Relaxed);
+    t.heaps.store(core::ptr::null_mut(), Ordering::Relaxed);
     let mut heap = first;
     while !heap.is_null() {
         // SAFETY: the key's value is the thread's first heap; its chain holds
