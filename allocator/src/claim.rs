@@ -52,6 +52,32 @@ impl ThreadClaim {
         depth
     }
 
+    /// Owner, on a fast path: [`enter`], unless a claimer holds the heaps
+    /// (then `None`, and the thread is outside again): the caller takes its
+    /// slow path, which enters with [`enter`] and waits. No call, so a fast
+    /// path that uses it can stay a leaf function.
+    ///
+    /// [`enter`]: ThreadClaim::enter
+    ///
+    /// Only from outside the allocator (a nested call gets `None`): the
+    /// stores are then constants, so one call's depth does not wait for the
+    /// last call's store of it (a chain through memory that would cost a
+    /// store-to-load forwarding delay twice per malloc/free pair).
+    #[inline(always)]
+    pub fn try_enter(&self) -> Option<u32> {
+        if self.depth.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        self.depth.store(1, Ordering::Relaxed);
+        // As in `enter`.
+        compiler_fence(Ordering::SeqCst);
+        if self.claimed.load(Ordering::Acquire) {
+            self.depth.store(0, Ordering::Release);
+            return None;
+        }
+        Some(0)
+    }
+
     /// Owner: leaves the allocator (every heap and span write before this is
     /// published to the next claimer).
     #[inline(always)]

@@ -114,6 +114,24 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     }
 }
 
+/// `malloc`'s fast path: pops a block of `class` from `heap`'s current span;
+/// null if it has none (the caller then goes slow). Calls nothing.
+///
+/// # Safety
+/// As for [`alloc_small`], and the caller is inside the allocator.
+#[inline(always)]
+pub unsafe fn try_alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: as in `alloc_small`.
+    unsafe {
+        let span = &*(*heap).current.get_unchecked(class).load(Ordering::Relaxed);
+        let block = span.pop();
+        if !block.is_null() {
+            span.set_used(span.used() + 1);
+        }
+        block
+    }
+}
+
 /// Allocates `size <= MEDIUM_MAX` bytes from `heap`.
 ///
 /// # Safety
@@ -168,6 +186,37 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 fn out_of_memory() -> *mut u8 {
     crate::os::set_errno(libc::ENOMEM);
     ptr::null_mut()
+}
+
+/// `free`'s fast path: puts `p`, an address in `span`, on the owner's free
+/// list if that is all there is to do (a block start handed out, not
+/// looking freed, in a span with no parked blocks, that neither empties
+/// nor leaves the full list). False, with nothing changed, otherwise: the
+/// caller then takes [`free_local`]. Calls nothing.
+///
+/// # Safety
+/// As for [`free_local`], and the caller is inside the allocator.
+#[inline(always)]
+pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> bool {
+    // SAFETY: the caller owns the span and `p` lies in it.
+    let s = unsafe { &*span };
+    // Read before the block is written, which the compiler cannot tell
+    // apart from the span's fields.
+    let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
+    let used = s.used();
+    let index = s.index_of(p);
+    // SAFETY: `p` lies in the caller's span, whose memory is mapped.
+    if index >= fast_below
+        || used <= 1
+        || s.is_full()
+        || unsafe { crate::span::looks_like_link(p, code, reserved) }
+    {
+        return false;
+    }
+    // SAFETY: a block of the caller's own span, given up by the caller.
+    unsafe { s.push_local(p, index, code) };
+    s.set_used(used - 1);
+    true
 }
 
 /// Frees `p`, an address in `span`, which the calling thread owns: a block

@@ -65,13 +65,33 @@ fn out_of_memory() -> *mut u8 {
 /// `ENOMEM`) on failure. `malloc(0)` returns a unique, freeable block.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
-    if size <= MEDIUM_MAX {
-        // SAFETY: the current heap belongs to this thread. A null result
-        // has errno set already (by the slow path).
-        thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) })
-    } else {
-        alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false)
+    if size > MEDIUM_MAX {
+        return alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false);
     }
+    // The fast path calls nothing (every other case is a tail call), so it
+    // needs no stack frame.
+    let claim = thread::current_claim();
+    let Some(depth) = claim.try_enter() else {
+        return malloc_small_slow(size);
+    };
+    // SAFETY: the current heap belongs to this thread, which is inside.
+    let block =
+        unsafe { heap::try_alloc_small(thread::current_heap(), size_class::class_of(size)) };
+    claim.leave(depth);
+    if block.is_null() {
+        return malloc_small_slow(size);
+    }
+    block
+}
+
+/// `malloc` of `size <= MEDIUM_MAX` bytes whose fast path found no block or
+/// met a claim: the whole allocation again, inside the allocator. A null
+/// result has errno set already.
+#[cold]
+#[inline(never)]
+fn malloc_small_slow(size: usize) -> *mut u8 {
+    // SAFETY: the current heap belongs to this thread.
+    thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) })
 }
 
 #[cold]
@@ -205,20 +225,71 @@ pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
+    // The fast path calls nothing (every other case is a tail call), so it
+    // needs no stack frame.
+    let Some(header) = OWNERSHIP.header_of_direct(p as usize) else {
+        // SAFETY: forwarded.
+        return unsafe { free_found_late(p) };
+    };
+    match owner_in(header, p) {
+        // SAFETY: `span` holds `p`.
+        Owner::Span(span) => unsafe { free_in_span(span, p) },
+        // SAFETY: `block` is the header the ownership map gives for `p`.
+        Owner::Large(block) => unsafe { large::free(block, p) },
+    }
+}
+
+/// `free` of a block in `span`.
+///
+/// # Safety
+/// `span` is the live span that holds `p`, a block given up by the caller.
+#[inline(always)]
+unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
+    // SAFETY: `span` is the live span that holds `p`. Its owner does not
+    // change while `p` is live (a purger retires only spans with no live
+    // block), so it may be read before entering.
+    let owner = unsafe { (*span).owner_thread() };
+    if owner != thread::current_thread_id() {
+        // SAFETY: as above, from another thread.
+        return unsafe { free_remote(span, p) };
+    }
+    let claim = thread::current_claim();
+    let Some(depth) = claim.try_enter() else {
+        // SAFETY: forwarded.
+        return unsafe { free_local_slow(span, p) };
+    };
+    // SAFETY: this thread owns the span and is inside; `p` is its block.
+    let done = unsafe { heap::try_free_local(span, p) };
+    claim.leave(depth);
+    if !done {
+        // SAFETY: forwarded.
+        unsafe { free_local_slow(span, p) }
+    }
+}
+
+/// A local free that is more than a push (see `heap::try_free_local`), or
+/// that met a claim: the whole free again, inside the allocator.
+///
+/// # Safety
+/// As for [`free_in_span`], on the span's owner thread.
+#[cold]
+#[inline(never)]
+unsafe fn free_local_slow(span: *mut span::Span, p: *mut u8) {
+    // SAFETY: this thread owns the span; `p` is its block.
+    thread::inside_allocator(|| unsafe { heap::free_local(span, p) });
+}
+
+/// `free` of a pointer the ownership map's direct bits do not know: a
+/// block in a region that starts a segment further down, or not ours.
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_found_late(p: *mut u8) {
     match owner_of_freed(p) {
-        Owner::Span(span) => {
-            // SAFETY: `span` is the live span that holds `p`. Its owner does
-            // not change while `p` is live (a purger retires only spans with
-            // no live block), so it may be read before entering.
-            let owner = unsafe { (*span).owner_thread() };
-            if owner == thread::current_thread_id() {
-                // SAFETY: this thread owns the span; `p` is its block.
-                thread::inside_allocator(|| unsafe { heap::free_local(span, p) });
-            } else {
-                // SAFETY: as above, from another thread.
-                unsafe { free_remote(span, p) };
-            }
-        }
+        // SAFETY: `span` holds `p`.
+        Owner::Span(span) => unsafe { free_in_span(span, p) },
         // SAFETY: `block` is the header the ownership map gives for `p`.
         Owner::Large(block) => unsafe { large::free(block, p) },
     }

@@ -591,6 +591,19 @@ impl OwnershipMap {
     /// The header that owns address `p`, if `p` is in a region of ours.
     #[inline(always)]
     pub fn header_of(&self, p: usize) -> Option<*mut SegmentHeader> {
+        match self.header_of_direct(p) {
+            Some(header) => Some(header),
+            None => self.header_of_shifted(segment_base(p)),
+        }
+    }
+
+    /// [`header_of`] for the common case, a region that starts in `p`'s own
+    /// segment-sized piece: `None` may still be ours (a large block whose
+    /// region starts a piece further down), which `header_of` finds.
+    ///
+    /// [`header_of`]: OwnershipMap::header_of
+    #[inline(always)]
+    pub fn header_of_direct(&self, p: usize) -> Option<*mut SegmentHeader> {
         let base = segment_base(p);
         let index = base >> SEGMENT_SHIFT;
         let word = self.direct.get(index / 64)?.load(Ordering::Acquire);
@@ -598,7 +611,7 @@ impl OwnershipMap {
         if (word >> (index % 64)) & 1 != 0 {
             return Some(base as *mut SegmentHeader);
         }
-        self.header_of_shifted(base)
+        None
     }
 
     /// The header of the region of ours that holds `p`: as [`header_of`],

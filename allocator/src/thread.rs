@@ -69,6 +69,13 @@ pub fn current_heap() -> *mut Heap {
     this_thread().heap.load(Ordering::Relaxed)
 }
 
+/// The calling thread's side of the claim handshake, for fast paths that
+/// enter and leave the allocator themselves (see [`inside_allocator`]).
+#[inline(always)]
+pub fn current_claim() -> &'static ThreadClaim {
+    &this_thread().claim
+}
+
 /// Whether `claim` is the calling thread's own (a purge run from inside
 /// the allocator cannot claim it, and need not wait for it).
 pub fn is_own_claim(claim: &ThreadClaim) -> bool {
