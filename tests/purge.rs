@@ -1577,3 +1577,110 @@ fn phantom_parked_blocks() {
     println!("{scenarios} span fills adopted after a purge");
     assert!(scenarios > 100);
 }
+
+// ------------------------------------------- large blocks kept for reuse
+
+/// 48 blocks of 4 MiB: more blocks and more bytes than the large cache's
+/// slots hold (32, 128 MiB).
+const CHURN_BLOCKS: usize = 48;
+const CHURN_BLOCK: usize = 4 * MIB;
+
+/// One job of a buffer-churn program in arena `arena`: `CHURN_BLOCKS`
+/// blocks of `size` bytes, every page written, then all freed. Returns the
+/// arena's mapped bytes while the blocks were live.
+fn churn_job(arena: engine::ArenaHandle, size: usize) -> usize {
+    let blocks: Vec<usize> = (0..CHURN_BLOCKS)
+        .map(|_| {
+            let p = engine::arena_alloc(arena, size, engine::MIN_ALIGN, false);
+            assert!(!p.is_null());
+            for page in (0..size).step_by(4096) {
+                // SAFETY: `size` bytes at `p`.
+                unsafe { p.add(page).write(1) };
+            }
+            p as usize
+        })
+        .collect();
+    let mapped = engine::arena_stats(arena).unwrap().mapped_bytes;
+    for &b in &blocks {
+        free(b);
+    }
+    mapped
+}
+
+#[test]
+fn with_the_housekeeper_freed_large_blocks_past_the_cache_bounds_are_reused_then_unmapped() {
+    in_child(
+        "with_the_housekeeper_freed_large_blocks_past_the_cache_bounds_are_reused_then_unmapped",
+        &[],
+        large_blocks_retained,
+    );
+}
+
+/// Two jobs of 48 x 4 MiB in a row: the second maps nothing new (the first
+/// job's blocks were all kept, though the cache's slots hold 32 and 128
+/// MiB), and a third job of bigger blocks grows kept blocks instead of
+/// mapping fresh ones beside them. Then, idle, the housekeeper unmaps
+/// everything kept.
+fn large_blocks_retained() {
+    assert!(purger::background_enabled());
+    let arena = engine::arena_new().unwrap();
+    let first = churn_job(arena, CHURN_BLOCK);
+    let kept = engine::arena_stats(arena).unwrap().mapped_bytes;
+    assert!(
+        kept >= CHURN_BLOCKS * CHURN_BLOCK,
+        "only {:.0} MiB of the {} MiB freed stayed mapped",
+        mib(kept),
+        CHURN_BLOCKS * CHURN_BLOCK / MIB
+    );
+    let second = churn_job(arena, CHURN_BLOCK);
+    assert!(
+        second <= first,
+        "the second job mapped more ({:.0} MiB, first {:.0} MiB)",
+        mib(second),
+        mib(first)
+    );
+    // Twice the size: every kept block must grow (its mapping has room for
+    // 5 MiB), to about twice the first job's mapping; fresh blocks beside
+    // the kept ones would make it three times.
+    let third = churn_job(arena, 2 * CHURN_BLOCK);
+    assert!(
+        third <= 2 * first + 16 * MIB,
+        "the third job mapped new blocks beside the kept ones ({:.0} MiB, first {:.0} MiB)",
+        mib(third),
+        mib(first)
+    );
+    let deadline = Instant::now() + PURGE_DEADLINE;
+    let mut mapped = engine::arena_stats(arena).unwrap().mapped_bytes;
+    while mapped > 8 * MIB && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        mapped = engine::arena_stats(arena).unwrap().mapped_bytes;
+    }
+    assert!(
+        mapped <= 8 * MIB,
+        "{:.0} MiB still mapped after {PURGE_DEADLINE:?} idle",
+        mib(mapped)
+    );
+}
+
+#[test]
+fn without_the_housekeeper_the_large_cache_keeps_to_its_bounds() {
+    in_child(
+        "without_the_housekeeper_the_large_cache_keeps_to_its_bounds",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        large_blocks_bounded,
+    );
+}
+
+/// The same job with nobody to unmap what is kept later: `free` keeps at
+/// most the cache's 128 MiB mapped.
+fn large_blocks_bounded() {
+    assert!(!purger::background_enabled());
+    let arena = engine::arena_new().unwrap();
+    churn_job(arena, CHURN_BLOCK);
+    let kept = engine::arena_stats(arena).unwrap().mapped_bytes;
+    assert!(
+        kept <= 128 * MIB + 4 * MIB,
+        "{:.0} MiB stayed mapped",
+        mib(kept)
+    );
+}

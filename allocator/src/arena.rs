@@ -126,6 +126,8 @@ pub struct PurgeOutcome {
     pub busy_heaps: usize,
     /// Cached large blocks to unmap once the arena lock is released.
     pub evicted: [Option<*mut LargeBlock>; CACHE_SLOTS],
+    /// Retained large blocks to unmap too, chained (see `large::unmap_chain`).
+    pub evicted_chain: *mut LargeBlock,
 }
 
 impl Default for PurgeOutcome {
@@ -135,6 +137,7 @@ impl Default for PurgeOutcome {
             more: false,
             busy_heaps: 0,
             evicted: [None; CACHE_SLOTS],
+            evicted_chain: ptr::null_mut(),
         }
     }
 }
@@ -248,7 +251,9 @@ impl PurgeOutcome {
     /// Unmaps the evicted blocks (outside the lock); returns every byte the
     /// purge released.
     pub fn finish(self) -> usize {
-        self.purged + crate::large::unmap_all(self.evicted)
+        self.purged
+            + crate::large::unmap_all(self.evicted)
+            + crate::large::unmap_chain(self.evicted_chain)
     }
 }
 
@@ -571,6 +576,7 @@ impl ArenaState {
                 ),
                 PurgeStage::LargeCache => {
                     outcome.evicted = self.large_cache.take_freed_by(freed_by_ms);
+                    outcome.evicted_chain = self.large_cache.take_retained_freed_by(freed_by_ms);
                     outcome.more |= !self.large_cache.is_empty();
                     true
                 }

@@ -16,7 +16,13 @@
 //! place or moves its pages without copying. Freed blocks wait in their
 //! arena's [`LargeCache`] for a bounded time: a program that allocates and
 //! frees big buffers in a loop reuses warm pages instead of paying
-//! mmap + munmap + page faults each time.
+//! mmap + munmap + page faults each time. While the housekeeper runs, the
+//! cache's bounds do not unmap anything on `free`: blocks beyond them are
+//! retained too, and the housekeeper unmaps whatever stays unused for the
+//! purge delay. A program that churns through more big buffers than the
+//! slots hold (jobs of 100 MB, say) then reuses its own pages job after job
+//! instead of unmapping them and faulting fresh ones in, and an idle
+//! program still gives everything back within a few purge delays.
 
 use core::ptr;
 
@@ -143,7 +149,16 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
         } else {
             expired = state.large_cache.take_expired(os::now_ms());
             let headroom = state.accounts.headroom();
-            state.large_cache.take(size, align, headroom)
+            // While blocks are retained, one much bigger than the request
+            // is not trimmed to fit (its tail's pages would be faulted in
+            // again when a big request comes): a smaller one grows instead
+            // (`grow_retained`), or a fresh one is mapped.
+            let max_map = if crate::purger::background_enabled() {
+                headroom.min(size.saturating_mul(SHRINK_RATIO))
+            } else {
+                headroom
+            };
+            state.large_cache.take(size, align, max_map)
         };
         match reused {
             Some(block) => {
@@ -155,11 +170,6 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
                 track_live(&mut state, block);
                 Some(block)
             }
-            None if !state.accounts.reserve(map_size) => {
-                drop(state);
-                unmap_all(expired);
-                return None;
-            }
             None => None,
         }
     };
@@ -168,6 +178,20 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
         // SAFETY: a live header of ours.
         return Some((unsafe { (*block).block }, false));
     }
+    if let Some(p) = grow_retained(arena, size, align) {
+        return Some((p, false));
+    }
+    let surplus = {
+        let mut state = arena.state.lock();
+        if state.is_closed() || !state.accounts.reserve(map_size) {
+            return None;
+        }
+        // A fresh mapping while retained blocks are too big to serve the
+        // request: as many of them go (the biggest first), so that what is
+        // retained does not add to the program's peak.
+        state.large_cache.take_retained_bytes(map_size)
+    };
+    unmap_chain(surplus);
     let block = map_block(arena, size, align);
     let mut state = arena.state.lock();
     match block {
@@ -178,6 +202,44 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
         }
         None => {
             state.accounts.release(map_size);
+            None
+        }
+    }
+}
+
+/// No cached block holds `size` bytes: takes the biggest retained block
+/// that is smaller and grows it (`mremap` moves its pages, still resident,
+/// rather than copy them), so that only the growth is faulted in. `None` if
+/// there is none, or it cannot grow.
+fn grow_retained(arena: &'static Arena, size: usize, align: usize) -> Option<*mut u8> {
+    if align > PAGE_SIZE {
+        return None;
+    }
+    let block = {
+        let mut state = arena.state.lock();
+        if state.is_closed() {
+            return None;
+        }
+        let block = state.large_cache.take_below(size)?;
+        reuse_cached(arena, block, size);
+        // SAFETY: a live header, no longer cached.
+        let mapped = unsafe { (*block).map_size };
+        if !state.accounts.reserve(mapped) {
+            drop(state);
+            unmap_block(block);
+            return None;
+        }
+        track_live(&mut state, block);
+        block
+    };
+    // SAFETY: a live header of ours, its block live and ours.
+    let p = unsafe { (*block).block };
+    // SAFETY: `block` is the live header of `p`.
+    match unsafe { resize(block, p, size) } {
+        Some(p) => Some(p),
+        None => {
+            // SAFETY: as above: back to the cache.
+            unsafe { free(block, p) };
             None
         }
     }
@@ -336,6 +398,21 @@ pub(crate) fn unmap_block(header: *mut LargeBlock) {
     arena.mapped_sub(size);
 }
 
+/// Unmaps a chain of blocks linked through `next` (taken out of a cache's
+/// retained list, outside the arena lock); returns the bytes unmapped.
+pub(crate) fn unmap_chain(mut block: *mut LargeBlock) -> usize {
+    let mut unmapped = 0;
+    while !block.is_null() {
+        // SAFETY: chained blocks are live headers nobody else uses; the
+        // link is read before the mapping goes.
+        let (next, size) = unsafe { ((*block).next, (*block).map_size) };
+        unmapped += size;
+        unmap_block(block);
+        block = next;
+    }
+    unmapped
+}
+
 /// Unmaps blocks taken out of a cache (outside the arena lock); returns the
 /// bytes unmapped.
 pub(crate) fn unmap_all<const N: usize>(blocks: [Option<*mut LargeBlock>; N]) -> usize {
@@ -380,7 +457,11 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
         } else {
             b.cached = true;
             b.freed_at_ms = os::now_ms();
-            Some(state.large_cache.insert(header))
+            Some(
+                state
+                    .large_cache
+                    .insert(header, crate::purger::background_enabled()),
+            )
         }
     };
     match evicted {
@@ -578,6 +659,11 @@ pub struct LargeCache {
     /// stay all-zero statics in `.bss`), so that most calls need not scan
     /// for expired blocks.
     earliest_freed_ms: u64,
+    /// Blocks past the slots' bounds, kept while the housekeeper runs
+    /// (which unmaps them once old): newest first, linked through their
+    /// headers' `next`.
+    retained: *mut LargeBlock,
+    retained_bytes: usize,
 }
 
 impl LargeCache {
@@ -588,10 +674,12 @@ impl LargeCache {
         freed_ms: [0; CACHE_SLOTS],
         bytes: 0,
         earliest_freed_ms: 0,
+        retained: ptr::null_mut(),
+        retained_bytes: 0,
     };
 
     pub fn is_empty(&self) -> bool {
-        self.bytes == 0
+        self.bytes == 0 && self.retained.is_null()
     }
 
     /// Slot `i` (null when empty or out of range: indexing that cannot panic).
@@ -637,19 +725,184 @@ impl LargeCache {
                 best = Some((i, map_size));
             }
         }
-        let (i, _) = best?;
-        Some(self.evict(i))
+        match best {
+            Some((i, _)) => Some(self.evict(i)),
+            None => self.take_retained(size, align, max_map),
+        }
+    }
+
+    /// [`LargeCache::take`] from the retained blocks: the smallest that fits
+    /// among the newest few (a bounded walk, so a long list costs an
+    /// allocation no more than a few looks).
+    fn take_retained(
+        &mut self,
+        size: usize,
+        align: usize,
+        max_map: usize,
+    ) -> Option<*mut LargeBlock> {
+        const LOOKS: usize = 64;
+        let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
+        let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
+        for _ in 0..LOOKS {
+            if block.is_null() {
+                break;
+            }
+            // SAFETY: retained blocks are live cached headers.
+            let b = unsafe { &*block };
+            let fits = b.map_size <= max_map
+                && b.usable() >= size
+                && (b.block as usize).is_multiple_of(align);
+            if fits && best.is_none_or(|(_, _, best_map)| b.map_size < best_map) {
+                best = Some((before, block, b.map_size));
+            }
+            (before, block) = (block, b.next);
+        }
+        let (before, block, _) = best?;
+        Some(self.unlink_retained(before, block))
+    }
+
+    /// Takes the biggest block with fewer than `size` usable bytes: a
+    /// retained one if there is one, else one of the slots.
+    fn take_below(&mut self, size: usize) -> Option<*mut LargeBlock> {
+        if let Some(block) = self.take_retained_below(size) {
+            return Some(block);
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for i in self.filled() {
+            let map_size = self.map_size(i);
+            if best.is_some_and(|(_, best_map)| map_size <= best_map) {
+                continue;
+            }
+            // SAFETY: filled slots hold live cached headers.
+            if unsafe { (*self.slot(i)).usable() } < size {
+                best = Some((i, map_size));
+            }
+        }
+        best.map(|(i, _)| self.evict(i))
+    }
+
+    /// Takes the biggest retained block with fewer than `size` usable bytes
+    /// among the newest few (see [`LargeCache::take_retained`]).
+    fn take_retained_below(&mut self, size: usize) -> Option<*mut LargeBlock> {
+        const LOOKS: usize = 64;
+        let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
+        let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
+        for _ in 0..LOOKS {
+            if block.is_null() {
+                break;
+            }
+            // SAFETY: retained blocks are live cached headers.
+            let b = unsafe { &*block };
+            if b.usable() < size && best.is_none_or(|(_, _, best_map)| b.map_size > best_map) {
+                best = Some((before, block, b.map_size));
+            }
+            (before, block) = (block, b.next);
+        }
+        let (before, block, _) = best?;
+        Some(self.unlink_retained(before, block))
+    }
+
+    /// Takes `block` out of the retained list; `before` is its predecessor
+    /// (null for the head).
+    fn unlink_retained(
+        &mut self,
+        before: *mut LargeBlock,
+        block: *mut LargeBlock,
+    ) -> *mut LargeBlock {
+        // SAFETY: `block` and a non-null `before` are retained headers.
+        unsafe {
+            let next = (*block).next;
+            if before.is_null() {
+                self.retained = next;
+            } else {
+                (*before).next = next;
+            }
+            (*block).next = ptr::null_mut();
+            self.retained_bytes -= (*block).map_size;
+        }
+        block
+    }
+
+    /// Takes retained blocks of at least `bytes` of mappings in all, the
+    /// biggest first, as a chain for [`unmap_chain`].
+    fn take_retained_bytes(&mut self, bytes: usize) -> *mut LargeBlock {
+        let mut chain = ptr::null_mut::<LargeBlock>();
+        let mut taken = 0;
+        while taken < bytes && !self.retained.is_null() {
+            let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
+            let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
+            while !block.is_null() {
+                // SAFETY: retained blocks are live cached headers.
+                let b = unsafe { &*block };
+                if best.is_none_or(|(_, _, best_map)| b.map_size > best_map) {
+                    best = Some((before, block, b.map_size));
+                }
+                (before, block) = (block, b.next);
+            }
+            let Some((before, block, map_size)) = best else {
+                break;
+            };
+            let block = self.unlink_retained(before, block);
+            // SAFETY: unlinked: ours to chain.
+            unsafe { (*block).next = chain };
+            chain = block;
+            taken += map_size;
+        }
+        chain
+    }
+
+    /// Keeps `block` (a cached header in no list) in the retained list.
+    fn retain(&mut self, block: *mut LargeBlock) {
+        // SAFETY: a live cached header, in no list.
+        unsafe {
+            (*block).next = self.retained;
+            self.retained_bytes += (*block).map_size;
+        }
+        self.retained = block;
+    }
+
+    /// Takes the retained blocks freed at `freed_by_ms` or earlier out of
+    /// the list, as a chain for [`unmap_chain`] (outside the lock).
+    pub fn take_retained_freed_by(&mut self, freed_by_ms: u64) -> *mut LargeBlock {
+        let mut old = ptr::null_mut::<LargeBlock>();
+        let mut link: *mut *mut LargeBlock = &mut self.retained;
+        // SAFETY: the list holds live cached headers; `link` points at the
+        // head or at a member's `next`.
+        unsafe {
+            while !(*link).is_null() {
+                let block = *link;
+                if (*block).freed_at_ms <= freed_by_ms {
+                    *link = (*block).next;
+                    self.retained_bytes -= (*block).map_size;
+                    (*block).next = old;
+                    old = block;
+                } else {
+                    link = &mut (*block).next;
+                }
+            }
+        }
+        old
     }
 
     /// Caches `block`; returns the blocks that must be unmapped to keep the
-    /// cache within its bounds (expired, or the smallest when full).
-    fn insert(&mut self, block: *mut LargeBlock) -> [Option<*mut LargeBlock>; CACHE_SLOTS + 1] {
+    /// cache within its bounds (expired, or the smallest when full). With
+    /// `retain` (the housekeeper runs), blocks past the bounds are retained
+    /// instead, for the housekeeper to unmap once they are old.
+    fn insert(
+        &mut self,
+        block: *mut LargeBlock,
+        retain: bool,
+    ) -> [Option<*mut LargeBlock>; CACHE_SLOTS + 1] {
         let mut out = [None; CACHE_SLOTS + 1];
         let mut n = 0;
         // SAFETY: a live header handed over by `free`.
         let (now, size) = unsafe { ((*block).freed_at_ms, (*block).map_size) };
         if size > CACHE_MAX_BYTES {
-            out[0] = Some(block);
+            if retain {
+                self.retain(block);
+            } else {
+                out[0] = Some(block);
+            }
             return out;
         }
         for victim in self.take_expired(now).into_iter().flatten() {
@@ -665,6 +918,10 @@ impl LargeCache {
                 break;
             };
             let victim = self.evict(smallest);
+            if retain {
+                self.retain(victim);
+                continue;
+            }
             if let Some(o) = out.get_mut(n) {
                 *o = Some(victim);
             }
@@ -742,6 +999,16 @@ impl LargeCache {
     /// Bytes of the cached blocks resident now.
     pub fn resident_bytes(&self) -> usize {
         let mut resident = 0;
+        let mut block = self.retained;
+        while !block.is_null() {
+            // SAFETY: retained blocks are live cached headers, each mapping
+            // [map_base, map_base + map_size).
+            unsafe {
+                let b = &*block;
+                resident += os::resident_bytes_in(b.map_base, b.map_size);
+                block = b.next;
+            }
+        }
         for &slot in &self.slots {
             if !slot.is_null() {
                 // SAFETY: non-null slots are live cached headers.
@@ -755,7 +1022,7 @@ impl LargeCache {
 
     /// Unmaps every cached block; returns the bytes unmapped.
     pub fn release_all(&mut self) -> usize {
-        let mut released = 0;
+        let mut released = unmap_chain(self.take_retained_freed_by(u64::MAX));
         for i in 0..CACHE_SLOTS {
             if !self.slot(i).is_null() {
                 let block = self.evict(i);
