@@ -9,7 +9,8 @@ allocators and workloads (A B C ... A B C ...), so a slow spell of this
 shared machine does not land on one allocator's runs; every figure is the
 median of `--repeat` runs. Per run: wall time (a monotonic clock around the
 child), page faults (minor + major) and peak RSS (the kernel's accounting of
-the reaped child, wait4). Prints markdown tables (time, faults, peak RSS;
+the reaped child, wait4, read by a small C program that forks it: a child
+of Python would count Python's pages in its peak). Prints markdown tables (time, faults, peak RSS;
 ratios to mimalloc; geometric means; arenalloc against the best peer of each
 workload) and writes them with an SVG chart to target/dropin/.
 
@@ -60,12 +61,45 @@ def workloads_available():
     return sorted(f[:-2] for f in os.listdir(SOURCES) if f.endswith(".c"))
 
 
+# Runs one command and reports its wall time, page faults and peak RSS.
+# A child forked from this Python process would count Python's own pages
+# in its peak RSS (ru_maxrss covers the process before exec too), so the
+# workload is forked from this small program instead.
+MEASURE_C = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    pid_t pid = fork();
+    if (pid == 0) { execv(argv[1], argv + 1); _exit(127); }
+    int status; struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) < 0) return 126;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    fprintf(stderr, "measure: %.6f %ld %ld %d\n",
+            (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9,
+            ru.ru_minflt + ru.ru_majflt, ru.ru_maxrss,
+            WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    return 0;
+}
+"""
+
+
 def build(workloads, no_build):
     if not no_build:
         subprocess.run(["bash", os.path.join(ROOT, "scripts/install-bench-deps.sh")], check=True)
         subprocess.run(["cargo", "build", "--release", "-p", "arenalloc-capi"], cwd=ROOT,
                        check=True)
     os.makedirs(OUT, exist_ok=True)
+    measure = os.path.join(OUT, "measure")
+    with open(measure + ".c", "w") as f:
+        f.write(MEASURE_C)
+    subprocess.run(["cc", "-O2", "-o", measure, measure + ".c"], check=True)
     for w in workloads:
         src, exe = os.path.join(SOURCES, f"{w}.c"), os.path.join(OUT, w)
         if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(src):
@@ -80,25 +114,16 @@ def run_one(workload, preload, scale):
     env.pop("LD_PRELOAD", None)
     if preload:
         env["LD_PRELOAD"] = preload
-    start = time.monotonic()
-    child = subprocess.Popen([os.path.join(OUT, workload), str(scale)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = start + RUN_LIMIT_S
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            child.kill()
-            raise RuntimeError(f"{workload} under {preload} ran over {RUN_LIMIT_S} s")
-        time.sleep(0.002)
-    wall = time.monotonic() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    out, err = child.stdout.read(), child.stderr.read()
-    if child.returncode != 0 or b": ok" not in out:
-        raise RuntimeError(f"{workload} under {preload or 'glibc'} failed "
-                           f"({child.returncode}): {err.decode(errors='replace')[-500:]}")
-    return wall, usage.ru_minflt + usage.ru_majflt, usage.ru_maxrss
+    run = subprocess.run([os.path.join(OUT, "measure"), os.path.join(OUT, workload), str(scale)],
+                         env=env, capture_output=True, timeout=RUN_LIMIT_S)
+    err = run.stderr.decode(errors="replace")
+    line = [l for l in err.splitlines() if l.startswith("measure: ")]
+    if not line:
+        raise RuntimeError(f"{workload} under {preload or 'glibc'}: no measurement: {err[-500:]}")
+    wall, faults, peak_kib, code = line[-1].split()[1:]
+    if int(code) != 0 or b": ok" not in run.stdout:
+        raise RuntimeError(f"{workload} under {preload or 'glibc'} failed ({code}): {err[-500:]}")
+    return float(wall), int(faults), int(peak_kib)
 
 
 def geomean(values):

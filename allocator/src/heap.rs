@@ -281,7 +281,12 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
             p,
         );
     }
-    if s.is_parked(index) || s.is_listed_free(index) {
+    // A block on a list has a link word that decodes: only then is a walk
+    // of the lists worth it (a span with parked blocks sends every free
+    // here, and a walk per free made such frees cost O(free blocks)).
+    // SAFETY: `p` is a block start of the caller's span, mapped.
+    let looks_free = unsafe { s.looks_free(p) };
+    if s.is_parked(index) || (looks_free && s.is_listed_free(index)) {
         diag::fatal_pointer("free", "double free", p);
     }
     // The program's data only happened to decode to a link.
