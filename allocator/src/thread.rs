@@ -140,9 +140,10 @@ pub fn current_thread_id() -> usize {
         let id: usize;
         // SAFETY: on x86-64 Linux, fs:0 holds the thread control block's
         // self-pointer for every thread (glibc and musl); reading it has no
-        // side effects.
+        // side effects, and it is the same for the thread's whole life, so
+        // the read may be treated as pure (and shared with `tls::state`'s).
         unsafe {
-            core::arch::asm!("mov {}, fs:0", out(reg) id, options(nostack, readonly, preserves_flags));
+            core::arch::asm!("mov {}, fs:0", out(reg) id, options(nostack, pure, nomem, preserves_flags));
         }
         id
     }

@@ -81,8 +81,19 @@ struct malloc_arena_stats {
                                     an allocation refused for the limit collects them) */
 };
 
-/* 0, or -1 (EINVAL) for a bad handle or a NULL out. */
+/* Fills the first `out_size` bytes of `*out` (at most the whole struct of
+ * this library's version): 0, or -1 (EINVAL) for a bad handle, a NULL out or
+ * an `out_size` of 0. New fields are only ever added at the end, so a
+ * program built against an older header gets the fields it knows. */
+int malloc_arena_stats_sized(arena_hd *arena, struct malloc_arena_stats *out, size_t out_size);
+
+/* The same for the fields up to `threads` only: what programs built before
+ * `pending_remote_spans` was added expect of this symbol. Code compiled
+ * against this header calls `malloc_arena_stats_sized` through the macro
+ * below, with its struct's size. */
 int malloc_arena_stats(arena_hd *arena, struct malloc_arena_stats *out);
+#define malloc_arena_stats(arena, out) \
+    malloc_arena_stats_sized((arena), (out), sizeof(struct malloc_arena_stats))
 
 /* Past `bytes` in use, allocations in the arena fail with NULL and ENOMEM.
  * 0 removes the limit. 0, or -1 (EINVAL) for a bad handle. */

@@ -464,15 +464,46 @@ pub unsafe extern "C" fn malloc_arena_stats(
     arena: *mut ArenaHd,
     out: *mut MallocArenaStats,
 ) -> c_int {
-    if out.is_null() {
+    // SAFETY: forwarded; the first fields are what older callers allocated.
+    unsafe { stats_into(arena, out.cast(), STATS_BYTES_BEFORE_PENDING) }
+}
+
+/// Bytes of `struct malloc_arena_stats` before `pending_remote_spans` was
+/// added (eight words): all that a program built then has room for.
+const STATS_BYTES_BEFORE_PENDING: usize = 8 * core::mem::size_of::<usize>();
+
+/// Fills the first `out_size` bytes of `*out` (at most the whole struct of
+/// this version) with `arena`'s statistics. Returns 0, or -1 with
+/// `errno = EINVAL` for a stale or foreign handle, a null `out` or an
+/// `out_size` of 0. The header's `malloc_arena_stats` macro calls this with
+/// the size of the caller's struct, so fields added later never overrun it.
+///
+/// # Safety
+/// `out` is null or writable for `out_size` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_arena_stats_sized(
+    arena: *mut ArenaHd,
+    out: *mut MallocArenaStats,
+    out_size: usize,
+) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { stats_into(arena, out.cast(), out_size) }
+}
+
+/// # Safety
+/// `out` is null or writable for `out_size` bytes.
+unsafe fn stats_into(arena: *mut ArenaHd, out: *mut u8, out_size: usize) -> c_int {
+    if out.is_null() || out_size == 0 {
         os::set_errno(libc::EINVAL);
         return -1;
     }
     let Some(s) = handle_or_einval(arena).and_then(engine::arena_stats) else {
         return -1;
     };
-    // SAFETY: `out` is non-null and writable (the caller's contract).
-    unsafe { out.write(s) };
+    let bytes = out_size.min(core::mem::size_of::<MallocArenaStats>());
+    // SAFETY: `s` is a plain struct of words; `out` is writable for
+    // `out_size` >= `bytes` bytes (the caller's contract); they are distinct.
+    unsafe { ptr::copy_nonoverlapping((&s as *const MallocArenaStats).cast::<u8>(), out, bytes) };
     0
 }
 

@@ -225,6 +225,36 @@ static void test_stats_errors(void) {
     CHECK(malloc_arena_destroy(a) == 0, "destroy");
 }
 
+/* The struct grows at its end; no caller's struct is overrun. */
+static void test_stats_sizes(void) {
+    begin("stats sizes");
+    enum { WORDS = sizeof(struct malloc_arena_stats) / sizeof(size_t) };
+    size_t words[WORDS + 1];
+    /* The symbol itself, as a program built before `pending_remote_spans`
+     * calls it: eight words written, the ninth left alone. */
+    int (*old_call)(arena_hd *, struct malloc_arena_stats *) = &malloc_arena_stats;
+    memset(words, 0xab, sizeof words);
+    CHECK(old_call(malloc_default_arena(), (struct malloc_arena_stats *)words) == 0, "old call");
+    CHECK(words[8] == (size_t)0xababababababababull,
+          "the old symbol wrote past eight words (word 8 = %zx)", words[8]);
+    CHECK(words[7] != (size_t)0xababababababababull, "the old symbol left `threads` unwritten");
+    /* A smaller struct: only its bytes. */
+    memset(words, 0xab, sizeof words);
+    CHECK(malloc_arena_stats_sized(malloc_default_arena(), (struct malloc_arena_stats *)words,
+                                   3 * sizeof(size_t)) == 0,
+          "sized call");
+    CHECK(words[3] == (size_t)0xababababababababull && words[2] != (size_t)0xababababababababull,
+          "a 3-word call wrote %s", words[3] != (size_t)0xababababababababull ? "more" : "less");
+    /* This header's struct, through the macro: every field, nothing past. */
+    memset(words, 0xab, sizeof words);
+    CHECK(malloc_arena_stats(malloc_default_arena(), (struct malloc_arena_stats *)words) == 0,
+          "macro call");
+    CHECK(words[WORDS - 1] != (size_t)0xababababababababull, "the last field was not written");
+    CHECK(words[WORDS] == (size_t)0xababababababababull, "the macro call wrote past the struct");
+    CHECK_ERRNO(malloc_arena_stats_sized(malloc_default_arena(), (struct malloc_arena_stats *)words, 0),
+                IS_MINUS_ONE, EINVAL, "stats into 0 bytes");
+}
+
 static void test_limit(void) {
     begin("limits");
     const size_t limit = 4 * MiB;
@@ -532,6 +562,7 @@ int main(void) {
     test_set_and_get();
     test_arena_allocation();
     test_stats_errors();
+    test_stats_sizes();
     test_limit();
     test_trim();
     test_destroy_and_stale_handles();
