@@ -824,14 +824,22 @@ impl LargeCache {
     }
 
     /// Takes retained blocks of at least `bytes` of mappings in all, the
-    /// biggest first, as a chain for [`unmap_chain`].
+    /// biggest of the newest few first, as a chain for [`unmap_chain`].
     fn take_retained_bytes(&mut self, bytes: usize) -> *mut LargeBlock {
+        const LOOKS: usize = 64;
+        const ROUNDS: usize = 16;
         let mut chain = ptr::null_mut::<LargeBlock>();
         let mut taken = 0;
-        while taken < bytes && !self.retained.is_null() {
+        for _ in 0..ROUNDS {
+            if taken >= bytes || self.retained.is_null() {
+                break;
+            }
             let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
             let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
-            while !block.is_null() {
+            for _ in 0..LOOKS {
+                if block.is_null() {
+                    break;
+                }
                 // SAFETY: retained blocks are live cached headers.
                 let b = unsafe { &*block };
                 if best.is_none_or(|(_, _, best_map)| b.map_size > best_map) {

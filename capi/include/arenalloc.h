@@ -51,6 +51,9 @@ arena_hd *malloc_new_arena(void);
 arena_hd *malloc_set_arena(arena_hd *arena); /* returns the previous arena */
 arena_hd *malloc_get_arena(void);
 arena_hd *malloc_default_arena(void);
+/* The arena that owns `ptr` (any address inside one of its blocks or
+ * mappings), or NULL for memory that is not arenalloc's (and for NULL). */
+arena_hd *malloc_arena_of(const void *ptr);
 void *malloc_arena_malloc(arena_hd *arena, size_t size);
 void *malloc_arena_calloc(arena_hd *arena, size_t count, size_t size);
 void *malloc_arena_aligned_alloc(arena_hd *arena, size_t alignment, size_t size);

@@ -367,6 +367,17 @@ pub extern "C" fn malloc_default_arena() -> *mut ArenaHd {
     to_c(engine::arena_default())
 }
 
+/// The arena that owns `ptr` (any address in one of its blocks or
+/// mappings), or null for memory that is not ours and for null. Safe for any
+/// address: it reads only the allocator's own maps.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_arena_of(ptr: *const c_void) -> *mut ArenaHd {
+    match engine::arena_of(ptr.cast()) {
+        Some(handle) => to_c(handle),
+        None => ptr::null_mut(),
+    }
+}
+
 fn arena_alloc(arena: *mut ArenaHd, size: usize, align: usize, zero: bool) -> *mut c_void {
     match from_c(arena) {
         Some(handle) => engine::arena_alloc(handle, size, align, zero).cast(),

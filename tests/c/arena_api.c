@@ -225,6 +225,32 @@ static void test_stats_errors(void) {
     CHECK(malloc_arena_destroy(a) == 0, "destroy");
 }
 
+/* Which arena owns a pointer: its own for blocks of a dedicated arena,
+ * small and large, and for an interior address; the default arena's for a
+ * plain malloc; NULL for memory that is not ours, and after a destroy. */
+static void test_arena_of(void) {
+    begin("arena of a pointer");
+    arena_hd *a = malloc_new_arena();
+    char *small = malloc_arena_malloc(a, 100);
+    char *large = malloc_arena_malloc(a, 3 * MiB);
+    char *plain = malloc(100);
+    static char not_ours[64];
+    int on_stack = 0;
+    CHECK(small && large && plain, "allocations");
+    CHECK(malloc_arena_of(small) == a, "small block of the arena: %p", (void *)malloc_arena_of(small));
+    CHECK(malloc_arena_of(small + 50) == a, "interior address of a small block");
+    CHECK(malloc_arena_of(large) == a && malloc_arena_of(large + 2 * MiB) == a, "large block");
+    CHECK(malloc_arena_of(plain) == malloc_get_arena(), "plain malloc in the current arena");
+    CHECK(malloc_arena_of(not_ours) == NULL, "static data is not ours");
+    CHECK(malloc_arena_of(&on_stack) == NULL, "the stack is not ours");
+    CHECK(malloc_arena_of(NULL) == NULL, "NULL");
+    free(plain);
+    free(small);
+    free(large);
+    CHECK(malloc_arena_destroy(a) == 0, "destroy");
+    CHECK(malloc_arena_of(small) != a, "a destroyed arena's handle is never given out");
+}
+
 /* The struct grows at its end; no caller's struct is overrun. */
 static void test_stats_sizes(void) {
     begin("stats sizes");
@@ -563,6 +589,7 @@ int main(void) {
     test_arena_allocation();
     test_stats_errors();
     test_stats_sizes();
+    test_arena_of();
     test_limit();
     test_trim();
     test_destroy_and_stale_handles();
