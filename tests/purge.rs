@@ -1684,3 +1684,36 @@ fn large_blocks_bounded() {
         mib(kept)
     );
 }
+
+#[test]
+fn large_blocks_retained_for_the_housekeeper_go_when_it_is_switched_off() {
+    in_child(
+        "large_blocks_retained_for_the_housekeeper_go_when_it_is_switched_off",
+        &[("ARENALLOC_PURGE_DELAY_MS", "600000")],
+        retained_then_switched_off,
+    );
+}
+
+/// Blocks retained while the housekeeper ran (it will not purge within the
+/// test: a 10-minute delay) must not stay when it is switched off: the next
+/// large free unmaps them, leaving at most the cache's bounds.
+fn retained_then_switched_off() {
+    let arena = engine::arena_new().unwrap();
+    churn_job(arena, CHURN_BLOCK);
+    let kept = engine::arena_stats(arena).unwrap().mapped_bytes;
+    assert!(
+        kept >= CHURN_BLOCKS * CHURN_BLOCK,
+        "{:.0} MiB kept",
+        mib(kept)
+    );
+    purger::set_background(false);
+    let p = engine::arena_alloc(arena, 200 * 1024, engine::MIN_ALIGN, false);
+    assert!(!p.is_null());
+    free(p as usize);
+    let after = engine::arena_stats(arena).unwrap().mapped_bytes;
+    assert!(
+        after <= 128 * MIB + 4 * MIB,
+        "{:.0} MiB stayed mapped after the housekeeper was switched off",
+        mib(after)
+    );
+}

@@ -17,8 +17,8 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::heap::{Heap, HeapList};
+use crate::housekeeping::Budget;
 use crate::large::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
-use crate::purger::Budget;
 use crate::segment::{Segment, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
@@ -711,7 +711,10 @@ impl ArenaState {
                             claim.release();
                         }
                         outcome.more = true;
-                        outcome.busy_heaps += usize::from(!crate::thread::is_own_claim(claim));
+                        // Without the barrier no claim is ever confirmed:
+                        // waiting for the owner would not help.
+                        outcome.busy_heaps +=
+                            usize::from(barrier && !crate::thread::is_own_claim(claim));
                     }
                 }
             }

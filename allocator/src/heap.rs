@@ -20,7 +20,7 @@ use crate::thread::ThreadState;
 
 use crate::arena::{Arena, ArenaState, PurgeKind};
 use crate::diag;
-use crate::purger::Budget;
+use crate::housekeeping::Budget;
 use crate::size_class::{class_of, CLASS_COUNT};
 use crate::span::{LinkCode, Span, SpanList, SpanState};
 use crate::sync::Mutex;
@@ -285,8 +285,7 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
     // of the lists worth it (a span with parked blocks sends every free
     // here, and a walk per free made such frees cost O(free blocks)).
     // SAFETY: `p` is a block start of the caller's span, mapped.
-    let looks_free = unsafe { s.looks_free(p) };
-    if s.is_parked(index) || (looks_free && s.is_listed_free(index)) {
+    if s.is_parked(index) || (unsafe { s.looks_free(p) } && s.is_listed_free(index)) {
         diag::fatal_pointer("free", "double free", p);
     }
     // The program's data only happened to decode to a link.
@@ -304,7 +303,7 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
     // SAFETY: the span's heap is the caller's own pool heap.
     unsafe { note_activity(s.heap()) };
     // Free blocks that the purger may give back later.
-    crate::purger::note_pending();
+    crate::housekeeping::note_pending();
     // SAFETY: as above.
     let heap = unsafe { &mut *s.heap() };
     let class = s.class().min(CLASS_COUNT - 1);
@@ -698,7 +697,7 @@ impl Heap {
         if self.arena_ptr().is_null() {
             return;
         }
-        crate::purger::note_pending();
+        crate::housekeeping::note_pending();
         let arena = self.arena();
         crate::race_hooks::pause(crate::race_hooks::Point::AbandonBeforeLock);
         let mut state = arena.state.lock();

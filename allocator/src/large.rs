@@ -153,7 +153,7 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
             // is not trimmed to fit (its tail's pages would be faulted in
             // again when a big request comes): a smaller one grows instead
             // (`grow_retained`), or a fresh one is mapped.
-            let max_map = if crate::purger::background_enabled() {
+            let max_map = if crate::housekeeping::housekeeper_running() {
                 headroom.min(size.saturating_mul(SHRINK_RATIO))
             } else {
                 headroom
@@ -218,6 +218,10 @@ fn grow_retained(arena: &'static Arena, size: usize, align: usize) -> Option<*mu
     let block = {
         let mut state = arena.state.lock();
         if state.is_closed() {
+            return None;
+        }
+        if state.accounts.headroom() < size {
+            // The limit would refuse the grown block: keep the cached one.
             return None;
         }
         let block = state.large_cache.take_below(size)?;
@@ -446,9 +450,16 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
     validate(header, p, "free");
     // SAFETY: validated live header; a large block's arena is static.
     let (b, arena) = unsafe { (&mut *header, &*(*header).header.arena) };
+    let retain = crate::housekeeping::housekeeper_running();
+    let mut no_longer_retained = ptr::null_mut();
     let evicted = {
         let mut state = arena.state.lock();
         untrack_live(&mut state, header);
+        if !retain {
+            // Nobody will unmap them later (the housekeeper was switched
+            // off, or died with a fork): what was retained goes now.
+            no_longer_retained = state.large_cache.take_retained_freed_by(u64::MAX);
+        }
         if b.shifted || b.guard != 0 {
             // Cached blocks are reused only without a shifted header; do not
             // let one occupy the cache. Guarded (secure) blocks go at once,
@@ -457,11 +468,7 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
         } else {
             b.cached = true;
             b.freed_at_ms = os::now_ms();
-            Some(
-                state
-                    .large_cache
-                    .insert(header, crate::purger::background_enabled()),
-            )
+            Some(state.large_cache.insert(header, retain))
         }
     };
     match evicted {
@@ -470,7 +477,8 @@ pub unsafe fn free(header: *mut LargeBlock, p: *mut u8) {
         }
         None => unmap_block(header),
     }
-    crate::purger::note_pending();
+    unmap_chain(no_longer_retained);
+    crate::housekeeping::note_pending();
 }
 
 /// Usable size of the large block `p`.

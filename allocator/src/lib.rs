@@ -27,6 +27,7 @@ pub mod claim;
 pub mod diag;
 pub mod exit_summary;
 pub mod heap;
+pub mod housekeeping;
 pub mod large;
 pub mod os;
 pub mod purger;

@@ -931,7 +931,7 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
                 crate::race_hooks::pause(crate::race_hooks::Point::RemotePushed);
                 if head == end {
                     // The owner may be idle: tell the purger.
-                    crate::purger::note_pending();
+                    crate::housekeeping::note_pending();
                 }
                 return;
             }

@@ -141,7 +141,7 @@ pub fn current_thread_id() -> usize {
         // SAFETY: on x86-64 Linux, fs:0 holds the thread control block's
         // self-pointer for every thread (glibc and musl); reading it has no
         // side effects, and it is the same for the thread's whole life, so
-        // the read may be treated as pure (and shared with `tls::state`'s).
+        // the read may be treated as pure (the compiler may reuse it).
         unsafe {
             core::arch::asm!("mov {}, fs:0", out(reg) id, options(nostack, pure, nomem, preserves_flags));
         }
