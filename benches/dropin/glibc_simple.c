@@ -25,70 +25,7 @@ enum {
 
 static const int live_sets[] = {25, 100, 400};
 
-/* ---- shared helpers (duplicated in every workload on purpose) ---------- */
-
-static void die(const char *msg)
-{
-    fprintf(stderr, BENCH_NAME ": error: %s\n", msg);
-    exit(1);
-}
-
-static long parse_scale(int argc, char **argv)
-{
-    if (argc < 2)
-        return 1;
-    char *end;
-    long s = strtol(argv[1], &end, 10);
-    if (*argv[1] == '\0' || *end != '\0' || s < 1 || s > 100000) {
-        fprintf(stderr, "usage: %s [scale >= 1]\n", argv[0]);
-        exit(2);
-    }
-    return s;
-}
-
-/* xorshift64* */
-static inline uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
-static inline uint64_t rng_range(uint64_t *s, uint64_t lo, uint64_t hi)
-{
-    return lo + rng_next(s) % (hi - lo + 1);
-}
-
-/* Write a recognisable pattern derived from v: first byte, 8 bytes after it
- * (if room), one byte per 4 KiB page and the last byte. */
-static inline void stamp(unsigned char *p, size_t n, uint64_t v)
-{
-    p[0] = (unsigned char)v;
-    if (n >= 10)
-        memcpy(p + 1, &v, 8);
-    for (size_t off = 4096; off + 1 < n; off += 4096)
-        p[off] = (unsigned char)(v >> 16);
-    p[n - 1] = (unsigned char)(v >> 8);
-}
-
-static inline void verify(const unsigned char *p, size_t n, uint64_t v)
-{
-    int ok;
-    if (n == 1) {
-        ok = p[0] == (unsigned char)(v >> 8);
-    } else {
-        ok = p[0] == (unsigned char)v && p[n - 1] == (unsigned char)(v >> 8);
-        if (ok && n >= 10)
-            ok = memcmp(p + 1, &v, 8) == 0;
-        for (size_t off = 4096; ok && off + 1 < n; off += 4096)
-            ok = p[off] == (unsigned char)(v >> 16);
-    }
-    if (!ok)
-        die("block contents corrupted");
-}
+#include "common.h"
 
 /* ---- workload ---------------------------------------------------------- */
 
