@@ -23,7 +23,7 @@ use allocator_api2::alloc::{Allocator, Layout};
 use allocator_api2::vec::Vec as ArenaVec;
 use arenalloc::{Arena, ArenaAlloc, ArenaError, ArenaStats};
 use arenalloc_engine as engine;
-use arenalloc_tests::{contains, errno, pattern, rss_bytes, run_in_child_timed, set_errno, Rng};
+use arenalloc_tests::{errno, pattern, rss_bytes, set_errno, test_in_child, Rng};
 use engine::size_class::MEDIUM_MAX;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -95,21 +95,9 @@ fn in_child(name: &str, body: fn()) {
 
 /// [`in_child`] with `env` added to the child's environment.
 fn in_child_with(name: &str, env: &[(&str, &str)], body: fn()) {
-    if std::env::var(CHILD_VAR).as_deref() == Ok(name) {
-        body();
-        println!("{name}: done");
-        return;
+    if let Some(run) = test_in_child(CHILD_VAR, name, env, Duration::from_secs(120), body) {
+        eprintln!("{}", run.report(name));
     }
-    let mut env = env.to_vec();
-    env.push((CHILD_VAR, name));
-    let out = run_in_child_timed(name, &env, &[], Duration::from_secs(120));
-    let report = out.report(name);
-    assert_eq!(out.status, "exit status: 0", "the child failed\n{report}");
-    assert!(
-        contains(&out.stdout, &format!("{name}: done")),
-        "the child did not run the test\n{report}"
-    );
-    eprintln!("{report}");
 }
 
 #[test]

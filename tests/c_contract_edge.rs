@@ -25,7 +25,7 @@ use std::thread;
 use std::time::Duration;
 
 use arenalloc_engine as engine;
-use arenalloc_tests::{contains, errno, pattern, run_in_child_timed, set_errno};
+use arenalloc_tests::{errno, pattern, set_errno, test_in_child};
 
 const CHILD_VAR: &str = "C_CONTRACT_EDGE_CHILD";
 
@@ -426,20 +426,7 @@ fn large_block_grows_from_1_mib_to_64_mib_keeping_its_contents() {
 /// process: runs this binary again for `name` alone with `env` added and
 /// checks the child finished the body and exited cleanly.
 fn in_child_with(name: &str, env: &[(&str, &str)], body: fn()) {
-    if std::env::var(CHILD_VAR).as_deref() == Ok(name) {
-        body();
-        println!("{name}: done");
-        return;
-    }
-    let mut env = env.to_vec();
-    env.push((CHILD_VAR, name));
-    let run = run_in_child_timed(name, &env, &[], Duration::from_secs(120));
-    let report = run.report(name);
-    assert_eq!(run.status, "exit status: 0", "the child failed\n{report}");
-    assert!(
-        contains(&run.stdout, &format!("{name}: done")),
-        "the child did not run the test\n{report}"
-    );
+    test_in_child(CHILD_VAR, name, env, Duration::from_secs(120), body);
 }
 
 #[test]

@@ -318,6 +318,35 @@ impl ChildRun {
     }
 }
 
+/// Runs test `name` alone in a child process: this test binary again, with
+/// `child_var=<name>` and `env` added. In the child (`child_var` names this
+/// test), runs `body`, prints `<name>: done` and returns `None`. In the test
+/// process, checks that the child ran the body and exited 0 within `timeout`,
+/// and returns its run (for a report).
+pub fn test_in_child(
+    child_var: &str,
+    name: &str,
+    env: &[(&str, &str)],
+    timeout: Duration,
+    body: fn(),
+) -> Option<ChildRun> {
+    if std::env::var(child_var).as_deref() == Ok(name) {
+        body();
+        println!("{name}: done");
+        return None;
+    }
+    let mut env = env.to_vec();
+    env.push((child_var, name));
+    let run = run_in_child_timed(name, &env, &[], timeout);
+    let report = run.report(name);
+    assert_eq!(run.status, "exit status: 0", "the child failed\n{report}");
+    assert!(
+        contains(&run.stdout, &format!("{name}: done")),
+        "the child did not run the test\n{report}"
+    );
+    Some(run)
+}
+
 /// Runs `<this binary> <test_name> --exact` with `env` added (and the
 /// variables in `remove` taken out of) the environment; kills it, and
 /// reports where it hung, after `timeout`.

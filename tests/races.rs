@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arenalloc_engine as engine;
-use arenalloc_tests::{contains, map_page_at, run_in_child_timed};
+use arenalloc_tests::{map_page_at, test_in_child};
 use engine::race_hooks::{self, Point};
 
 const CHILD_VAR: &str = "RACES_CHILD";
@@ -33,20 +33,7 @@ fn in_child(name: &str, body: fn()) {
 
 /// [`in_child`] with `env` added to the child's environment.
 fn in_child_with(name: &str, env: &[(&str, &str)], body: fn()) {
-    if std::env::var(CHILD_VAR).as_deref() == Ok(name) {
-        body();
-        println!("{name}: done");
-        return;
-    }
-    let mut env = env.to_vec();
-    env.push((CHILD_VAR, name));
-    let run = run_in_child_timed(name, &env, &[], CHILD_TIMEOUT);
-    let report = run.report(name);
-    assert_eq!(run.status, "exit status: 0", "the child failed\n{report}");
-    assert!(
-        contains(&run.stdout, &format!("{name}: done")),
-        "the child did not run the test\n{report}"
-    );
+    test_in_child(CHILD_VAR, name, env, CHILD_TIMEOUT, body);
 }
 
 /// Waits until a thread is parked at `point`.
