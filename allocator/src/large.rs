@@ -51,6 +51,8 @@ const CACHE_MAX_BYTES: usize = 128 << 20;
 /// A cached block more than this many times the request is trimmed when
 /// reused.
 const SHRINK_RATIO: usize = 4;
+/// How many retained blocks (the newest) a search looks at.
+const RETAINED_LOOKS: usize = 64;
 /// How long a freed large block is kept for reuse.
 pub const CACHE_MAX_AGE_MS: u64 = 1000;
 
@@ -671,7 +673,6 @@ pub struct LargeCache {
     /// (which unmaps them once old): newest first, linked through their
     /// headers' `next`.
     retained: *mut LargeBlock,
-    retained_bytes: usize,
 }
 
 impl LargeCache {
@@ -683,7 +684,6 @@ impl LargeCache {
         bytes: 0,
         earliest_freed_ms: 0,
         retained: ptr::null_mut(),
-        retained_bytes: 0,
     };
 
     pub fn is_empty(&self) -> bool {
@@ -740,27 +740,38 @@ impl LargeCache {
     }
 
     /// [`LargeCache::take`] from the retained blocks: the smallest that fits
-    /// among the newest few (a bounded walk, so a long list costs an
-    /// allocation no more than a few looks).
+    /// among the newest few.
     fn take_retained(
         &mut self,
         size: usize,
         align: usize,
         max_map: usize,
     ) -> Option<*mut LargeBlock> {
-        const LOOKS: usize = 64;
+        self.take_retained_best(|b, best_map| {
+            b.map_size <= max_map
+                && b.usable() >= size
+                && (b.block as usize).is_multiple_of(align)
+                && best_map.is_none_or(|m| b.map_size < m)
+        })
+    }
+
+    /// Takes the retained block that `better` prefers among the newest
+    /// [`RETAINED_LOOKS`] (a bounded walk, so a long list costs an
+    /// allocation no more than a few looks): `better(block, best so far's
+    /// mapping size)` says whether `block` beats it.
+    fn take_retained_best(
+        &mut self,
+        better: impl Fn(&LargeBlock, Option<usize>) -> bool,
+    ) -> Option<*mut LargeBlock> {
         let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
         let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
-        for _ in 0..LOOKS {
+        for _ in 0..RETAINED_LOOKS {
             if block.is_null() {
                 break;
             }
             // SAFETY: retained blocks are live cached headers.
             let b = unsafe { &*block };
-            let fits = b.map_size <= max_map
-                && b.usable() >= size
-                && (b.block as usize).is_multiple_of(align);
-            if fits && best.is_none_or(|(_, _, best_map)| b.map_size < best_map) {
+            if better(b, best.map(|(_, _, map)| map)) {
                 best = Some((before, block, b.map_size));
             }
             (before, block) = (block, b.next);
@@ -790,24 +801,11 @@ impl LargeCache {
     }
 
     /// Takes the biggest retained block with fewer than `size` usable bytes
-    /// among the newest few (see [`LargeCache::take_retained`]).
+    /// among the newest few.
     fn take_retained_below(&mut self, size: usize) -> Option<*mut LargeBlock> {
-        const LOOKS: usize = 64;
-        let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
-        let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
-        for _ in 0..LOOKS {
-            if block.is_null() {
-                break;
-            }
-            // SAFETY: retained blocks are live cached headers.
-            let b = unsafe { &*block };
-            if b.usable() < size && best.is_none_or(|(_, _, best_map)| b.map_size > best_map) {
-                best = Some((before, block, b.map_size));
-            }
-            (before, block) = (block, b.next);
-        }
-        let (before, block, _) = best?;
-        Some(self.unlink_retained(before, block))
+        self.take_retained_best(|b, best_map| {
+            b.usable() < size && best_map.is_none_or(|m| b.map_size > m)
+        })
     }
 
     /// Takes `block` out of the retained list; `before` is its predecessor
@@ -826,43 +824,31 @@ impl LargeCache {
                 (*before).next = next;
             }
             (*block).next = ptr::null_mut();
-            self.retained_bytes -= (*block).map_size;
         }
         block
     }
 
     /// Takes retained blocks of at least `bytes` of mappings in all, the
-    /// biggest of the newest few first, as a chain for [`unmap_chain`].
+    /// biggest of the newest few first (16 at most), as a chain for
+    /// [`unmap_chain`].
     fn take_retained_bytes(&mut self, bytes: usize) -> *mut LargeBlock {
-        const LOOKS: usize = 64;
-        const ROUNDS: usize = 16;
         let mut chain = ptr::null_mut::<LargeBlock>();
         let mut taken = 0;
-        for _ in 0..ROUNDS {
-            if taken >= bytes || self.retained.is_null() {
+        for _ in 0..16 {
+            if taken >= bytes {
                 break;
             }
-            let (mut before, mut block) = (ptr::null_mut::<LargeBlock>(), self.retained);
-            let mut best: Option<(*mut LargeBlock, *mut LargeBlock, usize)> = None;
-            for _ in 0..LOOKS {
-                if block.is_null() {
-                    break;
-                }
-                // SAFETY: retained blocks are live cached headers.
-                let b = unsafe { &*block };
-                if best.is_none_or(|(_, _, best_map)| b.map_size > best_map) {
-                    best = Some((before, block, b.map_size));
-                }
-                (before, block) = (block, b.next);
-            }
-            let Some((before, block, map_size)) = best else {
+            let Some(block) =
+                self.take_retained_best(|b, best_map| best_map.is_none_or(|m| b.map_size > m))
+            else {
                 break;
             };
-            let block = self.unlink_retained(before, block);
             // SAFETY: unlinked: ours to chain.
-            unsafe { (*block).next = chain };
+            unsafe {
+                taken += (*block).map_size;
+                (*block).next = chain;
+            }
             chain = block;
-            taken += map_size;
         }
         chain
     }
@@ -870,10 +856,7 @@ impl LargeCache {
     /// Keeps `block` (a cached header in no list) in the retained list.
     fn retain(&mut self, block: *mut LargeBlock) {
         // SAFETY: a live cached header, in no list.
-        unsafe {
-            (*block).next = self.retained;
-            self.retained_bytes += (*block).map_size;
-        }
+        unsafe { (*block).next = self.retained };
         self.retained = block;
     }
 
@@ -889,7 +872,6 @@ impl LargeCache {
                 let block = *link;
                 if (*block).freed_at_ms <= freed_by_ms {
                     *link = (*block).next;
-                    self.retained_bytes -= (*block).map_size;
                     (*block).next = old;
                     old = block;
                 } else {
