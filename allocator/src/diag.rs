@@ -27,6 +27,14 @@ impl Line {
         self
     }
 
+    /// Raw bytes (a path, a user's pattern), as they are.
+    pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        for &b in bytes {
+            self.text_byte(b);
+        }
+        self
+    }
+
     pub fn num(&mut self, mut value: usize) -> &mut Self {
         let mut digits = [0u8; 20];
         let mut i = digits.len();

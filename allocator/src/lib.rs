@@ -23,12 +23,14 @@
 #![no_std]
 
 pub mod arena;
+pub mod c_contract;
 pub mod claim;
 pub mod diag;
 pub mod exit_summary;
 pub mod heap;
 pub mod housekeeping;
 pub mod large;
+pub mod library_routing;
 pub mod os;
 pub mod purger;
 pub mod race_hooks;
@@ -564,13 +566,19 @@ fn lock_live_arena(
 /// memory returned to the OS; threads that prefer it fall back to the
 /// default arena; the handle (and every copy) is refused from now on. The
 /// default arena cannot be destroyed. False (errno `EINVAL`) for the default
-/// arena or a stale or foreign handle.
+/// arena or a stale or foreign handle, and (errno `EBUSY`) for a routed
+/// library's arena, which the library keeps allocating in.
 ///
 /// # Safety
 /// No block of the arena is used after this call, and no thread allocates
 /// in, frees to or switches to the arena while it runs.
 pub unsafe fn arena_destroy(handle: ArenaHandle) -> bool {
     thread::ensure_init();
+    if library_routing::is_routed_arena(handle) {
+        // A routed library keeps allocating in it.
+        os::set_errno(libc::EBUSY);
+        return false;
+    }
     // SAFETY: forwarded from the caller.
     let destroyed = unsafe { registry::destroy(handle) };
     if !destroyed {

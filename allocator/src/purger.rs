@@ -112,6 +112,8 @@ extern "C" fn housekeeper_main(_: *mut libc::c_void) -> *mut libc::c_void {
         PENDING.store(0, Ordering::Release);
         let more = pass(os::now_ms().saturating_sub(delay));
         PASSES.fetch_add(1, Ordering::Relaxed);
+        // Objects loaded by a dlopen the C ABI did not see get routed here.
+        crate::library_routing::poll();
         if more {
             PENDING.store(1, Ordering::Release);
         }

@@ -367,6 +367,8 @@ fn abandon_heaps(first: *mut Heap) {
 /// Fork: hold every allocator lock across `fork` so the child never inherits
 /// one held by a thread that does not exist there.
 extern "C" fn fork_prepare() {
+    // First: a rescan holds it while it creates arenas (the create lock).
+    crate::library_routing::lock_for_fork();
     crate::registry::create_lock().raw_lock();
     // Every slot ever used, not only live arenas: a purge may hold the lock
     // of an arena destroyed while it was between slices.
@@ -381,6 +383,8 @@ extern "C" fn fork_parent() {
     crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
     // SAFETY: as above.
     unsafe { crate::registry::create_lock().force_unlock() };
+    // SAFETY: as above.
+    unsafe { crate::library_routing::unlock_after_fork() };
 }
 
 extern "C" fn fork_child() {
@@ -391,6 +395,8 @@ extern "C" fn fork_child() {
     crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
     // SAFETY: as above.
     unsafe { crate::registry::create_lock().force_unlock() };
+    // SAFETY: as above.
+    unsafe { crate::library_routing::unlock_after_fork() };
     // The other threads' heaps may have been caught mid-update: leave them
     // alone (their memory stays with the child, as glibc's does), but make
     // sure no new thread can take their spans for its own.

@@ -124,3 +124,83 @@ pub unsafe fn usable_size(ptr: *mut u8) -> usize {
 pub fn owns(ptr: *const u8) -> bool {
     arenalloc_engine::owns(ptr)
 }
+
+/// Why [`route_library`] refused a pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// Empty, longer than 255 bytes, or containing a `,` or a NUL.
+    BadPattern,
+    /// 16 patterns are set already.
+    TooManyPatterns,
+    /// Neither this allocator nor a preloaded `libarenalloc.so` is the
+    /// process's `malloc`, which routing needs: the C library must free a
+    /// routed library's blocks with the allocator that made them.
+    NotProcessMalloc,
+}
+
+impl core::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RouteError::BadPattern => "the pattern is empty, too long, or has a ',' or a NUL",
+            RouteError::TooManyPatterns => "16 library patterns are set already",
+            RouteError::NotProcessMalloc => {
+                "arenalloc is not this process's malloc (preload libarenalloc.so)"
+            }
+        })
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+/// Routes the C libraries whose file name (or path, for a pattern with a
+/// `/`) matches the glob `pattern`, now and when loaded later, each to an
+/// arena of its own: whatever their code allocates, through `malloc` and its
+/// family or the C library's allocating functions, goes there, so their
+/// long-lived blocks never pin the program's freed memory. The same as
+/// `ARENALLOC_LIBRARY_ARENAS=pattern` at start-up. Returns how many loaded
+/// objects the pattern names now (0 is not an error: a later `dlopen` may
+/// match).
+///
+/// It needs arenalloc as the process's `malloc`: in a Rust program, run it
+/// with `libarenalloc.so` preloaded (the routing is then the preloaded
+/// library's).
+///
+/// ```no_run
+/// match arenalloc::route_library("libgnutls.so*") {
+///     Ok(n) => println!("{n} object(s) routed"),
+///     Err(e) => eprintln!("not routed: {e}"),
+/// }
+/// ```
+pub fn route_library(pattern: &str) -> Result<usize, RouteError> {
+    use arenalloc_engine::library_routing::{self, RouteError as EngineError};
+    match library_routing::route_library(pattern.as_bytes()) {
+        Ok(named) => Ok(named),
+        Err(EngineError::BadPattern) => Err(RouteError::BadPattern),
+        Err(EngineError::TooManyPatterns) => Err(RouteError::TooManyPatterns),
+        Err(EngineError::NotProcessMalloc) => route_in_preloaded_library(pattern),
+    }
+}
+
+/// [`route_library`] through the preloaded `libarenalloc.so`'s
+/// `malloc_route_library`, when that is the process's `malloc`.
+fn route_in_preloaded_library(pattern: &str) -> Result<usize, RouteError> {
+    let pattern = std::ffi::CString::new(pattern).map_err(|_| RouteError::BadPattern)?;
+    // SAFETY: dlsym with a NUL-terminated name in the global scope.
+    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"malloc_route_library".as_ptr()) };
+    if symbol.is_null() {
+        return Err(RouteError::NotProcessMalloc);
+    }
+    type RouteFn = unsafe extern "C" fn(*const libc::c_char) -> libc::c_int;
+    // SAFETY: the C ABI's malloc_route_library has this signature.
+    let route = unsafe { core::mem::transmute::<*mut libc::c_void, RouteFn>(symbol) };
+    // SAFETY: a NUL-terminated pattern that outlives the call.
+    let named = unsafe { route(pattern.as_ptr()) };
+    if named >= 0 {
+        return Ok(named as usize);
+    }
+    Err(match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOSPC) => RouteError::TooManyPatterns,
+        Some(libc::EINVAL) => RouteError::BadPattern,
+        _ => RouteError::NotProcessMalloc,
+    })
+}

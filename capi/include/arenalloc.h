@@ -63,7 +63,7 @@ void *malloc_arena_aligned_alloc(arena_hd *arena, size_t alignment, size_t size)
  * every copy of it) is refused from now on. No block of the arena may be
  * used afterwards, and no other thread may allocate in, free to or switch
  * to the arena while this runs. 0, or -1 with errno EINVAL for the default
- * arena or a stale or foreign handle. */
+ * arena or a stale or foreign handle, EBUSY for a routed library's arena. */
 int malloc_arena_destroy(arena_hd *arena);
 
 /* Returns the arena's free memory to the OS now: 1 if memory was released,
@@ -101,6 +101,20 @@ int malloc_arena_stats(arena_hd *arena, struct malloc_arena_stats *out);
 /* Past `bytes` in use, allocations in the arena fail with NULL and ENOMEM.
  * 0 removes the limit. 0, or -1 (EINVAL) for a bad handle. */
 int malloc_arena_set_limit(arena_hd *arena, size_t bytes);
+
+/* Library arenas with no code change: every loaded shared object whose file
+ * name (or path, for a pattern containing '/') matches the glob `pattern`,
+ * and every one loaded later, gets an arena of its own, and what its code
+ * allocates goes there from every thread: through malloc and its family,
+ * through a function pointer to them it stored, and through the C library's
+ * allocating functions (strdup, asprintf, getline, fopen, ...). Blocks are
+ * freed as usual, by anyone. The environment variable
+ * ARENALLOC_LIBRARY_ARENAS=pattern,pattern does the same at start-up.
+ * Returns how many loaded objects the pattern names now (0 is not an error:
+ * a later dlopen may match), or -1 with errno EINVAL (NULL, empty or longer
+ * than 255 bytes), ENOSPC (more than 16 patterns) or ENOTSUP (this library
+ * is not the process's malloc). */
+int malloc_route_library(const char *pattern);
 
 #ifdef __cplusplus
 }

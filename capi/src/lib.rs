@@ -5,12 +5,14 @@
 //! the C contract (overflow, alignment rules, `errno`) and forwards to the
 //! engine; none of them allocates through `std`.
 
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use arenalloc_engine as engine;
+use engine::c_contract;
 use engine::diag::Line;
-use engine::os::{self, PAGE_SIZE};
+use engine::os;
 
 /// glibc's `mallopt` parameters, all accepted (see [`mallopt`]).
 const M_MXFAST: c_int = 1;
@@ -59,13 +61,7 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size
 
 #[unsafe(no_mangle)]
 pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
-    match count.checked_mul(size) {
-        Some(total) => engine::zalloc(total).cast(),
-        None => {
-            os::set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
-    }
+    c_contract::calloc(count, size)
 }
 
 /// glibc semantics: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)` frees
@@ -75,33 +71,16 @@ pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
 /// `p` is null or a live block from this allocator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    if size == 0 && !p.is_null() {
-        // SAFETY: the C contract of realloc.
-        unsafe { engine::free(p.cast()) };
-        return ptr::null_mut();
-    }
     // SAFETY: the C contract of realloc.
-    unsafe { engine::realloc(p.cast(), size).cast() }
+    unsafe { c_contract::realloc(p, size) }
 }
 
 /// # Safety
 /// As [`realloc`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, count: usize, size: usize) -> *mut c_void {
-    match count.checked_mul(size) {
-        // SAFETY: the C contract of realloc.
-        Some(total) => unsafe { realloc(p, total) },
-        None => {
-            os::set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
-    }
-}
-
-/// Allocates with `align` (a power of two), treating small alignments as
-/// `malloc`'s.
-fn aligned(align: usize, size: usize) -> *mut c_void {
-    engine::malloc_aligned(size, align.max(engine::MIN_ALIGN)).cast()
+    // SAFETY: the C contract of realloc.
+    unsafe { c_contract::reallocarray(p, count, size) }
 }
 
 /// POSIX: `align` must be a power of two and a multiple of `sizeof(void*)`;
@@ -111,62 +90,32 @@ fn aligned(align: usize, size: usize) -> *mut c_void {
 /// `out` is a valid pointer to write the result to.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
-    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
-        return libc::EINVAL;
-    }
-    let saved = os::errno();
-    let p = aligned(align, size);
-    if p.is_null() {
-        let err = os::errno();
-        os::set_errno(saved);
-        return if err == 0 { libc::ENOMEM } else { err };
-    }
-    // SAFETY: the caller passes a valid out-pointer.
-    unsafe { *out = p };
-    0
+    // SAFETY: the C contract of posix_memalign.
+    unsafe { c_contract::posix_memalign(out, align, size) }
 }
 
 /// C11 `aligned_alloc`: `align` must be a power of two (any size, as glibc).
 #[unsafe(no_mangle)]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    if !align.is_power_of_two() {
-        os::set_errno(libc::EINVAL);
-        return ptr::null_mut();
-    }
-    aligned(align, size)
+    c_contract::aligned_alloc(align, size)
 }
 
 /// glibc `memalign`: an alignment that is not a power of two is rounded up to
 /// one; one too large to round is `EINVAL`.
 #[unsafe(no_mangle)]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    if align <= engine::MIN_ALIGN {
-        return engine::malloc(size).cast();
-    }
-    match align.checked_next_power_of_two() {
-        Some(a) => aligned(a, size),
-        None => {
-            os::set_errno(libc::EINVAL);
-            ptr::null_mut()
-        }
-    }
+    c_contract::memalign(align, size)
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
-    aligned(PAGE_SIZE, size)
+    c_contract::valloc(size)
 }
 
 /// `valloc` with the size rounded up to whole pages (at least one).
 #[unsafe(no_mangle)]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    match size.max(1).checked_next_multiple_of(PAGE_SIZE) {
-        Some(rounded) => aligned(PAGE_SIZE, rounded),
-        None => {
-            os::set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
-    }
+    c_contract::pvalloc(size)
 }
 
 /// # Safety
@@ -302,21 +251,159 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
     }
 }
 
-/// Runs when the library is loaded: with `ARENALLOC_VERBOSE=1`, one line to
-/// stderr so a user can see that the preload took.
-extern "C" fn on_load() {
-    if os::env_var(c"ARENALLOC_VERBOSE").is_some_and(|v| v == b"1") {
+unsafe extern "C" {
+    /// The C library's environment pointer (`__environ`).
+    static mut environ: *const *const c_char;
+}
+
+/// Runs when the library is loaded, before every other object's
+/// constructors (the library is linked with `-z initfirst`), so that a
+/// routed library's constructors already allocate in its arena. At that
+/// point the C library has not yet set `environ`, so `getenv` would find
+/// nothing: it is given the environment the dynamic linker passes here, the
+/// same pointer the C library sets a moment later.
+///
+/// Then: with `ARENALLOC_VERBOSE=1`, one line to stderr so a user can see
+/// that the preload took; with `ARENALLOC_LIBRARY_ARENAS`, the routing.
+extern "C" fn on_load(_argc: c_int, _argv: *const *const c_char, envp: *const *const c_char) {
+    // SAFETY: single-threaded start-up; only a null `environ` is replaced,
+    // with the environment the dynamic linker passed to initialisers.
+    unsafe {
+        let environment = ptr::addr_of_mut!(environ);
+        if environment.read().is_null() && !envp.is_null() {
+            environment.write(envp);
+        }
+    }
+    let verbose = os::env_var(c"ARENALLOC_VERBOSE").is_some_and(|v| v == b"1");
+    if verbose {
         Line::new()
             .text("arenalloc: loaded (pid ")
             .num(std::process::id() as usize)
             .text(")\n")
             .emit();
     }
+    if let Some(patterns) = os::env_var(c"ARENALLOC_LIBRARY_ARENAS") {
+        engine::library_routing::route_from_environment(patterns, verbose);
+    }
 }
 
 #[used]
 #[unsafe(link_section = ".init_array")]
-static ON_LOAD: extern "C" fn() = on_load;
+static ON_LOAD: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = on_load;
+
+/// The C library's `dlopen`, found at the first call.
+static REAL_DLOPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// `dlopen`, seen on its way to the C library's so that a library it loads
+/// that a routing pattern names is routed before `dlopen` returns.
+///
+/// The C library's `dlopen` looks at its caller (the search path and
+/// `$ORIGIN` of the calling object): so unless routing is on and the name
+/// opens the same object whoever calls, this jumps to it with the caller's
+/// return address untouched, as if it had not been here. Otherwise it calls
+/// it and routes what was loaded.
+///
+/// # Safety
+/// The C contract of `dlopen`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlopen(name: *const c_char, flags: c_int) -> *mut c_void {
+    core::arch::naked_asm!(
+        // Keep the arguments; the stack is 16-byte aligned for the call.
+        "push rdi",
+        "push rsi",
+        "sub rsp, 8",
+        "mov rdx, qword ptr [rsp + 24]",
+        "call {decide}",
+        "add rsp, 8",
+        "pop rsi",
+        "pop rdi",
+        "test al, al",
+        "jnz 2f",
+        "jmp qword ptr [rip + {real}]",
+        "2:",
+        "mov rdx, qword ptr [rsp]",
+        "jmp {routed}",
+        decide = sym dlopen_routes,
+        real = sym REAL_DLOPEN,
+        routed = sym dlopen_and_route,
+    )
+}
+
+/// Whether [`dlopen`] should open `name` itself and route what it loads;
+/// makes sure the C library's `dlopen` is known either way.
+extern "C" fn dlopen_routes(name: *const c_char, flags: c_int, caller: usize) -> bool {
+    if REAL_DLOPEN.load(Ordering::Acquire) == 0 {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT is the next
+        // definition after this library's, the C library's.
+        let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) };
+        if real.is_null() {
+            Line::new()
+                .text("arenalloc: dlopen: the C library's dlopen was not found\n")
+                .emit();
+            // SAFETY: abort is always safe to call.
+            unsafe { libc::abort() };
+        }
+        REAL_DLOPEN.store(real as usize, Ordering::Release);
+    }
+    // RTLD_NOLOAD loads nothing (and is how the routing itself waits for
+    // loads in progress).
+    engine::library_routing::active()
+        && flags & libc::RTLD_NOLOAD == 0
+        && engine::library_routing::dlopen_is_caller_independent(
+            // SAFETY: dlopen's contract: a non-null name is a C string.
+            (!name.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(name) }),
+            caller,
+        )
+}
+
+extern "C" fn dlopen_and_route(name: *const c_char, flags: c_int, _caller: usize) -> *mut c_void {
+    let real = REAL_DLOPEN.load(Ordering::Acquire);
+    // SAFETY: `dlopen_routes` stored the C library's dlopen, whose type
+    // this is.
+    let real: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void =
+        unsafe { core::mem::transmute(real) };
+    // SAFETY: the caller's contract of dlopen, forwarded.
+    let handle = unsafe { real(name, flags) };
+    if !handle.is_null() {
+        let saved = os::errno();
+        engine::library_routing::after_dlopen();
+        os::set_errno(saved);
+    }
+    handle
+}
+
+/// Routes every loaded object whose file name (or path, for a pattern with
+/// a `/`) matches the glob `pattern`, and those loaded later, each to an
+/// arena of its own: what their code allocates (directly, through a stored
+/// function pointer, or through the C library's allocating functions such as
+/// `strdup`) goes there. Returns how many loaded objects it names now; -1
+/// with `errno` EINVAL for a NULL, empty or over-long pattern, ENOSPC past 16
+/// patterns, ENOTSUP where this library is not the process's malloc.
+///
+/// # Safety
+/// `pattern` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_route_library(pattern: *const c_char) -> c_int {
+    if pattern.is_null() {
+        os::set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let pattern = unsafe { core::ffi::CStr::from_ptr(pattern) }.to_bytes();
+    match engine::library_routing::route_library(pattern) {
+        Ok(named) => c_int::try_from(named).unwrap_or(c_int::MAX),
+        Err(error) => {
+            use engine::library_routing::RouteError;
+            os::set_errno(match error {
+                RouteError::BadPattern => libc::EINVAL,
+                RouteError::TooManyPatterns => libc::ENOSPC,
+                RouteError::NotProcessMalloc => libc::ENOTSUP,
+            });
+            -1
+        }
+    }
+}
 
 /// An arena handle, opaque to C: `arena_hd *` in `arenalloc.h`. It is never
 /// dereferenced; its bits name a registry slot and one life of it (a tag
@@ -438,7 +525,7 @@ fn handle_or_einval(arena: *mut ArenaHd) -> Option<engine::ArenaHandle> {
 /// Destroys `arena`: frees all its blocks at once and returns its memory to
 /// the OS; threads that prefer it fall back to the default arena. 0 on
 /// success; -1 with `errno = EINVAL` for the default arena or a stale,
-/// destroyed or foreign handle.
+/// destroyed or foreign handle, `EBUSY` for a routed library's arena.
 ///
 /// # Safety
 /// No block of the arena is used afterwards, and no other thread allocates

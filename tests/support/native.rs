@@ -147,6 +147,10 @@ pub fn staleness(dir: &Path) -> Option<String> {
     let root = workspace_root();
     sources.push(root.join("capi/Cargo.toml"));
     sources.push(root.join("allocator/Cargo.toml"));
+    // Built by the build scripts, so not in rustc's dep-info.
+    sources.push(root.join("capi/build.rs"));
+    sources.push(root.join("allocator/build.rs"));
+    sources.push(root.join("allocator/src/library_routing/routed_libc.c"));
     for src in sources {
         match mtime(&src) {
             None => {

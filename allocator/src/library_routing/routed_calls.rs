@@ -1,0 +1,111 @@
+//! The `malloc` family's stand-ins for a routed object's GOT: one copy per
+//! routing slot (a const generic), so each knows its arena without looking
+//! anything up. Each switches the thread to the slot's arena, runs the C
+//! contract's function and switches back.
+//!
+//! `free`, `malloc_usable_size` and friends are not routed: they follow the
+//! block's owner wherever it was allocated.
+
+use core::ffi::{c_int, c_void};
+
+use super::{in_route_arena, MAX_ROUTED_OBJECTS};
+use crate::c_contract;
+
+extern "C" fn malloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
+    in_route_arena(SLOT, || crate::malloc(size).cast())
+}
+
+extern "C" fn calloc_in<const SLOT: usize>(count: usize, size: usize) -> *mut c_void {
+    in_route_arena(SLOT, || c_contract::calloc(count, size))
+}
+
+/// # Safety
+/// The C contract of `realloc`.
+unsafe extern "C" fn realloc_in<const SLOT: usize>(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: the caller's contract, forwarded.
+    in_route_arena(SLOT, || unsafe { c_contract::realloc(p, size) })
+}
+
+/// # Safety
+/// The C contract of `reallocarray`.
+unsafe extern "C" fn reallocarray_in<const SLOT: usize>(
+    p: *mut c_void,
+    count: usize,
+    size: usize,
+) -> *mut c_void {
+    // SAFETY: the caller's contract, forwarded.
+    in_route_arena(SLOT, || unsafe { c_contract::reallocarray(p, count, size) })
+}
+
+/// # Safety
+/// The C contract of `posix_memalign`.
+unsafe extern "C" fn posix_memalign_in<const SLOT: usize>(
+    out: *mut *mut c_void,
+    align: usize,
+    size: usize,
+) -> c_int {
+    // SAFETY: the caller's contract, forwarded.
+    in_route_arena(SLOT, || unsafe {
+        c_contract::posix_memalign(out, align, size)
+    })
+}
+
+extern "C" fn aligned_alloc_in<const SLOT: usize>(align: usize, size: usize) -> *mut c_void {
+    in_route_arena(SLOT, || c_contract::aligned_alloc(align, size))
+}
+
+extern "C" fn memalign_in<const SLOT: usize>(align: usize, size: usize) -> *mut c_void {
+    in_route_arena(SLOT, || c_contract::memalign(align, size))
+}
+
+extern "C" fn valloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
+    in_route_arena(SLOT, || c_contract::valloc(size))
+}
+
+extern "C" fn pvalloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
+    in_route_arena(SLOT, || c_contract::pvalloc(size))
+}
+
+/// `[f::<0>, f::<1>, ...]`, one stand-in per slot.
+macro_rules! per_slot {
+    ($f:ident) => {
+        [
+            $f::<0>, $f::<1>, $f::<2>, $f::<3>, $f::<4>, $f::<5>, $f::<6>, $f::<7>, $f::<8>,
+            $f::<9>, $f::<10>, $f::<11>, $f::<12>, $f::<13>, $f::<14>, $f::<15>, $f::<16>,
+            $f::<17>, $f::<18>, $f::<19>, $f::<20>, $f::<21>, $f::<22>, $f::<23>, $f::<24>,
+            $f::<25>, $f::<26>, $f::<27>, $f::<28>, $f::<29>, $f::<30>, $f::<31>,
+        ]
+    };
+}
+
+type Slots<F> = [F; MAX_ROUTED_OBJECTS];
+
+static MALLOC: Slots<extern "C" fn(usize) -> *mut c_void> = per_slot!(malloc_in);
+static CALLOC: Slots<extern "C" fn(usize, usize) -> *mut c_void> = per_slot!(calloc_in);
+static REALLOC: Slots<unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void> =
+    per_slot!(realloc_in);
+static REALLOCARRAY: Slots<unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void> =
+    per_slot!(reallocarray_in);
+static POSIX_MEMALIGN: Slots<unsafe extern "C" fn(*mut *mut c_void, usize, usize) -> c_int> =
+    per_slot!(posix_memalign_in);
+static ALIGNED_ALLOC: Slots<extern "C" fn(usize, usize) -> *mut c_void> =
+    per_slot!(aligned_alloc_in);
+static MEMALIGN: Slots<extern "C" fn(usize, usize) -> *mut c_void> = per_slot!(memalign_in);
+static VALLOC: Slots<extern "C" fn(usize) -> *mut c_void> = per_slot!(valloc_in);
+static PVALLOC: Slots<extern "C" fn(usize) -> *mut c_void> = per_slot!(pvalloc_in);
+
+/// The stand-in for the `malloc`-family function `name` in `slot`.
+pub fn stand_in(name: &[u8], slot: usize) -> Option<usize> {
+    match name {
+        b"malloc" => MALLOC.get(slot).map(|&f| f as usize),
+        b"calloc" => CALLOC.get(slot).map(|&f| f as usize),
+        b"realloc" => REALLOC.get(slot).map(|&f| f as usize),
+        b"reallocarray" => REALLOCARRAY.get(slot).map(|&f| f as usize),
+        b"posix_memalign" => POSIX_MEMALIGN.get(slot).map(|&f| f as usize),
+        b"aligned_alloc" => ALIGNED_ALLOC.get(slot).map(|&f| f as usize),
+        b"memalign" => MEMALIGN.get(slot).map(|&f| f as usize),
+        b"valloc" => VALLOC.get(slot).map(|&f| f as usize),
+        b"pvalloc" => PVALLOC.get(slot).map(|&f| f as usize),
+        _ => None,
+    }
+}
