@@ -16,6 +16,7 @@
 #[path = "support/native.rs"]
 mod native;
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -284,4 +285,69 @@ fn rust_api_in_child() {
         libc::free(before);
         libc::free(after);
     }
+}
+
+/// The TLS stack of `demo/seed/seed_case.c`, as the demo names it
+/// (`demo/src/seed_case.rs`, `TLS_STACK`).
+const TLS_STACK: &str = "libcurl-gnutls.so*,libgnutls.so*,libtasn1.so*,libp11-kit.so*,\
+                         libnettle.so*,libhogweed.so*,libgmp.so*,libidn2.so*";
+
+/// One run of the seed-case program, preloaded; its result line's figures.
+fn seed_case_figures(program: &Path, patterns: Option<&str>) -> HashMap<String, f64> {
+    let run = run(program, &["plain", "60"], patterns);
+    assert!(
+        run.status.success(),
+        "seed_case failed ({}):\n{}",
+        run.describe_status(),
+        run.stderr_text()
+    );
+    let stdout = run.stdout_text();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse::<f64>().ok()?)))
+        .collect()
+}
+
+/// Real libraries: the demo's service loads the system trust store with
+/// GnuTLS (most of its blocks allocated inside libtasn1) and keeps libcurl's
+/// cookies (copied with `strdup` through a function pointer libcurl keeps).
+/// Unrouted, those blocks are in the default arena; routed, they leave it.
+#[test]
+fn routing_the_tls_stack_takes_gnutls_and_libcurl_blocks_out_of_the_default_arena() {
+    let dir = &built().dir;
+    let program = dir.join("seed_case");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/seed/seed_case.c");
+    compile(
+        &[
+            "-O2",
+            "-Wall",
+            "-o",
+            program.to_str().unwrap(),
+            source.to_str().unwrap(),
+            "-lgnutls",
+            "-lcurl",
+            "-lpthread",
+            "-ldl",
+        ],
+        "demo/seed/seed_case.c (scripts/install-demo-deps.sh installs its libraries)",
+    );
+    let unrouted = seed_case_figures(&program, None);
+    let routed = seed_case_figures(&program, Some(TLS_STACK));
+    let kept = routed["tls_live_kb"] + routed["lib_live_kb"];
+    assert!(
+        routed["certs"] > 0.0 && kept > 3000.0,
+        "the libraries kept too little for the test to mean anything: {routed:?}"
+    );
+    assert!(
+        unrouted["default_arena_live_kb"] > kept * 0.9,
+        "unrouted, the default arena should hold the libraries' {kept} KiB: {unrouted:?}"
+    );
+    assert!(
+        routed["default_arena_live_kb"] < 1024.0,
+        "routed, the libraries' {kept} KiB should have left the default arena: {routed:?}"
+    );
 }

@@ -1,5 +1,8 @@
-//! The demonstration: the desktop-search-service case, with real
-//! allocations, run in four modes, each in a fresh child process.
+//! The demonstration. By default (`seed_case.rs`): a C service on Debian's
+//! libcurl and GnuTLS, under glibc and under the preloaded `libarenalloc.so`
+//! with and without library routing. With `--synthetic`: the
+//! desktop-search-service case in Rust, with a simulated library, run in
+//! four modes, each in a fresh child process, described below.
 //!
 //! The service builds about 250 MB of application data (release-history
 //! strings of 32-512 B and icons of 4-64 KiB) over 400 requests. In each
@@ -20,11 +23,13 @@
 //! child's RSS from outside every 50 ms (so the samples cost the child no
 //! allocation), prints one table and writes an SVG chart.
 //!
-//! Usage: `arenalloc-demo` (all four runs, the table and the chart), or
-//! `arenalloc-demo --child <mode>` (one run: phase lines, then one result
-//! line).
+//! Usage: `arenalloc-demo` (the seed case: five runs, the table and the
+//! chart), `arenalloc-demo --synthetic` (the four runs below), or
+//! `arenalloc-demo --child <mode>` (one synthetic run: phase lines, then one
+//! result line).
 
 mod chart;
+mod seed_case;
 mod workload;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -292,7 +297,7 @@ struct Run {
 }
 
 /// Runs one mode in a fresh process, sampling its RSS from outside.
-fn run_child(exe: &PathBuf, mode: Mode) -> Result<Run, String> {
+fn run_child(exe: &std::path::Path, mode: Mode) -> Result<Run, String> {
     let spawned = Instant::now();
     let mut child = Command::new(exe)
         .args(["--child", mode.name()])
@@ -354,15 +359,15 @@ fn run_child(exe: &PathBuf, mode: Mode) -> Result<Run, String> {
     })
 }
 
-/// Where the chart goes: `target/` next to the running binary's profile
+/// Where a chart goes: `target/` next to the running binary's profile
 /// directory (`target/release/arenalloc-demo`), else `./target`.
-fn chart_path(exe: &std::path::Path) -> PathBuf {
+fn chart_path(exe: &std::path::Path, file_name: &str) -> PathBuf {
     exe.parent()
         .and_then(|profile| profile.parent())
         .filter(|dir| dir.file_name().is_some_and(|n| n == "target"))
         .map(|dir| dir.to_path_buf())
         .unwrap_or_else(|| PathBuf::from("target"))
-        .join("arenalloc-demo.svg")
+        .join(file_name)
 }
 
 fn print_table(runs: &[Run]) {
@@ -491,7 +496,7 @@ fn write_chart(exe: &std::path::Path, runs: &[Run]) -> std::io::Result<PathBuf> 
         ),
         &series,
     );
-    let path = chart_path(exe);
+    let path = chart_path(exe, "arenalloc-demo-synthetic.svg");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -501,17 +506,32 @@ fn write_chart(exe: &std::path::Path, runs: &[Run]) -> std::io::Result<PathBuf> 
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, name] = args.as_slice() {
-        if flag == "--child" {
+    let exe = std::env::current_exe().expect("own path");
+    match args.get(1).map(String::as_str) {
+        Some("--child") => {
+            let name = args.get(2).map_or("", String::as_str);
             let Some(mode) = Mode::from_name(name) else {
                 eprintln!("unknown mode {name}");
                 std::process::exit(2);
             };
             child(mode);
-            return;
+        }
+        Some("--synthetic") => synthetic(&exe),
+        None => {
+            if let Err(e) = seed_case::run(&exe, &chart_path(&exe, "arenalloc-demo.svg")) {
+                eprintln!("arenalloc-demo: {e}");
+                std::process::exit(1);
+            }
+        }
+        Some(other) => {
+            eprintln!("usage: arenalloc-demo [--synthetic]   (unknown argument {other})");
+            std::process::exit(2);
         }
     }
-    let exe = std::env::current_exe().expect("own path");
+}
+
+/// The synthetic demonstration: four modes of the Rust workload.
+fn synthetic(exe: &std::path::Path) {
     println!(
         "Workload: {} requests; each builds {} release-history strings (32-512 B) and {} icons \
          (4-64 KiB), and calls a library that allocates {} blocks of 16-256 B and keeps about \
@@ -526,7 +546,7 @@ fn main() {
     let mut runs = Vec::new();
     for mode in Mode::ALL {
         eprintln!("running {} ...", mode.name());
-        match run_child(&exe, mode) {
+        match run_child(exe, mode) {
             Ok(run) => runs.push(run),
             Err(e) => {
                 eprintln!("{e}");
@@ -540,7 +560,7 @@ fn main() {
     );
     print_table(&runs);
     explain(&runs);
-    match write_chart(&exe, &runs) {
+    match write_chart(exe, &runs) {
         Ok(path) => println!("\nChart of RSS over time: {}", path.display()),
         Err(e) => {
             eprintln!("cannot write the chart: {e}");
