@@ -35,6 +35,9 @@ pub struct Arena {
     /// Bytes mapped for the arena. Atomic because large blocks are unmapped
     /// outside the lock.
     mapped: AtomicUsize,
+    /// Bytes the purger gave back to the OS from this life of the arena
+    /// (statistics; large blocks are unmapped outside the lock).
+    purged: AtomicUsize,
 }
 
 pub struct ArenaState {
@@ -82,6 +85,7 @@ impl Arena {
                 changes: 0,
             }),
             mapped: AtomicUsize::new(0),
+            purged: AtomicUsize::new(0),
         }
     }
 
@@ -103,6 +107,21 @@ impl Arena {
 
     pub fn mapped_bytes(&self) -> usize {
         self.mapped.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` given back to the OS by a purge of this arena.
+    pub fn purged_add(&self, bytes: usize) {
+        self.purged.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes purges gave back since the arena was created in its slot.
+    pub fn purged_bytes(&self) -> usize {
+        self.purged.load(Ordering::Relaxed)
+    }
+
+    /// A new life in the slot starts counting from zero.
+    pub fn reset_purged(&self) {
+        self.purged.store(0, Ordering::Relaxed);
     }
 }
 

@@ -183,6 +183,7 @@ fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<PurgeTotals>
         crate::race_hooks::pause(crate::race_hooks::Point::PurgeBetweenSlices);
     }
     PURGED_BYTES.fetch_add(totals.released, Ordering::Relaxed);
+    arena.purged_add(totals.released);
     Some(totals)
 }
 

@@ -153,6 +153,7 @@ pub fn create() -> Option<ArenaHandle> {
     {
         let mut state = entry.arena.state.lock();
         state.open(handle.to_raw());
+        entry.arena.reset_purged();
         entry.handle.store(handle.to_raw(), Ordering::Release);
     }
     if slot == used {

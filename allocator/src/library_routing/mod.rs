@@ -220,6 +220,21 @@ pub fn for_each_routed(mut each: impl FnMut(&[u8], ArenaHandle)) {
     }
 }
 
+/// Calls `each(path)` with the object routed to `arena`, if any. Skips (and
+/// says nothing) while a rescan holds the routing lock: for reports that
+/// must not wait, such as the exit summary.
+pub fn routed_object_of(arena: ArenaHandle, each: impl FnOnce(&[u8])) {
+    let raw = arena.to_raw();
+    let Some(slot) = ARENAS.iter().position(|a| a.load(Ordering::Relaxed) == raw) else {
+        return;
+    };
+    if let Some(routes) = ROUTES.try_lock() {
+        if let Some(object) = routes.objects().nth(slot) {
+            each(object.path());
+        }
+    }
+}
+
 /// Whether a `dlopen(name)` called from `caller` opens the same object when
 /// called from this allocator instead (so the C ABI may call it itself and
 /// route what it loads): true unless the name is searched for (no `/`) and
