@@ -31,6 +31,8 @@ fn main() {
         .args(["build", "--release", "--lib", "-p", "arenalloc-capi"])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target)
+        // The copy the command carries needs no debug information.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cargo} to build libarenalloc.so: {e}"));
     assert!(
