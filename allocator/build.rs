@@ -9,6 +9,9 @@ fn main() {
         .file(source)
         .flag("-fvisibility=hidden")
         .flag("-U_FORTIFY_SOURCE")
+        // Unwinding (a C++ exception, a thread cancellation) through a
+        // stand-in runs its cleanup, which switches the arena back.
+        .flag("-fexceptions")
         .warnings(true)
         .extra_warnings(true)
         .flag("-Werror")

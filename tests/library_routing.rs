@@ -351,3 +351,151 @@ fn routing_the_tls_stack_takes_gnutls_and_libcurl_blocks_out_of_the_default_aren
         "routed, the libraries' {kept} KiB should have left the default arena: {routed:?}"
     );
 }
+
+/// Compiles with `g++` (scripts/install-test-deps.sh installs it).
+fn compile_cxx(args: &[&str], what: &str) {
+    let mut cxx = Command::new(require_tool("g++"));
+    cxx.args(args);
+    let run = run_with_limit(&mut cxx, LIMIT);
+    assert!(
+        run.status.success(),
+        "compiling {what} failed ({}):\n{}",
+        run.describe_status(),
+        run.stderr_text()
+    );
+}
+
+/// A program can replace a library's stored allocation pointer with a hook
+/// of its own (libxml2's `xmlMemSetup` does this); a later rescan, here
+/// caused by a `dlopen`, must leave the hook in place, and a successful
+/// `dlopen` must leave no error behind for `dlerror`.
+#[test]
+fn a_hook_the_program_installs_in_a_routed_library_survives_later_rescans() {
+    let built = built();
+    let routed = built.dir.join(Binding::AtLoadWithRelro.file_name());
+    let other = built.dir.join(Binding::Lazily.file_name());
+    let run = run(
+        &built.unlinked,
+        &["hooks", routed.to_str().unwrap(), other.to_str().unwrap()],
+        Some("libroutedtest*"),
+    );
+    assert_all_passed(&run);
+}
+
+/// A C++ library opened with `RTLD_LOCAL` by a C program: libstdc++ is only
+/// in the library's own scope, so its `operator new` must be found there
+/// (not in the global scope, where it is absent). And a `bad_alloc` thrown
+/// through the routed `operator new` must switch the thread back.
+#[test]
+fn a_cxx_library_opened_locally_is_routed_and_an_exception_restores_the_arena() {
+    let built = built();
+    let library = built.dir.join("libroutedcxx.so");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/routed_lib_cxx.cpp");
+    compile_cxx(
+        &[
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fPIC",
+            "-shared",
+            "-o",
+            library.to_str().unwrap(),
+            source.to_str().unwrap(),
+        ],
+        "routed_lib_cxx.cpp",
+    );
+    let run = run(
+        &built.unlinked,
+        &["cxx", library.to_str().unwrap()],
+        Some("libroutedcxx*"),
+    );
+    assert_all_passed(&run);
+}
+
+/// glibc's `dlopen` searches the `DT_RPATH` of every object up its caller's
+/// loader chain: here the program links libchainx (`DT_RPATH` naming the
+/// directory of libchainz), which links libchainy, which opens
+/// "libchainz.so" by name. With routing on, the allocator's `dlopen` must
+/// still let glibc see the real caller.
+#[test]
+fn a_dlopen_that_depends_on_the_callers_loader_chain_still_finds_its_library() {
+    let dir = built().dir.join("chain");
+    let z_dir = dir.join("z");
+    fs::create_dir_all(&z_dir).expect("create the chain's directories");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/rpath_chain.c");
+    let source = source.to_str().unwrap();
+    let at = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let z = z_dir.join("libchainz.so");
+    compile(
+        &[
+            "-DPART_Z",
+            "-fPIC",
+            "-shared",
+            "-o",
+            z.to_str().unwrap(),
+            source,
+        ],
+        "libchainz",
+    );
+    compile(
+        &[
+            "-DPART_Y",
+            "-fPIC",
+            "-shared",
+            "-o",
+            &at("libchainy.so"),
+            source,
+            "-ldl",
+        ],
+        "libchainy",
+    );
+    let dir_arg = format!("-L{}", dir.display());
+    let rpath = format!(
+        "-Wl,--disable-new-dtags,-rpath,{}:{}",
+        z_dir.display(),
+        dir.display()
+    );
+    compile(
+        &[
+            "-DPART_X",
+            "-fPIC",
+            "-shared",
+            "-o",
+            &at("libchainx.so"),
+            source,
+            &dir_arg,
+            "-lchainy",
+            &rpath,
+        ],
+        "libchainx",
+    );
+    let main_rpath = format!("-Wl,-rpath,{}", dir.display());
+    compile(
+        &[
+            "-DPART_MAIN",
+            "-o",
+            &at("chain"),
+            source,
+            &dir_arg,
+            "-lchainx",
+            &main_rpath,
+        ],
+        "the chain program",
+    );
+    let exe = dir.join("chain");
+    let plain = run_with_limit(&mut Command::new(&exe), LIMIT);
+    assert!(
+        plain.status.success(),
+        "without arenalloc the chain does not work: {}",
+        plain.stdout_text()
+    );
+    let routed = run(&exe, &[], Some("libroutedtest*"));
+    assert!(
+        routed.status.success() && routed.stdout_text().contains("chain: 42"),
+        "with routing on, the dlopen failed ({}):\n{}{}",
+        routed.describe_status(),
+        routed.stdout_text(),
+        routed.stderr_text()
+    );
+}

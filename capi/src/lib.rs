@@ -334,17 +334,7 @@ pub unsafe extern "C" fn dlopen(name: *const c_char, flags: c_int) -> *mut c_voi
 /// makes sure the C library's `dlopen` is known either way.
 extern "C" fn dlopen_routes(name: *const c_char, flags: c_int, caller: usize) -> bool {
     if REAL_DLOPEN.load(Ordering::Acquire) == 0 {
-        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT is the next
-        // definition after this library's, the C library's.
-        let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) };
-        if real.is_null() {
-            Line::new()
-                .text("arenalloc: dlopen: the C library's dlopen was not found\n")
-                .emit();
-            // SAFETY: abort is always safe to call.
-            unsafe { libc::abort() };
-        }
-        REAL_DLOPEN.store(real as usize, Ordering::Release);
+        REAL_DLOPEN.store(find_real_dlopen(), Ordering::Release);
     }
     // RTLD_NOLOAD loads nothing (and is how the routing itself waits for
     // loads in progress).
@@ -355,6 +345,27 @@ extern "C" fn dlopen_routes(name: *const c_char, flags: c_int, caller: usize) ->
             (!name.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(name) }),
             caller,
         )
+}
+
+/// The C library's `dlopen` by version (glibc 2.34 moved it into libc; the
+/// older version is the one before), found after this library's: an
+/// earlier preload that wraps `dlsym` could otherwise hand back this
+/// library's own `dlopen`, which would then call itself.
+fn find_real_dlopen() -> usize {
+    let own = dlopen as *const () as usize;
+    for version in [c"GLIBC_2.34", c"GLIBC_2.2.5"] {
+        // SAFETY: dlvsym with NUL-terminated names; RTLD_NEXT looks after
+        // this library.
+        let found = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlopen".as_ptr(), version.as_ptr()) };
+        if !found.is_null() && found as usize != own {
+            return found as usize;
+        }
+    }
+    Line::new()
+        .text("arenalloc: dlopen: the C library's dlopen was not found\n")
+        .emit();
+    // SAFETY: abort is always safe to call.
+    unsafe { libc::abort() }
 }
 
 extern "C" fn dlopen_and_route(name: *const c_char, flags: c_int, _caller: usize) -> *mut c_void {

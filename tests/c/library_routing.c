@@ -7,6 +7,13 @@
  *                                variable set), closes and reopens it
  *   library_routing api PATH     no variable: opens the library, then routes
  *                                it with malloc_route_library
+ *   library_routing hooks PATH   the variable set: the program replaces the
+ *                                library's stored malloc pointer with its own
+ *                                hook; a later rescan must leave the hook
+ *   library_routing cxx PATH     the variable set: opens the C++ library with
+ *                                RTLD_LOCAL; its `new` is routed and a
+ *                                bad_alloc thrown through it leaves the
+ *                                thread's arena as it was
  *
  * Every block the library allocates must be in one arena that is neither the
  * default arena nor NULL (or, unset, in the default arena); the program's
@@ -128,6 +135,12 @@ static void check_application_blocks(void) {
     free(copy);
 }
 
+static int counted;
+static void *counting_malloc(size_t n) {
+    counted++;
+    return malloc(n);
+}
+
 /* Defined by the test library when linked at start-up (mode startup). */
 extern void *routed_lib_constructor_block(void) __attribute__((weak));
 
@@ -163,6 +176,50 @@ int main(int argc, char **argv) {
         }
         check_library(bind(handle), first, 0);
         check_application_blocks();
+    } else if (strcmp(mode, "hooks") == 0 && argc > 3) {
+        section = "hooks";
+        void *handle = dlopen(argv[2], RTLD_NOW);
+        if (!handle) {
+            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
+            return 2;
+        }
+        CHECK(dlerror() == NULL, "dlerror() reports an error after a successful dlopen");
+        struct library lib = bind(handle);
+        void *(**hook)(size_t) = symbol(handle, "routed_lib_stored_malloc");
+        *hook = counting_malloc;
+        /* Any dlopen the allocator sees makes it rescan the routed objects. */
+        void *other = dlopen(argv[3], RTLD_NOW);
+        CHECK(other != NULL, "dlopen %s failed", argv[3]);
+        void *p = lib.via_stored_pointer(40);
+        CHECK(counted == 1, "the program's hook was called %d times (expected 1): a rescan "
+              "rewrote it", counted);
+        free(p);
+    } else if (strcmp(mode, "cxx") == 0 && argc > 2) {
+        section = "cxx";
+        void *handle = dlopen(argv[2], RTLD_NOW | RTLD_LOCAL);
+        if (!handle) {
+            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
+            return 2;
+        }
+        void *(*cxx_new)(size_t) = symbol(handle, "routed_cxx_new");
+        void (*cxx_delete)(void *) = symbol(handle, "routed_cxx_delete");
+        int (*cxx_new_throws)(void) = symbol(handle, "routed_cxx_new_throws");
+        void *p = cxx_new(64);
+        arena_hd *owner = malloc_arena_of(p);
+        CHECK(owner != NULL && owner != malloc_default_arena(),
+              "new in the RTLD_LOCAL C++ library gave a block in arena %p (default %p)",
+              (void *)owner, (void *)malloc_default_arena());
+        cxx_delete(p);
+        arena_hd *before = malloc_get_arena();
+        CHECK(cxx_new_throws() == 1, "operator new of a huge size did not throw bad_alloc");
+        arena_hd *after = malloc_get_arena();
+        CHECK(after == before,
+              "after a bad_alloc thrown through the routed operator new the thread's arena is %p, "
+              "not %p as before", (void *)after, (void *)before);
+        void *mine = malloc(32);
+        CHECK(malloc_arena_of(mine) == malloc_default_arena(),
+              "the program's malloc after the exception left the default arena");
+        free(mine);
     } else if (strcmp(mode, "api") == 0 && argc > 2) {
         section = "api";
         void *handle = dlopen(argv[2], RTLD_NOW);
@@ -183,7 +240,8 @@ int main(int argc, char **argv) {
               "a routed library's arena could be destroyed (errno %d)", errno);
         check_application_blocks();
     } else {
-        printf("usage: %s startup|unset|dlopen PATH|api PATH\n", argv[0]);
+        printf("usage: %s startup|unset|dlopen PATH|api PATH|hooks PATH OTHER|cxx PATH\n",
+               argv[0]);
         return 2;
     }
     printf("%lu passed, %lu failed\n", passed, failed);

@@ -21,7 +21,7 @@ pub enum PatchError {
 }
 
 /// The address the word holds now.
-fn read_word(object: &LoadedObject<'_>, word: usize) -> Result<usize, PatchError> {
+pub fn read_word(object: &LoadedObject<'_>, word: usize) -> Result<usize, PatchError> {
     check(object, word)?;
     // SAFETY: `check` proved the word aligned and inside the object's data
     // segments, which stay mapped while the dynamic linker lists it.

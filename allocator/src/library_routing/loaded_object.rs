@@ -106,11 +106,20 @@ impl<'a> LoadedObject<'a> {
             .any(|&(from, to)| from <= address && address + word <= to)
     }
 
-    /// Whether the object names its own library search path (`DT_RPATH` or
-    /// `DT_RUNPATH`), which makes a `dlopen` it calls depend on who calls.
-    pub fn has_search_path(&self) -> bool {
+    /// Whether the object has a `DT_RPATH`: glibc searches it for every
+    /// `dlopen` made by the object or by anything it loaded (its loader
+    /// chain), so such a `dlopen` depends on who calls.
+    pub fn has_rpath(&self) -> bool {
         let mut found = false;
-        self.for_each_dynamic(|tag, _| found |= tag == DT_RPATH || tag == DT_RUNPATH);
+        self.for_each_dynamic(|tag, _| found |= tag == DT_RPATH);
+        found
+    }
+
+    /// Whether the object has a `DT_RUNPATH`, searched for its own
+    /// `dlopen` calls.
+    pub fn has_runpath(&self) -> bool {
+        let mut found = false;
+        self.for_each_dynamic(|tag, _| found |= tag == DT_RUNPATH);
         found
     }
 

@@ -24,15 +24,17 @@ mod got_patch;
 mod loaded_object;
 mod pattern;
 mod routed_calls;
+mod stand_ins;
 
-use core::ffi::{c_char, c_void, CStr};
+use core::ffi::{c_void, CStr};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::diag::Line;
 use crate::os;
 use crate::registry::ArenaHandle;
 use crate::sync::Mutex;
-use loaded_object::{for_each_loaded, LoadedObject};
+use loaded_object::{for_each_loaded, LoadedObject, SlotKind};
+use stand_ins::Globals;
 
 /// Routed objects at most (the `malloc` stand-ins exist once per slot).
 pub const MAX_ROUTED_OBJECTS: usize = 32;
@@ -45,6 +47,9 @@ static ARENAS: [AtomicU64; MAX_ROUTED_OBJECTS] = [const { AtomicU64::new(0) }; M
 /// Whether any pattern is set (then loads are watched).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// Set once the start-up routing is done: a pattern first matched after
+/// it is reported as matching a library loaded later.
+static START_UP_DONE: AtomicBool = AtomicBool::new(false);
 /// The dynamic linker's load and unload counts at the last rescan.
 static LAST_LOAD_COUNTS: AtomicU64 = AtomicU64::new(0);
 
@@ -126,6 +131,15 @@ static ROUTES: Mutex<Routes> = Mutex::new(Routes {
 /// yet are reported on stderr.
 pub fn route_from_environment(list: &[u8], verbose: bool) {
     VERBOSE.store(verbose, Ordering::Relaxed);
+    if !process_malloc_is_this_engine() {
+        Line::new()
+            .text(
+                "arenalloc: ARENALLOC_LIBRARY_ARENAS ignored: arenalloc is not this process's \
+                   malloc (another allocator is preloaded before it)\n",
+            )
+            .emit();
+        return;
+    }
     {
         let mut routes = ROUTES.lock();
         for pattern in list.split(|&b| b == b',') {
@@ -138,8 +152,13 @@ pub fn route_from_environment(list: &[u8], verbose: bool) {
             }
         }
     }
-    // Start-up: one thread, every object relocated, none being loaded.
+    // From the C ABI's constructor: at start-up (all objects relocated, no
+    // other thread), or inside the `dlopen` that loads this library (which
+    // holds the dynamic linker's load lock, so nothing else is loading).
+    // A reference with RTLD_NOLOAD would run constructors that have not run
+    // yet, before their object is rewritten: not taken here.
     rescan(LoadGuard::NotNeeded);
+    START_UP_DONE.store(true, Ordering::Relaxed);
     let routes = ROUTES.lock();
     for p in routes.patterns() {
         if !p.matched {
@@ -248,12 +267,12 @@ pub fn dlopen_is_caller_independent(name: Option<&CStr>, caller: usize) -> bool 
     if name.contains(&b'$') {
         return false;
     }
-    if name.contains(&b'/') {
-        return true;
-    }
+    let searched = !name.contains(&b'/');
     let mut independent = true;
     for_each_loaded(|object| {
-        if object.contains(caller) && object.has_search_path() {
+        // A DT_RPATH anywhere may be on the caller's loader chain (and the
+        // new object's dependencies are searched through its loader's).
+        if object.has_rpath() || (searched && object.contains(caller) && object.has_runpath()) {
             independent = false;
         }
     });
@@ -304,92 +323,6 @@ extern "C" fn leave(previous: u64) {
     switch_back(previous);
 }
 
-/// The C side (`routed_libc.c`).
-#[repr(C)]
-struct RoutingHooks {
-    enter: Option<extern "C" fn(u32) -> u64>,
-    leave: Option<extern "C" fn(u64)>,
-}
-
-#[repr(C)]
-struct RoutedFunction {
-    name: *const c_char,
-    stand_in: [*const c_void; MAX_ROUTED_OBJECTS],
-}
-
-unsafe extern "C" {
-    static mut arenalloc_routing_hooks: RoutingHooks;
-    static arenalloc_routed_libc: [RoutedFunction; 0];
-    static arenalloc_routed_libc_count: usize;
-    static arenalloc_routed_slots: usize;
-    static mut arenalloc_operator_new: [*mut c_void; 8];
-    static arenalloc_operator_new_names: [*const c_char; 8];
-}
-
-/// The C library stand-ins, as a slice.
-fn libc_stand_ins() -> &'static [RoutedFunction] {
-    // SAFETY: routed_libc.c defines the array with this many entries; it is
-    // constant data.
-    unsafe {
-        core::slice::from_raw_parts(
-            core::ptr::addr_of!(arenalloc_routed_libc).cast::<RoutedFunction>(),
-            arenalloc_routed_libc_count,
-        )
-    }
-}
-
-/// The stand-in for `name` in `slot`, if it is one we route.
-fn stand_in_for(name: &[u8], slot: usize) -> Option<usize> {
-    if let Some(address) = routed_calls::stand_in(name, slot) {
-        return Some(address);
-    }
-    libc_stand_ins().iter().find_map(|f| {
-        // SAFETY: each entry's name is a string literal of the C file.
-        let stand_in_name = unsafe { CStr::from_ptr(f.name) }.to_bytes();
-        if stand_in_name == name {
-            f.stand_in.get(slot).map(|&address| address as usize)
-        } else {
-            None
-        }
-    })
-}
-
-/// Sets the C stand-ins' hooks and finds the C++ operators they call on.
-/// Under the routes lock, before any stand-in is written into a GOT.
-fn install_hooks(routes: &mut Routes) {
-    if !routes.hooks_installed {
-        // SAFETY: constant data of routed_libc.c.
-        let c_slots = unsafe { arenalloc_routed_slots };
-        if c_slots != MAX_ROUTED_OBJECTS {
-            crate::diag::fatal("library routing: routed_libc.c has another slot count");
-        }
-        // SAFETY: written once under the routes lock, before any stand-in
-        // that reads it can be reached (none is in a GOT yet).
-        unsafe {
-            core::ptr::addr_of_mut!(arenalloc_routing_hooks).write(RoutingHooks {
-                enter: Some(enter),
-                leave: Some(leave),
-            });
-        }
-        routes.hooks_installed = true;
-    }
-    // SAFETY: constant data of routed_libc.c.
-    let names = unsafe { &*core::ptr::addr_of!(arenalloc_operator_new_names) };
-    let entries = core::ptr::addr_of_mut!(arenalloc_operator_new).cast::<*mut c_void>();
-    for (i, &name) in names.iter().enumerate() {
-        // SAFETY: `i` is below the array's length (both arrays have 8
-        // entries); under the routes lock; a C++ stand-in reads its entry
-        // only after it was put in a GOT, which happens after this write,
-        // and a found address never changes.
-        unsafe {
-            let entry = entries.add(i);
-            if entry.read().is_null() {
-                entry.write(libc::dlsym(libc::RTLD_DEFAULT, name));
-            }
-        }
-    }
-}
-
 /// Whether `malloc` as the C library and every other object call it is this
 /// engine's.
 fn process_malloc_is_this_engine() -> bool {
@@ -428,7 +361,8 @@ fn load_counts() -> u64 {
 /// Whether to wait for the dynamic linker before rewriting an object.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LoadGuard {
-    /// Start-up: nothing is being loaded.
+    /// Nothing is being loaded by another thread (see
+    /// `route_from_environment`).
     NotNeeded,
     /// An object listed may still be under relocation by another thread's
     /// `dlopen` (the dynamic linker lists it before relocating it): take a
@@ -437,52 +371,131 @@ enum LoadGuard {
     WaitForLoads,
 }
 
+/// An object a pattern named in this rescan, copied out of the dynamic
+/// linker's callback (nothing that can block is done inside it).
+struct Named {
+    path: [u8; PATH_BYTES],
+    len: usize,
+    pattern: usize,
+    refused: Option<&'static str>,
+}
+
+impl Named {
+    fn path(&self) -> &[u8] {
+        self.path.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// Finds the loaded objects the patterns name and rewrites their words.
+///
+/// The order of locks: the dynamic linker's load lock (taken by `dlsym`
+/// and `dlopen`) is never taken while the routing lock is held, since a
+/// constructor running under the load lock may call into the routing
+/// (`dlopen`, `malloc_route_library`).
 fn rescan(guard: LoadGuard) {
     let own_code = rescan as *const () as usize;
-    // 1. Under the lock: which loaded objects are named, and their slots.
-    let mut wanted = [false; MAX_ROUTED_OBJECTS];
+    // 0. No lock: what each routed name resolves to in the global scope.
+    let globals = stand_ins::resolve_globals();
+    // 1. Which loaded objects the patterns name: copied out of the dynamic
+    //    linker's callback, then given slots under the routing lock.
+    let mut named = [const {
+        Named {
+            path: [0; PATH_BYTES],
+            len: 0,
+            pattern: 0,
+            refused: None,
+        }
+    }; MAX_ROUTED_OBJECTS];
+    let mut named_count = 0;
+    let mut overflow = false;
     {
-        let mut routes = ROUTES.lock();
-        install_hooks(&mut routes);
-        routes.objects.iter_mut().for_each(|o| o.loaded = false);
-        let counts = for_each_loaded(|object| routes.claim_slot(object, own_code, &mut wanted));
+        let routes = ROUTES.lock();
+        let counts = for_each_loaded(|object| {
+            let Some(pattern) = routes
+                .patterns()
+                .position(|p| pattern::names_object(p.text(), object.path))
+            else {
+                return;
+            };
+            let Some(entry) = named.get_mut(named_count) else {
+                overflow = true;
+                return;
+            };
+            entry.len = copy_prefix(&mut entry.path, object.path);
+            entry.pattern = pattern;
+            entry.refused = if object.contains(own_code) || is_system_runtime(object.file_name()) {
+                Some("it is the C library, the dynamic linker or arenalloc")
+            } else if object.path.len() > PATH_BYTES {
+                Some("its path is longer than 256 bytes")
+            } else {
+                None
+            };
+            named_count += 1;
+        });
         LAST_LOAD_COUNTS.store(
             counts.0.wrapping_mul(0x1_0000_0001) ^ counts.1,
             Ordering::Relaxed,
         );
     }
-    // 2. Without the lock (a load in progress may itself call into us): wait
-    //    for loads in progress by taking a reference to each named object.
-    let mut references = [core::ptr::null_mut::<c_void>(); MAX_ROUTED_OBJECTS];
-    if guard == LoadGuard::WaitForLoads {
-        for (slot, (wanted, reference)) in wanted.iter_mut().zip(&mut references).enumerate() {
-            if *wanted {
-                // One byte more than any path: always NUL-terminated.
-                let mut path = [0u8; PATH_BYTES + 1];
-                if let Some(object) = ROUTES.lock().objects.get(slot) {
-                    copy_prefix(&mut path[..PATH_BYTES], object.path());
-                }
-                // SAFETY: `path` is NUL-terminated; RTLD_NOLOAD loads
-                // nothing, it only takes a reference if the object is loaded.
-                *reference = unsafe {
-                    libc::dlopen(path.as_ptr().cast(), libc::RTLD_NOLOAD | libc::RTLD_LAZY)
-                };
-                *wanted = !reference.is_null();
-            }
-        }
-    }
-    // 3. Under the lock: rewrite the words of each named, fully loaded object.
+    let mut wanted = [false; MAX_ROUTED_OBJECTS];
     {
         let mut routes = ROUTES.lock();
+        if !routes.hooks_installed {
+            stand_ins::install_hooks(enter, leave);
+            routes.hooks_installed = true;
+        }
+        routes.objects.iter_mut().for_each(|o| o.loaded = false);
+        for entry in named.iter().take(named_count) {
+            routes.claim_slot(entry, &mut wanted);
+        }
+        if overflow {
+            routes.report_refusal(b"more objects", "32 objects are routed already");
+        }
+    }
+    // 2. No lock: unless at start-up, take a reference to each named object
+    //    with RTLD_NOLOAD, which waits for loads in progress (the dynamic
+    //    linker lists an object before it relocates it) and keeps it loaded
+    //    until step 3; find its C++ operators (in its own scope too).
+    let mut references = [core::ptr::null_mut::<c_void>(); MAX_ROUTED_OBJECTS];
+    for (slot, (wanted, reference)) in wanted.iter_mut().zip(&mut references).enumerate() {
+        if !*wanted {
+            continue;
+        }
+        // One byte more than any path: always NUL-terminated.
+        let mut path = [0u8; PATH_BYTES + 1];
+        if let Some(object) = ROUTES.lock().objects.get(slot) {
+            copy_prefix(&mut path[..PATH_BYTES], object.path());
+        }
+        if guard == LoadGuard::WaitForLoads {
+            // SAFETY: `path` is NUL-terminated; RTLD_NOLOAD loads nothing,
+            // it only takes a reference if the object is loaded.
+            *reference =
+                unsafe { libc::dlopen(path.as_ptr().cast(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+            *wanted = !reference.is_null();
+        }
+        if *wanted {
+            stand_ins::find_operators(slot, *reference, &globals);
+        }
+    }
+    // 3. Under the routing lock: rewrite the words of each named, fully
+    //    loaded object.
+    let mut done = [Rewrites::default(); MAX_ROUTED_OBJECTS];
+    {
+        let routes = ROUTES.lock();
         for_each_loaded(|object| {
-            let slot = routes.slot_of(object.path);
-            if let Some(wanted) = slot.and_then(|slot| wanted.get_mut(slot)) {
+            let Some(slot) = routes.slot_of(object.path) else {
+                return;
+            };
+            if let (Some(wanted), Some(done)) = (wanted.get_mut(slot), done.get_mut(slot)) {
                 if core::mem::take(wanted) {
-                    routes.rewrite(object, slot.unwrap_or(0));
+                    *done = routes.rewrite(object, slot, &globals);
                 }
             }
         });
+        // Reported outside the dynamic linker's callback.
+        for ((object, done), arena) in routes.objects().zip(&done).zip(&ARENAS) {
+            done.report(object.path(), arena.load(Ordering::Relaxed));
+        }
     }
     for reference in references.into_iter().filter(|r| !r.is_null()) {
         // SAFETY: a reference taken above and not dropped yet.
@@ -523,50 +536,34 @@ impl Routes {
 
     /// If a pattern names `object`, marks its slot (made, with its arena,
     /// the first time) as loaded and wanted.
-    fn claim_slot(
-        &mut self,
-        object: &LoadedObject<'_>,
-        own_code: usize,
-        wanted: &mut [bool; MAX_ROUTED_OBJECTS],
-    ) {
-        let mut named_by = None;
-        for (i, p) in self.patterns().enumerate() {
-            if pattern::names_object(p.text(), object.path) {
-                named_by = Some(i);
-                break;
-            }
-        }
-        let Some(pattern_index) = named_by else {
-            return;
-        };
-        if object.contains(own_code) || is_system_runtime(object.file_name()) {
-            self.report_refusal(
-                object.path,
-                "it is the C library, the dynamic linker or arenalloc",
-            );
+    /// Gives a named object its slot (made, with its arena, the first
+    /// time) and marks it loaded and wanted; reports a refusal.
+    fn claim_slot(&mut self, named: &Named, wanted: &mut [bool; MAX_ROUTED_OBJECTS]) {
+        if let Some(why) = named.refused {
+            self.report_refusal(named.path(), why);
             return;
         }
-        let slot = match self.slot_of(object.path) {
+        let slot = match self.slot_of(named.path()) {
             Some(slot) => slot,
-            None => match self.new_slot(object.path) {
+            None => match self.new_slot(named.path()) {
                 Some(slot) => slot,
                 None => {
-                    self.report_refusal(object.path, "32 objects are routed already");
+                    self.report_refusal(named.path(), "32 objects are routed already");
                     return;
                 }
             },
         };
-        let Some(pattern) = self.patterns.get_mut(pattern_index) else {
+        let Some(pattern) = self.patterns.get_mut(named.pattern) else {
             return;
         };
         if !pattern.matched {
             pattern.matched = true;
-            if pattern.from_environment && LAST_LOAD_COUNTS.load(Ordering::Relaxed) != 0 {
+            if pattern.from_environment && START_UP_DONE.load(Ordering::Relaxed) {
                 Line::new()
                     .text("arenalloc: ARENALLOC_LIBRARY_ARENAS: '")
                     .bytes(pattern.text())
                     .text("' now matches ")
-                    .bytes(object.path)
+                    .bytes(named.path())
                     .text(" (loaded after start-up)\n")
                     .emit();
             }
@@ -593,39 +590,40 @@ impl Routes {
         Some(slot)
     }
 
-    /// Rewrites every word of `object` that reaches a routed function.
-    fn rewrite(&mut self, object: &LoadedObject<'_>, slot: usize) {
-        let (mut rewritten, mut failed) = (0usize, 0usize);
-        object.for_each_function_word(|name, word, _kind| {
-            let Some(stand_in) = stand_in_for(name, slot) else {
+    /// Rewrites every word of `object` that still holds what the dynamic
+    /// linker put there for a routed function: the global definition, or,
+    /// for a PLT entry not bound yet, the object's own PLT stub. A word
+    /// holding anything else (a hook the program installed, another
+    /// version of the function, another tool's rewrite) is left alone.
+    fn rewrite(&self, object: &LoadedObject<'_>, slot: usize, globals: &Globals) -> Rewrites {
+        let mut counts = Rewrites::default();
+        object.for_each_function_word(|name, word, kind| {
+            let Some(id) = stand_ins::id_of(name) else {
                 return;
             };
+            let Some(stand_in) = stand_ins::stand_in(id, slot) else {
+                return;
+            };
+            let Ok(current) = got_patch::read_word(object, word) else {
+                counts.failed += 1;
+                return;
+            };
+            if current == stand_in {
+                return;
+            }
+            let untouched = stand_ins::original(id, slot, globals) == Some(current)
+                || (kind == SlotKind::PltCall && object.contains(current));
+            if !untouched {
+                counts.left += 1;
+                return;
+            }
             match got_patch::write_word(object, word, stand_in) {
-                Ok(true) => rewritten += 1,
+                Ok(true) => counts.rewritten += 1,
                 Ok(false) => {}
-                Err(_) => failed += 1,
+                Err(_) => counts.failed += 1,
             }
         });
-        if failed > 0 {
-            Line::new()
-                .text("arenalloc: could not route ")
-                .num(failed)
-                .text(" calls of ")
-                .bytes(object.path)
-                .text(" (memory protection refused)\n")
-                .emit();
-        }
-        if rewritten > 0 && VERBOSE.load(Ordering::Relaxed) {
-            Line::new()
-                .text("arenalloc: routing ")
-                .bytes(object.path)
-                .text(" to arena ")
-                .hex(ARENAS.get(slot).map_or(0, |a| a.load(Ordering::Relaxed)) as usize)
-                .text(" (")
-                .num(rewritten)
-                .text(" calls rewritten)\n")
-                .emit();
-        }
+        counts
     }
 
     fn report_refusal(&mut self, path: &[u8], why: &str) {
@@ -639,6 +637,44 @@ impl Routes {
                 .emit();
         }
         self.refusals_reported = true;
+    }
+}
+
+/// What one rewrite of an object did.
+#[derive(Clone, Copy, Default)]
+struct Rewrites {
+    rewritten: usize,
+    /// Words holding something other than what the dynamic linker put
+    /// there.
+    left: usize,
+    /// Words `mprotect` would not let us write.
+    failed: usize,
+}
+
+impl Rewrites {
+    fn report(&self, path: &[u8], arena: u64) {
+        if self.failed > 0 {
+            Line::new()
+                .text("arenalloc: could not route ")
+                .num(self.failed)
+                .text(" calls of ")
+                .bytes(path)
+                .text(" (memory protection refused)\n")
+                .emit();
+        }
+        if self.rewritten > 0 && VERBOSE.load(Ordering::Relaxed) {
+            Line::new()
+                .text("arenalloc: routing ")
+                .bytes(path)
+                .text(" to arena ")
+                .hex(arena as usize)
+                .text(" (")
+                .num(self.rewritten)
+                .text(" calls rewritten, ")
+                .num(self.left)
+                .text(" left: they reach another definition)\n")
+                .emit();
+        }
     }
 }
 

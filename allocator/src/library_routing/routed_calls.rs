@@ -94,18 +94,31 @@ static MEMALIGN: Slots<extern "C" fn(usize, usize) -> *mut c_void> = per_slot!(m
 static VALLOC: Slots<extern "C" fn(usize) -> *mut c_void> = per_slot!(valloc_in);
 static PVALLOC: Slots<extern "C" fn(usize) -> *mut c_void> = per_slot!(pvalloc_in);
 
-/// The stand-in for the `malloc`-family function `name` in `slot`.
-pub fn stand_in(name: &[u8], slot: usize) -> Option<usize> {
-    match name {
-        b"malloc" => MALLOC.get(slot).map(|&f| f as usize),
-        b"calloc" => CALLOC.get(slot).map(|&f| f as usize),
-        b"realloc" => REALLOC.get(slot).map(|&f| f as usize),
-        b"reallocarray" => REALLOCARRAY.get(slot).map(|&f| f as usize),
-        b"posix_memalign" => POSIX_MEMALIGN.get(slot).map(|&f| f as usize),
-        b"aligned_alloc" => ALIGNED_ALLOC.get(slot).map(|&f| f as usize),
-        b"memalign" => MEMALIGN.get(slot).map(|&f| f as usize),
-        b"valloc" => VALLOC.get(slot).map(|&f| f as usize),
-        b"pvalloc" => PVALLOC.get(slot).map(|&f| f as usize),
+/// The `malloc` family's names, in the order of [`stand_in`]'s index.
+pub const NAMES: [&core::ffi::CStr; 9] = [
+    c"malloc",
+    c"calloc",
+    c"realloc",
+    c"reallocarray",
+    c"posix_memalign",
+    c"aligned_alloc",
+    c"memalign",
+    c"valloc",
+    c"pvalloc",
+];
+
+/// The stand-in for `NAMES[index]` in `slot`.
+pub fn stand_in(index: usize, slot: usize) -> Option<usize> {
+    match index {
+        0 => MALLOC.get(slot).map(|&f| f as usize),
+        1 => CALLOC.get(slot).map(|&f| f as usize),
+        2 => REALLOC.get(slot).map(|&f| f as usize),
+        3 => REALLOCARRAY.get(slot).map(|&f| f as usize),
+        4 => POSIX_MEMALIGN.get(slot).map(|&f| f as usize),
+        5 => ALIGNED_ALLOC.get(slot).map(|&f| f as usize),
+        6 => MEMALIGN.get(slot).map(|&f| f as usize),
+        7 => VALLOC.get(slot).map(|&f| f as usize),
+        8 => PVALLOC.get(slot).map(|&f| f as usize),
         _ => None,
     }
 }

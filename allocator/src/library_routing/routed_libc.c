@@ -65,8 +65,14 @@ struct arenalloc_routed_function {
     void *stand_in[SLOTS];
 };
 
-#define ENTER(slot) uint64_t previous__ = arenalloc_routing_hooks.enter(slot)
-#define LEAVE() arenalloc_routing_hooks.leave(previous__)
+/* Switches back when the stand-in's scope ends: by return, and also when an
+ * exception (a C++ bad_alloc from operator new) or a thread cancellation
+ * unwinds through it (this file is compiled with -fexceptions). A longjmp
+ * out of a callback (scandir, glob, tsearch) skips it: documented. */
+static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*previous); }
+#define ENTER(slot)                                                                                \
+    __attribute__((cleanup(leave_scope))) uint64_t previous__ =                                    \
+        arenalloc_routing_hooks.enter(slot)
 
 /* M(slot, ...) for every slot. */
 #define FOR_SLOTS(M, ...)                                                                          \
@@ -89,9 +95,7 @@ struct arenalloc_routed_function {
     static __typeof__(name) routed_##name##_##slot;                                                \
     static ret routed_##name##_##slot params {                                                     \
         ENTER(slot);                                                                               \
-        ret result = name args;                                                                    \
-        LEAVE();                                                                                   \
-        return result;                                                                             \
+        return name args;                                                                          \
     }
 #define ROUTE(ret, name, params, args) FOR_SLOTS(ROUTE_ONE, ret, name, params, args)
 
@@ -104,7 +108,6 @@ struct arenalloc_routed_function {
         va_start(ap, last);                                                                        \
         int result = vfunction vargs;                                                              \
         va_end(ap);                                                                                \
-        LEAVE();                                                                                   \
         return result;                                                                             \
     }
 #define ROUTE_VARIADIC(id, params, last, vfunction, vargs)                                         \
@@ -156,6 +159,8 @@ ROUTE(FILE *, fdopen, (int fd, const char *mode), (fd, mode))
 ROUTE(FILE *, freopen, (const char *path, const char *mode, FILE *stream), (path, mode, stream))
 ROUTE(FILE *, popen, (const char *command, const char *mode), (command, mode))
 ROUTE(FILE *, tmpfile, (void), ())
+ROUTE(FILE *, tmpfile64, (void), ())
+ROUTE(FILE *, freopen64, (const char *path, const char *mode, FILE *stream), (path, mode, stream))
 ROUTE(DIR *, opendir, (const char *path), (path))
 ROUTE(DIR *, fdopendir, (int fd), (fd))
 ROUTE(int, scandir,
@@ -169,6 +174,18 @@ ROUTE(int, scandirat,
 ROUTE(int, glob,
       (const char *pattern, int flags, int (*on_error)(const char *, int), glob_t *out),
       (pattern, flags, on_error, out))
+ROUTE(int, glob64,
+      (const char *pattern, int flags, int (*on_error)(const char *, int), glob64_t *out),
+      (pattern, flags, on_error, out))
+ROUTE(int, scandir64,
+      (const char *dir, struct dirent64 ***list, int (*keep)(const struct dirent64 *),
+       int (*order)(const struct dirent64 **, const struct dirent64 **)),
+      (dir, list, keep, order))
+ROUTE(int, scandirat64,
+      (int dirfd, const char *dir, struct dirent64 ***list,
+       int (*keep)(const struct dirent64 *),
+       int (*order)(const struct dirent64 **, const struct dirent64 **)),
+      (dirfd, dir, list, keep, order))
 ROUTE(void *, tsearch, (const void *key, void **root, int (*compare)(const void *, const void *)),
       (key, root, compare))
 ROUTE(int, hcreate, (size_t n), (n))
@@ -226,10 +243,11 @@ ROUTE_VARIADIC(isoc99_fscanf, (FILE * stream, const char *format, ...), format,
                libc_isoc99_vfscanf, (stream, format, ap))
 
 /* C++ operator new: a C++ library's `new` reaches malloc from libstdc++'s
- * code, which is not routed, so the operator itself is. Found by dlsym when
- * the routing starts (null when libstdc++ is not loaded; then no library
- * calls it either). */
-HIDDEN void *arenalloc_operator_new[8];
+ * code, which is not routed, so the operator itself is. Each slot's are
+ * found in the routed object's own scope (a C++ library opened with
+ * RTLD_LOCAL has libstdc++ only there) before any stand-in of the slot is
+ * put in a GOT; a word whose operator was not found is left alone. */
+HIDDEN void *arenalloc_operator_new[SLOTS][8];
 HIDDEN const char *const arenalloc_operator_new_names[8] = {
     "_Znwm", "_Znam", "_ZnwmRKSt9nothrow_t", "_ZnamRKSt9nothrow_t",
     "_ZnwmSt11align_val_t", "_ZnamSt11align_val_t", "_ZnwmSt11align_val_tRKSt9nothrow_t",
@@ -242,9 +260,7 @@ typedef void *(*new_aligned_nothrow_fn)(size_t, size_t, const void *);
 #define ROUTE_NEW_ONE(slot, index, fn_type, params, args)                                          \
     static void *routed_new##index##_##slot params {                                               \
         ENTER(slot);                                                                               \
-        void *result = ((fn_type)arenalloc_operator_new[index]) args;                              \
-        LEAVE();                                                                                   \
-        return result;                                                                             \
+        return ((fn_type)arenalloc_operator_new[slot][index]) args;                                \
     }
 #define ROUTE_NEW(index, fn_type, params, args) FOR_SLOTS(ROUTE_NEW_ONE, index, fn_type, params, args)
 ROUTE_NEW(0, new_fn, (size_t n), (n))
@@ -265,7 +281,8 @@ HIDDEN const struct arenalloc_routed_function arenalloc_routed_libc[] = {
     SAME(getcwd), SAME(__getcwd_chk), SAME(tempnam), SAME(open_memstream),
     SAME(open_wmemstream), SAME(fmemopen), SAME(fopen), SAME(fopen64), SAME(fdopen),
     SAME(freopen), SAME(popen), SAME(tmpfile), SAME(opendir), SAME(fdopendir),
-    SAME(scandir), SAME(scandirat), SAME(glob), SAME(tsearch), SAME(hcreate),
+    SAME(scandir), SAME(scandirat), SAME(glob), SAME(tmpfile64), SAME(freopen64), SAME(glob64),
+    SAME(scandir64), SAME(scandirat64), SAME(tsearch), SAME(hcreate),
     SAME(hcreate_r), SAME(regcomp), SAME(getaddrinfo), SAME(getifaddrs),
     SAME(backtrace_symbols), SAME(newlocale), SAME(duplocale), SAME(setlocale),
     SAME(iconv_open), SAME(catopen), SAME(textdomain), SAME(bindtextdomain),
