@@ -289,17 +289,17 @@ fn in_route_arena<R>(slot: usize, call: impl FnOnce() -> R) -> R {
 }
 
 /// Switches to `slot`'s arena; returns the raw handle to switch back to
-/// (0: nothing was switched). `errno` is left as it was.
+/// (0: nothing was switched). It may change `errno` only if the switch
+/// fails (no memory for the thread's heap in the arena), before the routed
+/// function runs: C lets a successful call change `errno`, and the call's
+/// own `errno` is what `switch_back` keeps.
 #[inline]
 fn switch_to(slot: usize) -> u64 {
     let raw = ARENAS.get(slot).map_or(0, |a| a.load(Ordering::Relaxed));
     let Some(arena) = ArenaHandle::from_raw(raw) else {
         return 0;
     };
-    let errno = os::errno();
-    let previous = crate::arena_set(arena).map_or(0, ArenaHandle::to_raw);
-    os::set_errno(errno);
-    previous
+    crate::arena_set(arena).map_or(0, ArenaHandle::to_raw)
 }
 
 #[inline]
