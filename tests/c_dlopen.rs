@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use native::{capi_libs, require_tool, run_with_limit};
+use native::{capi_libs, compile_with, run_with_limit};
 
 #[test]
 fn the_library_dlopened_after_start_up_serves_threads_started_before_and_after() {
@@ -22,19 +22,21 @@ fn the_library_dlopened_after_start_up_serves_threads_started_before_and_after()
     fs::create_dir_all(&dir).expect("create the output directory");
     let exe = dir.join("dlopen_late");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/dlopen_late.c");
-    let mut cc = Command::new(require_tool("cc"));
-    cc.args([
-        "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o",
-    ])
-    .arg(&exe)
-    .arg(&source)
-    .arg("-ldl");
-    let built = run_with_limit(&mut cc, Duration::from_secs(120));
-    assert!(
-        built.status.success(),
-        "compiling dlopen_late.c failed ({}):\n{}",
-        built.describe_status(),
-        built.stderr_text()
+    compile_with(
+        "cc",
+        &[
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+            "-o",
+            exe.to_str().expect("a UTF-8 path"),
+            source.to_str().expect("a UTF-8 path"),
+            "-ldl",
+        ],
+        "dlopen_late.c",
     );
     let run = run_with_limit(Command::new(&exe).arg(&libs.so), Duration::from_secs(60));
     let report = format!(

@@ -23,7 +23,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use native::{capi_libs, require_tool, run_with_limit, Run};
+use native::{capi_libs, compile_with, run_with_limit, Run};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -54,15 +54,7 @@ impl Binding {
 }
 
 fn compile(args: &[&str], what: &str) {
-    let mut cc = Command::new(require_tool("cc"));
-    cc.args(args);
-    let run = run_with_limit(&mut cc, LIMIT);
-    assert!(
-        run.status.success(),
-        "compiling {what} failed ({}):\n{}",
-        run.describe_status(),
-        run.stderr_text()
-    );
+    compile_with("cc", args, what);
 }
 
 fn built() -> &'static Built {
@@ -352,19 +344,6 @@ fn routing_the_tls_stack_takes_gnutls_and_libcurl_blocks_out_of_the_default_aren
     );
 }
 
-/// Compiles with `g++` (scripts/install-test-deps.sh installs it).
-fn compile_cxx(args: &[&str], what: &str) {
-    let mut cxx = Command::new(require_tool("g++"));
-    cxx.args(args);
-    let run = run_with_limit(&mut cxx, LIMIT);
-    assert!(
-        run.status.success(),
-        "compiling {what} failed ({}):\n{}",
-        run.describe_status(),
-        run.stderr_text()
-    );
-}
-
 /// A program can replace a library's stored allocation pointer with a hook
 /// of its own (libxml2's `xmlMemSetup` does this); a later rescan, here
 /// caused by a `dlopen`, must leave the hook in place, and a successful
@@ -391,7 +370,8 @@ fn a_cxx_library_opened_locally_is_routed_and_an_exception_restores_the_arena() 
     let built = built();
     let library = built.dir.join("libroutedcxx.so");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/routed_lib_cxx.cpp");
-    compile_cxx(
+    compile_with(
+        "g++",
         &[
             "-O2",
             "-Wall",

@@ -29,13 +29,13 @@
 //! result line).
 
 mod chart;
+mod sampling;
 mod seed_case;
 mod workload;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,6 @@ unsafe impl GlobalAlloc for Switch {
 static GLOBAL: Switch = Switch;
 
 /// How often the parent samples a child's RSS.
-const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// A child that runs longer than this is killed: something is wrong.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -134,21 +133,9 @@ impl Mode {
     }
 }
 
-/// The resident set size from a `statm` file, read into a stack buffer so
-/// that measuring allocates nothing in the measured process.
-fn statm_rss(path: &str) -> Option<usize> {
-    let mut buf = [0u8; 256];
-    let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    let pages: usize = text.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * usize::try_from(page).unwrap_or(4096))
-}
-
 /// This process's resident set size (0 if /proc cannot be read).
 fn rss_now() -> usize {
-    statm_rss("/proc/self/statm").unwrap_or(0)
+    sampling::statm_rss("/proc/self/statm").unwrap_or(0)
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -298,58 +285,15 @@ struct Run {
 
 /// Runs one mode in a fresh process, sampling its RSS from outside.
 fn run_child(exe: &std::path::Path, mode: Mode) -> Result<Run, String> {
-    let spawned = Instant::now();
-    let mut child = Command::new(exe)
-        .args(["--child", mode.name()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the {} child: {e}", mode.name()))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    // Lines are read (and timestamped) on their own thread, so a phase's time
-    // is when it began, not when the sampler next looked.
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .map(|line| (spawned.elapsed().as_secs_f64(), line))
-            .collect::<Vec<_>>()
-    });
-    let statm = format!("/proc/{}/statm", child.id());
-    let mut samples = Vec::new();
-    let mut next = spawned;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        let t = spawned.elapsed();
-        if t > CHILD_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "the {} child ran over {CHILD_TIMEOUT:?}",
-                mode.name()
-            ));
-        }
-        // A zombie's statm reads 0: not a sample.
-        if let Some(rss) = statm_rss(&statm).filter(|&r| r > 0) {
-            samples.push((t.as_secs_f64(), rss));
-        }
-        next += SAMPLE_EVERY;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    };
-    let lines = reader.join().map_err(|_| "the reader thread panicked")?;
-    if !status.success() {
-        return Err(format!("the {} child failed: {status}", mode.name()));
-    }
-    let mut phases = Vec::new();
-    let mut report = None;
-    for (t, line) in &lines {
-        if let Some(name) = line.strip_prefix("phase ") {
-            phases.push((name.to_string(), *t));
-        } else if let Some(r) = Report::from_line(line) {
-            report = Some(r);
-        }
-    }
+    let watched = sampling::watch(
+        Command::new(exe).args(["--child", mode.name()]),
+        &format!("the {} child", mode.name()),
+        CHILD_TIMEOUT,
+    )?;
+    let phases = watched.phases();
+    let samples = watched.samples;
+    let lines = watched.lines;
+    let report = lines.iter().find_map(|(_, line)| Report::from_line(line));
     let report = report.ok_or_else(|| format!("no result line from the {} child", mode.name()))?;
     Ok(Run {
         mode,
@@ -492,7 +436,7 @@ fn write_chart(exe: &std::path::Path, runs: &[Run]) -> std::io::Result<PathBuf> 
             "{} requests, app data freed after the build, library cache kept; \
              sampled from /proc/<pid>/statm every {} ms",
             workload::REQUESTS,
-            SAMPLE_EVERY.as_millis()
+            sampling::SAMPLE_EVERY.as_millis()
         ),
         &series,
     );

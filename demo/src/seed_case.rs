@@ -21,19 +21,18 @@
 //! bytes) in one result line.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::chart;
+use crate::sampling::{self, SAMPLE_EVERY};
 
 /// The TLS stack the routing mode names: libcurl, GnuTLS and the libraries
 /// GnuTLS allocates through (libtasn1 makes 97% of the trust store's blocks).
 pub const TLS_STACK: &str = "libcurl-gnutls.so*,libgnutls.so*,libtasn1.so*,libp11-kit.so*,\
                              libnettle.so*,libhogweed.so*,libgmp.so*,libidn2.so*";
 const REQUESTS: &str = "400";
-const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -202,69 +201,29 @@ fn run_mode(setup: &Setup, mode: Mode) -> Result<Run, String> {
     let mut cmd = Command::new(&setup.program);
     cmd.args([mode.program_mode(), REQUESTS])
         .env_remove("LD_PRELOAD")
-        .env_remove("ARENALLOC_LIBRARY_ARENAS")
-        .stdout(Stdio::piped());
+        .env_remove("ARENALLOC_LIBRARY_ARENAS");
     if mode.preloads() {
         cmd.env("LD_PRELOAD", &setup.preload);
     }
     if mode == Mode::ArenallocRouting {
         cmd.env("ARENALLOC_LIBRARY_ARENAS", TLS_STACK);
     }
-    let spawned = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", mode.name()))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .map(|line| (spawned.elapsed().as_secs_f64(), line))
-            .collect::<Vec<_>>()
+    let watched = sampling::watch(&mut cmd, mode.name(), CHILD_TIMEOUT)?;
+    let figures = watched.lines.iter().find_map(|(_, line)| {
+        let rest = line.strip_prefix("result ")?;
+        Some(
+            rest.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+        )
     });
-    let statm = format!("/proc/{}/statm", child.id());
-    let mut samples = Vec::new();
-    let mut next = spawned;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        let t = spawned.elapsed();
-        if t > CHILD_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{} ran over {CHILD_TIMEOUT:?}", mode.name()));
-        }
-        if let Some(rss) = super::statm_rss(&statm).filter(|&r| r > 0) {
-            samples.push((t.as_secs_f64(), rss));
-        }
-        next += SAMPLE_EVERY;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    };
-    let lines = reader.join().map_err(|_| "the reader thread panicked")?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", mode.name()));
-    }
-    let mut phases = Vec::new();
-    let mut figures = None;
-    for (t, line) in &lines {
-        if let Some(name) = line.strip_prefix("phase ") {
-            phases.push((name.to_string(), *t));
-        } else if let Some(rest) = line.strip_prefix("result ") {
-            figures = Some(
-                rest.split_whitespace()
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<HashMap<_, _>>(),
-            );
-        }
-    }
     let figures = figures.ok_or_else(|| format!("no result line from {}", mode.name()))?;
     Ok(Run {
         mode,
         figures,
-        samples,
-        phases,
+        phases: watched.phases(),
+        samples: watched.samples,
     })
 }
 

@@ -244,6 +244,20 @@ pub fn capi_libs() -> &'static CapiLibs {
     })
 }
 
+/// Runs `compiler` (`cc`, `g++`: found with [`require_tool`]) with `args`;
+/// a failure fails the test with the compiler's messages, naming `what`.
+pub fn compile_with(compiler: &str, args: &[&str], what: &str) {
+    let mut cmd = Command::new(require_tool(compiler));
+    cmd.args(args);
+    let run = run_with_limit(&mut cmd, Duration::from_secs(180));
+    assert!(
+        run.status.success(),
+        "compiling {what} failed ({}):\n{}",
+        run.describe_status(),
+        run.stderr_text()
+    );
+}
+
 /// The absolute path of `name` found in `PATH`. Panics (a test failure, not
 /// a skip) naming the install script when it is not installed.
 pub fn require_tool(name: &str) -> PathBuf {

@@ -228,17 +228,6 @@ pub fn is_routed_arena(handle: ArenaHandle) -> bool {
     ARENAS.iter().any(|a| a.load(Ordering::Relaxed) == raw)
 }
 
-/// Calls `each(path, arena)` for every object routed so far (loaded now or
-/// not).
-pub fn for_each_routed(mut each: impl FnMut(&[u8], ArenaHandle)) {
-    let routes = ROUTES.lock();
-    for (object, arena) in routes.objects().zip(&ARENAS) {
-        if let Some(handle) = ArenaHandle::from_raw(arena.load(Ordering::Relaxed)) {
-            each(object.path(), handle);
-        }
-    }
-}
-
 /// Calls `each(path)` with the object routed to `arena`, if any. Skips (and
 /// says nothing) while a rescan holds the routing lock: for reports that
 /// must not wait, such as the exit summary.
@@ -353,8 +342,13 @@ fn process_malloc_is_this_engine() -> bool {
     ours
 }
 
+/// The dynamic linker's load and unload counts, as one number that
+/// changes with either.
 fn load_counts() -> u64 {
-    let (adds, subs) = for_each_loaded(|_| {});
+    combined_counts(for_each_loaded(|_| {}))
+}
+
+fn combined_counts((adds, subs): (u64, u64)) -> u64 {
     adds.wrapping_mul(0x1_0000_0001) ^ subs
 }
 
@@ -432,10 +426,7 @@ fn rescan(guard: LoadGuard) {
             };
             named_count += 1;
         });
-        LAST_LOAD_COUNTS.store(
-            counts.0.wrapping_mul(0x1_0000_0001) ^ counts.1,
-            Ordering::Relaxed,
-        );
+        LAST_LOAD_COUNTS.store(combined_counts(counts), Ordering::Relaxed);
     }
     let mut wanted = [false; MAX_ROUTED_OBJECTS];
     {
