@@ -1540,3 +1540,30 @@ fn trim_and_measure() {
     // SAFETY: nothing of it is used again.
     unsafe { arena.destroy() }.unwrap();
 }
+
+/// The global allocator's `dealloc` finds a block's region by masking alone
+/// (Rust's contract says the block is ours) for alignments below a segment,
+/// and through the ownership map above: every size and alignment, small,
+/// medium and large, is freed back to its own arena.
+#[test]
+fn global_dealloc_frees_every_size_and_alignment_back_to_its_arena() {
+    let arena = Arena::new().expect("an arena");
+    let sizes = [1, 64, 3000, 40 * KIB, MEDIUM_MAX, MEDIUM_MAX + 1, 5 * MIB];
+    let aligns = [8, 64, 4 * KIB, 64 * KIB, 2 * MIB, 4 * MIB, 8 * MIB];
+    for (round, &size) in sizes.iter().enumerate() {
+        for &align in &aligns {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: a non-zero size; the block is freed with its layout.
+            let p = arena.run(|| unsafe { std::alloc::GlobalAlloc::alloc(&GLOBAL, layout) });
+            assert!(!p.is_null(), "{size} B aligned to {align}");
+            assert_eq!(p as usize % align, 0, "{size} B aligned to {align}");
+            touch(p, size, round as u8);
+            assert_eq!(stats(arena).live_blocks, 1, "{size} B aligned to {align}");
+            // SAFETY: `p` came from `alloc` with `layout`.
+            unsafe { std::alloc::GlobalAlloc::dealloc(&GLOBAL, p, layout) };
+            assert_eq!(stats(arena).live_blocks, 0, "{size} B aligned to {align}");
+        }
+    }
+    // SAFETY: nothing of it is used again.
+    unsafe { arena.destroy() }.unwrap();
+}

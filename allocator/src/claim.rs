@@ -2,10 +2,10 @@
 //! without putting an atomic read-modify-write on the owner's fast path.
 //!
 //! An asymmetric Dekker handshake. The owner marks "inside the allocator"
-//! with plain stores (`enter`/`leave`, a nesting depth) and then reads the
-//! `claimed` flag; the claimer sets `claimed` (a CAS: several claimers may
+//! with plain stores (a nesting depth for slow paths, a flag for the fast
+//! paths) and then reads the `claimed` flag; the claimer sets `claimed` (a CAS: several claimers may
 //! race), makes every thread pass a full barrier with `membarrier`, and only
-//! then reads the owner's depth. The barrier stands in for the fence the
+//! then reads the owner's depth and flag. The barrier stands in for the fence the
 //! owner never executes: either the claimer sees the owner inside (and backs
 //! off), or the owner's next entry sees the claim (and waits in its slow
 //! path until the claimer releases). Without a working `membarrier` nothing
@@ -14,15 +14,22 @@
 //! Claims are taken only under an arena lock, so `fork` (which holds every
 //! arena lock) never copies a claim in progress into the child.
 
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 /// One thread's side of the handshake. Lives in the thread's TLS; the
 /// purger reaches it through the thread's heaps while they are in an arena's
 /// list (a thread leaves every list under the arena lock before it exits).
 pub struct ThreadClaim {
-    /// How deep the owner is inside the allocator (nested calls from slow
-    /// paths count). Written only by the owner, with plain stores.
+    /// How deep the owner is inside the allocator's slow paths (nested
+    /// calls count). Written only by the owner, with plain stores.
     depth: AtomicU32,
+    /// The owner is on a fast path (`try_enter` to `leave_fast`). A flag of
+    /// its own, stored as constants: no load of the depth and no branch on
+    /// it, and no chain through memory from one call to the next. A fast
+    /// path inside a slow one sets and clears it while `depth` still says
+    /// "inside"; fast paths call nothing, so they never nest in each other
+    /// (short of a signal handler that calls `malloc`, which POSIX forbids).
+    fast: AtomicU8,
     /// A claimer holds this thread's heaps.
     claimed: AtomicBool,
 }
@@ -31,6 +38,7 @@ impl ThreadClaim {
     pub const fn new() -> Self {
         Self {
             depth: AtomicU32::new(0),
+            fast: AtomicU8::new(0),
             claimed: AtomicBool::new(false),
         }
     }
@@ -52,30 +60,33 @@ impl ThreadClaim {
         depth
     }
 
-    /// Owner, on a fast path: [`enter`], unless a claimer holds the heaps
-    /// (then `None`, and the thread is outside again): the caller takes its
-    /// slow path, which enters with [`enter`] and waits. No call, so a fast
-    /// path that uses it can stay a leaf function.
+    /// Owner, on a fast path: marks the thread inside, unless a claimer
+    /// holds the heaps (then false, and the thread is outside again): the
+    /// caller takes its slow path, which enters with [`enter`] and waits.
+    /// Calls nothing, so a fast path that uses it can stay a leaf function.
+    /// Leave with [`leave_fast`].
     ///
     /// [`enter`]: ThreadClaim::enter
-    ///
-    /// Only from outside the allocator (a nested call gets `None`): the
-    /// stores are then constants, so one call's depth does not wait for the
-    /// last call's store of it (a chain through memory that would cost a
-    /// store-to-load forwarding delay twice per malloc/free pair).
+    /// [`leave_fast`]: ThreadClaim::leave_fast
     #[inline(always)]
-    pub fn try_enter(&self) -> Option<u32> {
-        if self.depth.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        self.depth.store(1, Ordering::Relaxed);
+    pub fn try_enter(&self) -> bool {
+        self.fast.store(1, Ordering::Relaxed);
         // As in `enter`.
         compiler_fence(Ordering::SeqCst);
         if self.claimed.load(Ordering::Acquire) {
-            self.depth.store(0, Ordering::Release);
-            return None;
+            self.fast.store(0, Ordering::Release);
+            return false;
         }
-        Some(0)
+        true
+    }
+
+    /// Owner: leaves a fast path entered with [`try_enter`] (its writes are
+    /// published to the next claimer).
+    ///
+    /// [`try_enter`]: ThreadClaim::try_enter
+    #[inline(always)]
+    pub fn leave_fast(&self) {
+        self.fast.store(0, Ordering::Release);
     }
 
     /// Owner: leaves the allocator (every heap and span write before this is
@@ -123,7 +134,7 @@ impl ThreadClaim {
     ///
     /// [`release`]: ThreadClaim::release
     pub fn confirm(&self) -> bool {
-        if self.depth.load(Ordering::Acquire) == 0 {
+        if self.depth.load(Ordering::Acquire) == 0 && self.fast.load(Ordering::Acquire) == 0 {
             true
         } else {
             self.release();
@@ -133,7 +144,9 @@ impl ThreadClaim {
 
     /// Whether the owner is outside the allocator and no claim is marked.
     pub fn is_at_rest(&self) -> bool {
-        self.depth.load(Ordering::Relaxed) == 0 && !self.claimed.load(Ordering::Relaxed)
+        self.depth.load(Ordering::Relaxed) == 0
+            && self.fast.load(Ordering::Relaxed) == 0
+            && !self.claimed.load(Ordering::Relaxed)
     }
 
     /// Claimer: hands the heaps back (every write to them before this is

@@ -206,9 +206,9 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> bool {
     let used = s.used();
     let index = s.index_of(p);
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
+    // `fast_below` is 0 for a span in the `full` list (see `Span`).
     if index >= fast_below
         || used <= 1
-        || s.is_full()
         || unsafe { crate::span::looks_like_link(p, code, reserved) }
     {
         return false;

@@ -111,8 +111,10 @@ pub struct Span {
     /// block (it got the block after it was carved).
     capacity: AtomicU32,
     /// Blocks below this index take the owner's fast free path: `capacity`,
-    /// or 0 while blocks are parked, so that every free checks whether its
-    /// block is a parked (free) one. Owner only.
+    /// or 0 while blocks are parked (so that every free checks whether its
+    /// block is a parked, free one) or while the span is in the `full` list
+    /// (whose first free moves it). One compare on the fast path for all
+    /// three. Owner (or arena-lock holder) only.
     fast_free_below: AtomicU32,
     /// Trailing zero bits of `block_size`.
     shift: AtomicU8,
@@ -225,7 +227,6 @@ impl Span {
             Ordering::Relaxed,
         );
         self.capacity.store(0, Ordering::Relaxed);
-        self.fast_free_below.store(0, Ordering::Relaxed);
         self.reserved.store(reserved as u32, Ordering::Relaxed);
         self.class.set(class);
         self.set_state(SpanState::Free);
@@ -287,7 +288,20 @@ impl Span {
 
     #[inline(always)]
     pub fn set_state(&self, state: SpanState) {
-        self.state.store(state as u8, Ordering::Relaxed)
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.update_fast_free();
+    }
+
+    /// Recomputes `fast_free_below` after `state`, `capacity` or the parked
+    /// count changed.
+    #[inline(always)]
+    fn update_fast_free(&self) {
+        let below = if self.parked.get() != 0 || self.is_full() {
+            0
+        } else {
+            self.capacity.load(Ordering::Relaxed)
+        };
+        self.fast_free_below.store(below, Ordering::Relaxed);
     }
 
     #[inline(always)]
@@ -343,12 +357,14 @@ impl Span {
         // SAFETY: `index` is below `reserved` (checked above), so `block` is
         // block `index`, a block start of this span on its free list: its
         // link word is its encoded link, and it is ours to hand out.
-        unsafe {
+        let next_block = unsafe {
             let word = link_slot(block);
-            self.set_free(self.link_code().decode(word.read()));
+            let next = self.link_code().decode(word.read());
             word.write(0);
-        }
-        prefetch(self.free_block.get());
+            self.set_free(next);
+            self.free_block.get()
+        };
+        prefetch(next_block);
         block
     }
 
@@ -529,8 +545,7 @@ impl Span {
         }
         self.purged_capacity.set(0);
         self.parked.set(0);
-        self.fast_free_below
-            .store(self.capacity.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.update_fast_free();
         self.used_at_purge.set(u32::MAX);
     }
 
@@ -624,10 +639,8 @@ impl Span {
             .filter(|&i| bit(&free_marks, i) && self.page_is_purged(i * size / PAGE_SIZE))
             .count();
         self.parked.set(parked as u32);
-        if parked != 0 {
-            // Frees must now check for parked blocks.
-            self.fast_free_below.store(0, Ordering::Relaxed);
-        }
+        // Frees must now check for parked blocks.
+        self.update_fast_free();
         // Discard the runs of pages that go.
         let mut purged = 0;
         let mut page = 0;
@@ -734,9 +747,7 @@ impl Span {
         }
         self.set_free(next);
         self.capacity.store(capacity + count, Ordering::Relaxed);
-        // Nothing is parked here (restore_parked ran first).
-        self.fast_free_below
-            .store(capacity + count, Ordering::Relaxed);
+        self.update_fast_free();
         true
     }
 

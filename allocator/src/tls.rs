@@ -49,17 +49,18 @@ mod model {
 
     #[inline(always)]
     pub fn state() -> *const ThreadState {
-        let address: usize;
-        // SAFETY: fs:0 holds the thread pointer on x86-64 Linux (glibc and
-        // musl), and the GOT entry holds the symbol's offset from it, which
-        // the dynamic linker wrote before any code of this object ran. The
-        // result is the same for the life of the thread, so the asm may be
-        // treated as pure; it touches no memory Rust code can see.
+        // The thread pointer is the thread's id too: `free` reads it once
+        // for both.
+        let mut address = crate::thread::current_thread_id();
+        // SAFETY: the thread pointer (fs:0 on x86-64 Linux, glibc and musl)
+        // plus the GOT entry, which holds the symbol's offset from it and
+        // which the dynamic linker wrote before any code of this object ran.
+        // The result is the same for the life of the thread, so the asm may
+        // be treated as pure; it reads no memory Rust code can see.
         unsafe {
             core::arch::asm!(
-                "movq %fs:0, {address}",
                 "addq arenalloc_thread_state@GOTTPOFF(%rip), {address}",
-                address = out(reg) address,
+                address = inout(reg) address,
                 options(att_syntax, pure, nomem, nostack),
             );
         }

@@ -44,9 +44,10 @@ unsafe impl GlobalAlloc for ArenaAlloc {
     }
 
     #[inline(always)]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        // SAFETY: GlobalAlloc's contract: `ptr` came from this allocator.
-        unsafe { arenalloc_engine::free(ptr) }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: GlobalAlloc's contract: `ptr` is a live block of this
+        // allocator, allocated with `layout`.
+        unsafe { arenalloc_engine::free_known_block(ptr, layout.align()) }
     }
 
     #[inline]
