@@ -127,6 +127,33 @@ fn a_double_free_after_allocations_of_its_size_aborts() {
     assert!(ended.stderr.contains("double free"), "{}", ended.report);
 }
 
+#[test]
+fn rust_dealloc_of_a_foreign_pointer_aborts_in_secure_mode() {
+    // By default Rust's `dealloc` trusts its contract (the block is ours) and
+    // skips the ownership map; unsafe code can break that contract, and in
+    // secure mode the map's check stays.
+    let Some(ended) = secure_child(
+        "rust_dealloc_of_a_foreign_pointer_aborts_in_secure_mode",
+        || {
+            // SAFETY: glibc's malloc (this binary keeps the system allocator).
+            let p = unsafe { libc::malloc(64) }.cast::<u8>();
+            eprintln!("misusing {p:p}");
+            let layout = std::alloc::Layout::from_size_align(64, 8).unwrap();
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { std::alloc::GlobalAlloc::dealloc(&arenalloc::ArenaAlloc, p, layout) };
+            std::process::exit(42);
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(ended.signal, Some(libc::SIGABRT), "{}", ended.report);
+    assert!(
+        ended.stderr.contains("not allocated by arenalloc"),
+        "{}",
+        ended.report
+    );
+}
+
 /// The permissions of the mapping that holds `addr`, from
 /// `/proc/self/maps` (`None`: nothing is mapped there).
 fn permissions_at(addr: usize) -> Option<String> {

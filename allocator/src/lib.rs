@@ -192,7 +192,8 @@ fn owner_of(p: *mut u8, operation: &str) -> Owner {
     let Some(header) = OWNERSHIP.region_of(p as usize) else {
         diag::fatal_pointer(operation, "pointer was not allocated by arenalloc", p)
     };
-    owner_in(header, p)
+    // SAFETY: the ownership map only holds live headers of ours.
+    unsafe { owner_in(header, p) }
 }
 
 /// `free`'s [`owner_of`], without the look at the segment's holes: an
@@ -204,12 +205,17 @@ fn owner_of_freed(p: *mut u8) -> Owner {
     let Some(header) = OWNERSHIP.header_of(p as usize) else {
         diag::fatal_pointer("free", "pointer was not allocated by arenalloc", p)
     };
-    owner_in(header, p)
+    // SAFETY: the ownership map only holds live headers of ours.
+    unsafe { owner_in(header, p) }
 }
 
+/// Which span or large block of the region `header` starts holds `p`.
+///
+/// # Safety
+/// `header` is the live header of a region of ours that holds `p`.
 #[inline(always)]
-fn owner_in(header: *mut segment::SegmentHeader, p: *mut u8) -> Owner {
-    // SAFETY: the ownership map only holds live headers of ours.
+unsafe fn owner_in(header: *mut segment::SegmentHeader, p: *mut u8) -> Owner {
+    // SAFETY: the caller's guarantee: a live header.
     match unsafe { (*header).kind } {
         SegmentKind::Spans => {
             // SAFETY: `p` lies in this live span segment.
@@ -234,7 +240,8 @@ pub unsafe fn free(p: *mut u8) {
         // SAFETY: forwarded.
         return unsafe { free_found_late(p) };
     };
-    match owner_in(header, p) {
+    // SAFETY: the ownership map only holds live headers of ours.
+    match unsafe { owner_in(header, p) } {
         // SAFETY: `span` holds `p`.
         Owner::Span(span) => unsafe { free_in_span(span, p) },
         // SAFETY: `block` is the header the ownership map gives for `p`.
@@ -254,14 +261,18 @@ pub unsafe fn free(p: *mut u8) {
 /// `align`, not used afterwards.
 #[inline(always)]
 pub unsafe fn free_known_block(p: *mut u8, align: usize) {
-    if align >= segment::SEGMENT_SIZE {
+    // Secure mode keeps the ownership map's check of what Rust promises
+    // (unsafe code can break the promise).
+    if align >= segment::SEGMENT_SIZE || secure::enabled() {
         // SAFETY: forwarded.
         return unsafe { free(p) };
     }
     let header = segment::segment_base(p as usize) as *mut segment::SegmentHeader;
-    // SAFETY: the caller's guarantee: `p` is a live block of ours whose
-    // region header sits at its segment base.
-    match owner_in(header, p) {
+    // SAFETY: the caller's guarantee: `p` is a live block of ours aligned to
+    // less than a segment, so its region's live header sits at its segment
+    // base (span segments are one aligned segment; a large block lies in
+    // the first segment-sized piece of its mapping).
+    match unsafe { owner_in(header, p) } {
         // SAFETY: `span` holds `p`.
         Owner::Span(span) => unsafe { free_in_span(span, p) },
         // SAFETY: `block` is the header of `p`'s region.
