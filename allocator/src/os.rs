@@ -5,6 +5,7 @@
 //! `Option`/`bool` so callers decide what a failure means.
 
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The base page size; Linux on x86-64 and aarch64 (4 KiB kernels) use this.
 pub const PAGE_SIZE: usize = 4096;
@@ -30,9 +31,26 @@ pub fn map(size: usize) -> Option<*mut u8> {
     }
 }
 
+/// Where the last aligned mapping starts (0: none yet). The next one is
+/// tried just below it, where Linux's top-down layout would put it anyway.
+static ALIGNED_HINT: AtomicUsize = AtomicUsize::new(0);
+
 /// Maps `size` bytes whose start is a multiple of `align` (a power of two
-/// that is at least a page): maps `size + align` and unmaps the slack.
+/// that is at least a page). First tries the aligned address just below the
+/// last such mapping (`MAP_FIXED_NOREPLACE`: exactly there or not at all):
+/// one system call. Otherwise maps `size + align` and unmaps the slack:
+/// three, each of which takes the process's mapping lock for writing, which
+/// stalls the page faults of every other thread meanwhile (`buffer_churn`
+/// made 173 aligned mappings and 288 trims in 0.1 s).
 pub fn map_aligned(size: usize, align: usize) -> Option<*mut u8> {
+    let last = ALIGNED_HINT.load(Ordering::Relaxed);
+    if let Some(below) = last.checked_sub(size) {
+        let hint = below & !(align - 1);
+        if hint != 0 && map_fixed_if_free(hint as *mut u8, size) == FixedMap::Mapped {
+            ALIGNED_HINT.store(hint, Ordering::Relaxed);
+            return Some(hint as *mut u8);
+        }
+    }
     let padded = size.checked_add(align)?;
     let raw = map(padded)? as usize;
     let start = (raw + align - 1) & !(align - 1);
@@ -44,6 +62,7 @@ pub fn map_aligned(size: usize, align: usize) -> Option<*mut u8> {
     if back > 0 {
         unmap((start + size) as *mut u8, back);
     }
+    ALIGNED_HINT.store(start, Ordering::Relaxed);
     Some(start as *mut u8)
 }
 
