@@ -160,7 +160,6 @@ unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: `heap` is now the calling thread's own heap (a pool heap).
     unsafe { note_activity(heap) };
     crate::race_hooks::pause(crate::race_hooks::Point::MallocSlowPath);
-    crate::purger::maybe_start();
     // SAFETY: as above.
     let h = unsafe { &mut *heap };
     if crate::secure::enabled() {
@@ -518,17 +517,18 @@ impl Heap {
                 }
                 None if !reclaimed && state.has_limit() => {
                     // Perhaps refused for the limit while blocks freed by
-                    // other threads still hold spans: collect them (this
-                    // heap's first: no purge can claim a heap from inside
-                    // it), then look again, from this heap's own lists on
-                    // (full spans that got blocks back are available now).
+                    // other threads still hold spans: collect this heap's
+                    // (no purge can claim a heap from inside it), then look
+                    // again, from this heap's own lists on (full spans that
+                    // got blocks back are available now). The other heaps'
+                    // are the purger's to collect, after this fails
+                    // (`lib.rs`, `after_limit_reclaim`).
                     // SAFETY: this thread owns the heap; `state` is its
                     // arena's.
                     unsafe {
                         self.purge_idle(&mut state, 0, PurgeKind::Reclaim, &Budget::unlimited())
                     };
                     drop(state);
-                    crate::purger::reclaim_for_limit(arena);
                     reclaimed = true;
                 }
                 None => return None,

@@ -10,12 +10,30 @@
 //!              └─ large-block cache ── large blocks (own mapping each)
 //! ```
 //!
-//! Modules, one idea each: `size_class` (which block size serves a request),
-//! `span` (blocks of one class, free lists), `segment` (slices, the ownership
-//! map), `heap` (per-thread fast paths), `arena` (ownership of memory),
-//! `large` (direct mappings), `thread` (TLS, thread exit, fork), `stats`,
-//! `os` (every system call), `sync` (the futex lock), `diag` (messages
-//! without allocation).
+//! Modules in layers, bottom up; a module calls into its own layer and the
+//! ones below, never up (the exceptions are listed after):
+//! 1. `os` (every system call), `sync` (the futex lock), `diag` (messages
+//!    without allocation), `secure` (the `ARENALLOC_SECURE` setting),
+//!    `race_hooks` (test-only pauses), `housekeeping` (what the data
+//!    structures tell the housekeeper: a pending flag, the delay, budgets).
+//! 2. `size_class` (which block size serves a request), `claim` (the
+//!    owner/purger handshake).
+//! 3. `span` (blocks of one class, free lists), `segment` (slices, the
+//!    ownership map), `large` (direct mappings and their cache): they record
+//!    what became free and when, and never call the purger.
+//! 4. `arena` (ownership of memory, under one lock), `registry` (arena
+//!    slots and handles), `stats`.
+//! 5. `heap` (a thread's spans in one arena: the fast and slow paths),
+//!    `tls` and `thread` (the thread's state, exit, fork).
+//! 6. `purger` (the housekeeper: reads the records, claims idle heaps,
+//!    gives memory back).
+//! 7. This file (the API), `c_contract`, `library_routing`, `exit_summary`.
+//!
+//! Edges up that remain: `span` and `segment` name the `Heap` and `Arena`
+//! types of their owner pointers (`segment` also counts mapped bytes in its
+//! arena, `large` takes its arena's lock); `arena` reads a heap's idle mark
+//! and claim, and whether a claim is its own thread's, when it purges
+//! (layer 5); `thread` restarts the housekeeper in a `fork` child (layer 6).
 //!
 //! Nothing reachable from these functions allocates through `std`, formats
 //! or unwinds; misuse that would corrupt memory (a foreign or doubly freed
@@ -93,8 +111,33 @@ pub fn malloc(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_small_slow(size: usize) -> *mut u8 {
+    purger::maybe_start();
     // SAFETY: the current heap belongs to this thread.
-    thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) })
+    let alloc =
+        || thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) });
+    match alloc() {
+        p if p.is_null() => after_limit_reclaim(thread::preferred_arena(), alloc),
+        p => p,
+    }
+}
+
+/// A small allocation in `arena` failed: if the arena has a limit, it may
+/// have been refused while blocks that other threads freed still hold
+/// spans; the purger collects them (claiming the heaps of threads outside
+/// the allocator, waiting a moment for busy ones) and `alloc` runs once
+/// more. Null (errno `ENOMEM`) otherwise. Here, not in the heap's refill:
+/// the purger is a layer above the heaps.
+#[cold]
+#[inline(never)]
+fn after_limit_reclaim(arena: &'static Arena, alloc: impl Fn() -> *mut u8) -> *mut u8 {
+    if !arena.state.lock().has_limit() {
+        return out_of_memory();
+    }
+    purger::reclaim_for_limit(arena);
+    match alloc() {
+        p if p.is_null() => out_of_memory(),
+        p => p,
+    }
 }
 
 #[cold]
@@ -150,14 +193,15 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     if let Some(class) = class_of_aligned(size, align) {
+        purger::maybe_start();
         // SAFETY: the current heap belongs to this thread.
-        let p = thread::inside_allocator(|| unsafe {
-            heap::alloc_small(thread::current_heap(), class)
-        });
-        if p.is_null() {
-            return out_of_memory();
-        }
-        return p;
+        let alloc = || {
+            thread::inside_allocator(|| unsafe { heap::alloc_small(thread::current_heap(), class) })
+        };
+        return match alloc() {
+            p if p.is_null() => after_limit_reclaim(thread::preferred_arena(), alloc),
+            p => p,
+        };
     }
     alloc_large(thread::preferred_arena(), size, align, false)
 }
@@ -501,11 +545,18 @@ fn alloc_in(arena: &'static Arena, life: u64, size: usize, align: usize, zero: b
     let Some(class) = class else {
         return alloc_large(arena, size, align, zero);
     };
-    let p = thread::inside_allocator(|| match thread::heap_in(arena, life) {
-        // SAFETY: `heap` is the calling thread's own heap for `arena`.
-        Some(heap) => unsafe { heap::alloc_small(heap, class) },
-        None => ptr::null_mut(),
-    });
+    purger::maybe_start();
+    let alloc = || {
+        thread::inside_allocator(|| match thread::heap_in(arena, life) {
+            // SAFETY: `heap` is the calling thread's own heap for `arena`.
+            Some(heap) => unsafe { heap::alloc_small(heap, class) },
+            None => ptr::null_mut(),
+        })
+    };
+    let mut p = alloc();
+    if p.is_null() {
+        p = after_limit_reclaim(arena, alloc);
+    }
     if p.is_null() {
         let stale = life != 0
             && ArenaHandle::from_raw(life)
