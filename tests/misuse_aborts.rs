@@ -511,6 +511,93 @@ fn an_overflow_into_a_block_freed_by_another_thread_cannot_steer_malloc() {
     );
 }
 
+/// A double free on the owning thread after the program overwrote the
+/// freed block's link word: the second free sees no link and pushes the
+/// block again, so the list leads to it twice. The first `malloc` hands it
+/// out (clearing its link); the second finds it again with no link and
+/// must abort instead of handing it out twice.
+#[test]
+fn a_double_free_after_its_link_was_overwritten_is_never_handed_out_twice() {
+    expect_abort(
+        "a_double_free_after_its_link_was_overwritten_is_never_handed_out_twice",
+        "free list corrupted",
+        || {
+            let p = busy_block();
+            announce(span_start_of(p));
+            // SAFETY: a valid free; a write after free over the link word;
+            // then the double free (the misuse).
+            unsafe {
+                engine::free(p);
+                p.add(8).cast::<u64>().write(0);
+                engine::free(p);
+            }
+            let first = engine::malloc(64);
+            let second = engine::malloc(64);
+            if first == second {
+                eprintln!("malloc handed out {first:p} twice");
+            }
+            p
+        },
+    );
+}
+
+/// Two threads free the same block at once: both look at its link word
+/// before either pushes it (forced: the first parks between its check and
+/// its push), and a third thread's push lands between the two, so the
+/// second push does not find the block at the head of the span's remote
+/// list and links it in again: the list becomes a cycle. The owner takes
+/// that list whole, without walking it, when its own list runs dry; the
+/// block comes round a second time with its link cleared (it was handed
+/// out), and `malloc` must abort before handing it out twice.
+#[test]
+fn a_block_freed_by_two_threads_at_once_is_never_handed_out_twice() {
+    expect_abort(
+        "a_block_freed_by_two_threads_at_once_is_never_handed_out_twice",
+        "free list corrupted",
+        || {
+            use engine::race_hooks::{self, Point};
+            let (x, y) = neighbours();
+            let (x_addr, y_addr) = (x as usize, y as usize);
+            let (id_tx, id_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let first = thread::spawn(move || {
+                id_tx.send(race_hooks::thread_id()).unwrap();
+                go_rx.recv().unwrap();
+                // SAFETY: the first of two frees of `x` (the second is the
+                // misuse), parked between its check and its push.
+                unsafe { engine::free(x_addr as *mut u8) };
+            });
+            race_hooks::arm(Point::RemoteChecked, id_rx.recv().unwrap());
+            go_tx.send(()).unwrap();
+            while !race_hooks::is_parked(Point::RemoteChecked) {
+                thread::yield_now();
+            }
+            announce(span_start_of(x));
+            // SAFETY: deliberately invalid: `x` is being freed by `first`.
+            thread::spawn(move || unsafe { engine::free(x_addr as *mut u8) })
+                .join()
+                .unwrap();
+            // SAFETY: a valid remote free of `y`.
+            thread::spawn(move || unsafe { engine::free(y_addr as *mut u8) })
+                .join()
+                .unwrap();
+            race_hooks::release(Point::RemoteChecked);
+            first.join().unwrap();
+            // Run the span dry so the owner takes the remote list; keep
+            // every block, so a block handed out twice shows.
+            let mut held = std::collections::HashSet::new();
+            for _ in 0..5000 {
+                let q = engine::malloc(64) as usize;
+                if !held.insert(q) {
+                    eprintln!("malloc handed out {q:#x} twice");
+                    std::process::exit(NOT_DETECTED);
+                }
+            }
+            x
+        },
+    );
+}
+
 // ------------- blocks never handed out, and blocks parked by a purge
 
 /// A block start of a live span that was never handed out: the span has

@@ -48,13 +48,16 @@ pub enum Point {
     /// A reclaim for an arena's limit skipped a busy heap of another thread
     /// and is about to look again (no lock held).
     ReclaimFoundBusy = 11,
+    /// A remote free has checked its block (not freed already, as far as
+    /// its link word says) and is about to push it.
+    RemoteChecked = 12,
 }
 
 #[cfg(feature = "race-hooks")]
 mod armed {
     use super::Point;
 
-    const POINTS: usize = 12;
+    const POINTS: usize = 13;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;

@@ -8,7 +8,11 @@
 //! - bump region (`capacity..reserved`): never-touched blocks, carved into
 //!   `free` a page at a time so memory is faulted in only when used.
 //! - `thread_free`: blocks freed by other threads, pushed with one CAS and
-//!   taken all at once by the owner (`collect_remote`).
+//!   taken all at once by the owner (`collect_remote`). The list's word
+//!   holds its first block and its length, so an owner whose own list is
+//!   empty takes it whole without walking it: a walk reads every block,
+//!   each last written by another core, one cache miss after another;
+//!   `pop` reads them one at a time, with the next one prefetched.
 //!
 //! Links are hardened against heap overflows and writes after free: a list
 //! names blocks by index, not address, and the word stored in a free block
@@ -129,8 +133,10 @@ pub struct Span {
     owner_thread: AtomicUsize,
     /// Owning heap (null when free or abandoned). Owner and arena lock only.
     heap: Cell<*mut Heap>,
-    /// Index of the first block freed by a thread other than the owner
-    /// (`reserved`: none). In its own cache line: other threads write it.
+    /// Blocks freed by threads other than the owner: the index of the
+    /// list's first block (`reserved`: none) in the low 32 bits, how many
+    /// blocks the list holds in the high 32 (see [`remote_word`]). In its
+    /// own cache line: other threads write it.
     thread_free: Aligned64<AtomicU64>,
     /// Links in a heap list or the arena's abandoned list.
     next: Cell<*mut Span>,
@@ -354,16 +360,21 @@ impl Span {
             return ptr::null_mut();
         }
         let block = self.free_block.get();
+        let word = link_slot(block);
         // SAFETY: `index` is below `reserved` (checked above), so `block` is
         // block `index`, a block start of this span on its free list: its
         // link word is its encoded link, and it is ours to hand out.
-        let next_block = unsafe {
-            let word = link_slot(block);
-            let next = self.link_code().decode(word.read());
-            word.write(0);
-            self.set_free(next);
-            self.free_block.get()
-        };
+        let next = self.link_code().decode(unsafe { word.read() });
+        if next > self.reserved() {
+            // The link was overwritten, or the block is live (it came round
+            // a second time: freed twice by two threads at once). Caught
+            // before the block is handed out.
+            self.report_corrupt_list();
+        }
+        // SAFETY: as above.
+        unsafe { word.write(0) };
+        self.set_free(next);
+        let next_block = self.free_block.get();
         prefetch(next_block);
         block
     }
@@ -455,7 +466,7 @@ impl Span {
     /// on the list of blocks other threads freed: the owner's check of a
     /// suspected double free. Aborts on a corrupt list. Owner only.
     pub fn is_listed_free(&self, index: u64) -> bool {
-        let head = self.thread_free.0.load(Ordering::Acquire);
+        let (head, _) = remote_parts(self.thread_free.0.load(Ordering::Acquire));
         self.list_contains(self.free.get(), index) || self.list_contains(head, index)
     }
 
@@ -493,7 +504,7 @@ impl Span {
     pub fn report_corrupt_list(&self) -> ! {
         crate::diag::fatal_pointer(
             "malloc",
-            "free list corrupted (a freed block was overwritten) in the span at",
+            "free list corrupted (a freed block was overwritten, or freed twice by two threads at once) in the span at",
             self.start.load(Ordering::Relaxed),
         )
     }
@@ -759,7 +770,19 @@ impl Span {
             return 0;
         }
         let (reserved, code) = (self.reserved(), self.link_code());
-        let first = self.thread_free.0.swap(reserved, Ordering::Acquire);
+        let (first, pushed) = remote_parts(self.thread_free.0.swap(reserved, Ordering::Acquire));
+        if first >= self.capacity() || pushed == 0 || pushed > reserved {
+            // Pushes store only block starts handed out, and count them.
+            self.report_corrupt_list();
+        }
+        if !self.has_free() && self.parked.get() == 0 {
+            // The list becomes the owner's free list as it is: no walk.
+            // `pop` checks each link before it hands a block out, and a
+            // block pushed twice comes round live (its link cleared) and is
+            // caught there; the count says how many blocks came back.
+            self.set_free(first);
+            return self.uncount_collected(pushed);
+        }
         // Walk to the tail, counting; the links are already encoded with
         // this span's key, so the list is spliced in front of `free` whole.
         let mut count = 0u64;
@@ -793,9 +816,22 @@ impl Span {
         if tail.is_null() {
             return 0;
         }
+        if count != pushed {
+            crate::diag::fatal_pointer(
+                "free",
+                "double free (a block freed twice by other threads at once)",
+                tail,
+            );
+        }
         // SAFETY: the tail is a block of the list just taken: ours now.
         unsafe { link_slot(tail).write(code.encode(self.free.get())) };
         self.set_free(first);
+        self.uncount_collected(count)
+    }
+
+    /// `count` blocks other threads freed came back: they are no longer
+    /// out. Returns `count`.
+    fn uncount_collected(&self, count: u64) -> u32 {
         let count = count as u32;
         match self.used().checked_sub(count) {
             Some(used) => self.set_used(used),
@@ -931,14 +967,17 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
         // SAFETY: the caller gave up `p`, a block of the span's size.
         unsafe { ptr::write_bytes(p, 0, (*span).block_size()) };
     }
-    let mut head = list.load(Ordering::Relaxed);
+    crate::race_hooks::pause(crate::race_hooks::Point::RemoteChecked);
+    let mut word = list.load(Ordering::Relaxed);
     loop {
+        let (head, count) = remote_parts(word);
         if head == index {
             crate::diag::fatal_pointer("free", "double free", p);
         }
         // SAFETY: the caller gave up `p`; its link word is ours to use.
         unsafe { link_slot(p).write(code.encode(head)) };
-        match list.compare_exchange_weak(head, index, Ordering::Release, Ordering::Relaxed) {
+        let pushed = remote_word(index, count + 1);
+        match list.compare_exchange_weak(word, pushed, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
                 crate::race_hooks::pause(crate::race_hooks::Point::RemotePushed);
                 if head == end {
@@ -947,9 +986,23 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
                 }
                 return;
             }
-            Err(actual) => head = actual,
+            Err(actual) => word = actual,
         }
     }
+}
+
+/// `thread_free`'s word for a list that starts at block `head` and holds
+/// `count` blocks (a count past 32 bits wraps into nonsense that
+/// `collect_remote` refuses).
+#[inline(always)]
+fn remote_word(head: u64, count: u64) -> u64 {
+    (count << 32) | (head & u64::from(u32::MAX))
+}
+
+/// The first block and the length of the list in `thread_free`'s `word`.
+#[inline(always)]
+fn remote_parts(word: u64) -> (u64, u64) {
+    (word & u64::from(u32::MAX), word >> 32)
 }
 
 /// An intrusive doubly linked list of spans (owner or arena-lock protected).
