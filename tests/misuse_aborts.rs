@@ -598,6 +598,74 @@ fn a_block_freed_by_two_threads_at_once_is_never_handed_out_twice() {
     );
 }
 
+/// The same race, in a span that is full when the owner takes the remote
+/// list (so it is taken whole, without a walk) and that still holds one
+/// live block, `a`: the block pushed twice counts twice, the span's count of
+/// blocks out reaches 0 while `a` is live, and the owner's exit would hand
+/// the span (and `a` with it) back to the arena. The span's free blocks are
+/// counted before it goes, and the exit aborts instead.
+#[test]
+fn a_block_freed_by_two_threads_at_once_never_lets_its_span_go_with_a_live_block() {
+    expect_abort(
+        "a_block_freed_by_two_threads_at_once_never_lets_its_span_go_with_a_live_block",
+        "double free",
+        || {
+            use engine::race_hooks::{self, Point};
+            // The owner fills one span of 64-byte blocks (1024 of them) and
+            // moves on to the next, then waits for the word to exit.
+            let (blocks_tx, blocks_rx) = std::sync::mpsc::channel();
+            let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
+            let owner = thread::spawn(move || {
+                let blocks: Vec<usize> = (0..1100).map(|_| engine::malloc(64) as usize).collect();
+                blocks_tx.send(blocks).unwrap();
+                exit_rx.recv().unwrap();
+            });
+            let blocks = blocks_rx.recv().unwrap();
+            let span = span_start_of(blocks[0] as *mut u8) as usize;
+            let in_span: Vec<usize> = blocks
+                .iter()
+                .copied()
+                .filter(|&b| span_start_of(b as *mut u8) as usize == span)
+                .collect();
+            assert_eq!(in_span.len(), 1024, "the first span is not full");
+            let (x, y, others) = (in_span[1], in_span[2], in_span[3..].to_vec());
+            let (id_tx, id_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let first = thread::spawn(move || {
+                id_tx.send(race_hooks::thread_id()).unwrap();
+                go_rx.recv().unwrap();
+                // SAFETY: the first of two frees of `x`, parked between its
+                // check and its push.
+                unsafe { engine::free(x as *mut u8) };
+            });
+            race_hooks::arm(Point::RemoteChecked, id_rx.recv().unwrap());
+            go_tx.send(()).unwrap();
+            while !race_hooks::is_parked(Point::RemoteChecked) {
+                thread::yield_now();
+            }
+            announce(x as *mut u8);
+            // SAFETY: deliberately invalid: `x` is being freed by `first`.
+            thread::spawn(move || unsafe { engine::free(x as *mut u8) })
+                .join()
+                .unwrap();
+            // SAFETY: valid remote frees of every other block but `a`.
+            thread::spawn(move || unsafe {
+                engine::free(y as *mut u8);
+                for o in others {
+                    engine::free(o as *mut u8);
+                }
+            })
+            .join()
+            .unwrap();
+            race_hooks::release(Point::RemoteChecked);
+            first.join().unwrap();
+            exit_tx.send(()).unwrap();
+            owner.join().unwrap();
+            x as *mut u8
+        },
+    );
+}
+
 // ------------- blocks never handed out, and blocks parked by a purge
 
 /// A block start of a live span that was never handed out: the span has

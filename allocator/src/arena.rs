@@ -469,6 +469,9 @@ impl ArenaState {
     /// `span` is a head span of a segment of this arena, in no list, with no
     /// live block.
     pub unsafe fn retire_span(&mut self, span: *mut Span) -> usize {
+        // SAFETY: forwarded from the caller: a span of this arena with no
+        // block out, whose owner-only fields the caller may use.
+        unsafe { (*span).check_before_retire() };
         let segment = crate::segment::segment_base(span as usize) as *mut Segment;
         // SAFETY: spans live inside their segment's header.
         let seg = unsafe { &*segment };

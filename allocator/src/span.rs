@@ -9,10 +9,11 @@
 //!   `free` a page at a time so memory is faulted in only when used.
 //! - `thread_free`: blocks freed by other threads, pushed with one CAS and
 //!   taken all at once by the owner (`collect_remote`). The list's word
-//!   holds its first block and its length, so an owner whose own list is
-//!   empty takes it whole without walking it: a walk reads every block,
-//!   each last written by another core, one cache miss after another;
-//!   `pop` reads them one at a time, with the next one prefetched.
+//!   holds its first block, its last block and its length, so the owner
+//!   splices it in front of its own list without walking it: a walk reads
+//!   every block, each last written by another core, one cache miss after
+//!   another; `pop` reads them one at a time, with the next one prefetched,
+//!   and checks each link before it hands the block out.
 //!
 //! Links are hardened against heap overflows and writes after free: a list
 //! names blocks by index, not address, and the word stored in a free block
@@ -133,10 +134,10 @@ pub struct Span {
     owner_thread: AtomicUsize,
     /// Owning heap (null when free or abandoned). Owner and arena lock only.
     heap: Cell<*mut Heap>,
-    /// Blocks freed by threads other than the owner: the index of the
-    /// list's first block (`reserved`: none) in the low 32 bits, how many
-    /// blocks the list holds in the high 32 (see [`remote_word`]). In its
-    /// own cache line: other threads write it.
+    /// Blocks freed by threads other than the owner: the indexes of the
+    /// list's first block (`reserved`: none) and last block, and how many
+    /// blocks it holds, in one word (see [`remote_word`]; an empty list's
+    /// word is `reserved`). In its own cache line: other threads write it.
     thread_free: Aligned64<AtomicU64>,
     /// Links in a heap list or the arena's abandoned list.
     next: Cell<*mut Span>,
@@ -158,6 +159,10 @@ pub struct Span {
     /// `used` when the span was last looked at by a purge (`u32::MAX`:
     /// never): unchanged, there is nothing new to purge.
     used_at_purge: Cell<u32>,
+    /// A remote list was spliced in without a walk since the span was last
+    /// checked: `used` trusted the pushes' count, which a block freed twice
+    /// at once inflates. Owner (or arena-lock holder) only.
+    spliced_unchecked: Cell<bool>,
 }
 
 /// A value alone in its cache line.
@@ -208,6 +213,7 @@ impl Span {
             parked: Cell::new(0),
             freed_ms: Cell::new(0),
             used_at_purge: Cell::new(u32::MAX),
+            spliced_unchecked: Cell::new(false),
         }
     }
 
@@ -243,6 +249,7 @@ impl Span {
         self.start.store(start, Ordering::Relaxed);
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
+        self.spliced_unchecked.set(false);
         self.forget_purged();
     }
 
@@ -466,7 +473,7 @@ impl Span {
     /// on the list of blocks other threads freed: the owner's check of a
     /// suspected double free. Aborts on a corrupt list. Owner only.
     pub fn is_listed_free(&self, index: u64) -> bool {
-        let (head, _) = remote_parts(self.thread_free.0.load(Ordering::Acquire));
+        let (head, _, _) = remote_parts(self.thread_free.0.load(Ordering::Acquire));
         self.list_contains(self.free.get(), index) || self.list_contains(head, index)
     }
 
@@ -770,28 +777,52 @@ impl Span {
             return 0;
         }
         let (reserved, code) = (self.reserved(), self.link_code());
-        let (first, pushed) = remote_parts(self.thread_free.0.swap(reserved, Ordering::Acquire));
-        if first >= self.capacity() || pushed == 0 || pushed > reserved {
+        let (first, last, pushed) =
+            remote_parts(self.thread_free.0.swap(reserved, Ordering::Acquire));
+        let capacity = self.capacity();
+        if first >= capacity || last >= capacity || pushed == 0 || pushed > reserved {
             // Pushes store only block starts handed out, and count them.
             self.report_corrupt_list();
         }
-        if !self.has_free() && self.parked.get() == 0 {
-            // The list becomes the owner's free list as it is: no walk.
-            // `pop` checks each link before it hands a block out, and a
-            // block pushed twice comes round live (its link cleared) and is
-            // caught there; the count says how many blocks came back.
+        if self.parked.get() == 0 {
+            // Spliced whole: no walk. `pop` checks each link before it
+            // hands a block out, so a block pushed twice (which comes round
+            // again live, its link cleared) is caught there; and the count
+            // of pushes may then be too high, so the span's free blocks are
+            // counted before it is retired (`check_before_retire`).
+            let last_block = self.block_at(last);
+            if self.has_free() {
+                // SAFETY: `last` < capacity: a block of the list just taken,
+                // ours now (the Acquire swap made its link visible).
+                let link = unsafe { link_slot(last_block).read() };
+                if code.decode(link) != reserved {
+                    // Pushed twice: the list does not end there. The walk
+                    // below finds the cycle.
+                    return self.collect_walked(first, pushed);
+                }
+                // SAFETY: as above.
+                unsafe { link_slot(last_block).write(code.encode(self.free.get())) };
+            }
             self.set_free(first);
+            self.spliced_unchecked.set(true);
             return self.uncount_collected(pushed);
         }
-        // Walk to the tail, counting; the links are already encoded with
-        // this span's key, so the list is spliced in front of `free` whole.
+        self.collect_walked(first, pushed)
+    }
+
+    /// [`Span::collect_remote`] of a list that must be walked: its first
+    /// block and the count of its pushes.
+    fn collect_walked(&self, first: u64, pushed: u64) -> u32 {
+        let (reserved, code, capacity) = (self.reserved(), self.link_code(), self.capacity());
+        // Blocks are parked (a parked block freed again must be caught
+        // before it is listed twice), or the last block's link no longer
+        // ends the list (it was pushed twice): walk.
         let mut count = 0u64;
         let mut tail = ptr::null_mut::<u8>();
-        let (capacity, parked) = (self.capacity(), self.parked.get() != 0);
         let mut index = first;
         while index < reserved {
             count += 1;
-            if count > reserved || (parked && self.is_parked(index)) {
+            if count > reserved || self.is_parked(index) {
                 crate::diag::fatal_pointer(
                     "free",
                     "double free (a block freed twice by other threads)",
@@ -813,20 +844,44 @@ impl Span {
         if index != reserved {
             self.report_corrupt_list();
         }
-        if tail.is_null() {
-            return 0;
-        }
-        if count != pushed {
+        if count != pushed || tail.is_null() {
             crate::diag::fatal_pointer(
                 "free",
                 "double free (a block freed twice by other threads at once)",
-                tail,
+                self.block_at(first),
             );
         }
         // SAFETY: the tail is a block of the list just taken: ours now.
         unsafe { link_slot(tail).write(code.encode(self.free.get())) };
         self.set_free(first);
         self.uncount_collected(count)
+    }
+
+    /// Before a span with no block out goes back to its arena: if a remote
+    /// list was spliced in unwalked since the last check, every carved
+    /// block must be free, listed once or parked; else a block was freed
+    /// twice at once by two threads, the count of pushes made `used` reach
+    /// 0 early, and a block may still be live. Aborts then. Owner or
+    /// arena-lock holder; O(free blocks), on the cold retire path only.
+    pub fn check_before_retire(&self) {
+        if !self.spliced_unchecked.get() {
+            return;
+        }
+        let capacity = self.capacity() as usize;
+        if capacity > MAX_BLOCKS_PER_SPAN {
+            self.report_corrupt_list();
+        }
+        let mut free_marks = [0u64; FREE_MARK_WORDS];
+        self.mark_free_list(&mut free_marks, capacity);
+        let listed: u32 = free_marks.iter().map(|w| w.count_ones()).sum();
+        if listed + self.parked.get() != capacity as u32 {
+            crate::diag::fatal_pointer(
+                "free",
+                "double free (a block freed twice by other threads at once) in the span at",
+                self.start.load(Ordering::Relaxed),
+            );
+        }
+        self.spliced_unchecked.set(false);
     }
 
     /// `count` blocks other threads freed came back: they are no longer
@@ -970,13 +1025,15 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
     crate::race_hooks::pause(crate::race_hooks::Point::RemoteChecked);
     let mut word = list.load(Ordering::Relaxed);
     loop {
-        let (head, count) = remote_parts(word);
+        let (head, last, count) = remote_parts(word);
         if head == index {
             crate::diag::fatal_pointer("free", "double free", p);
         }
         // SAFETY: the caller gave up `p`; its link word is ours to use.
         unsafe { link_slot(p).write(code.encode(head)) };
-        let pushed = remote_word(index, count + 1);
+        // The first block pushed onto an empty list stays its last.
+        let last = if head == end { index } else { last };
+        let pushed = remote_word(index, last, count + 1);
         match list.compare_exchange_weak(word, pushed, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
                 crate::race_hooks::pause(crate::race_hooks::Point::RemotePushed);
@@ -991,19 +1048,27 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
     }
 }
 
-/// `thread_free`'s word for a list that starts at block `head` and holds
-/// `count` blocks (a count past 32 bits wraps into nonsense that
-/// `collect_remote` refuses).
+/// `thread_free`'s word for a list from block `first` to block `last`
+/// holding `count` blocks: 16 bits for each index (every span's block
+/// count, and so its list end, fits: see below), 32 for the count. A count
+/// past 32 bits wraps into nonsense that `collect_remote` refuses. An empty
+/// list's word is the list end, `reserved`.
 #[inline(always)]
-fn remote_word(head: u64, count: u64) -> u64 {
-    (count << 32) | (head & u64::from(u32::MAX))
+fn remote_word(first: u64, last: u64, count: u64) -> u64 {
+    (count << 32) | ((last & 0xffff) << 16) | (first & 0xffff)
 }
 
-/// The first block and the length of the list in `thread_free`'s `word`.
+/// The first block, the last block and the length of the list in
+/// `thread_free`'s `word`.
 #[inline(always)]
-fn remote_parts(word: u64) -> (u64, u64) {
-    (word & u64::from(u32::MAX), word >> 32)
+fn remote_parts(word: u64) -> (u64, u64, u64) {
+    (word & 0xffff, (word >> 16) & 0xffff, word >> 32)
 }
+
+const _: () = assert!(
+    MAX_BLOCKS_PER_SPAN < 1 << 16,
+    "a span's list end must fit the 16 bits of thread_free's indexes"
+);
 
 /// An intrusive doubly linked list of spans (owner or arena-lock protected).
 #[derive(Clone, Copy)]
