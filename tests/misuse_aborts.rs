@@ -541,6 +541,45 @@ fn a_double_free_after_its_link_was_overwritten_is_never_handed_out_twice() {
     );
 }
 
+/// The same double free in a span that is not the thread's current one:
+/// the second free makes the span's count of blocks out reach 0 while
+/// another block, `a`, is live, and the span would go back to its arena
+/// (with `a`) at once, before any `malloc` reaches the block again. The
+/// span's free blocks are counted before it goes, and the free aborts.
+#[test]
+fn a_double_free_after_its_link_was_overwritten_never_lets_its_span_go_with_a_live_block() {
+    expect_abort(
+        "a_double_free_after_its_link_was_overwritten_never_lets_its_span_go_with_a_live_block",
+        "double free",
+        || {
+            // Fill one span of 64-byte blocks (1024) and move on to the next.
+            let blocks: Vec<*mut u8> = (0..1100).map(|_| engine::malloc(64)).collect();
+            let span = span_start_of(blocks[0]);
+            let in_span: Vec<*mut u8> = blocks
+                .iter()
+                .copied()
+                .filter(|&b| span_start_of(b) == span)
+                .collect();
+            assert_eq!(in_span.len(), 1024, "the first span is not full");
+            let (a, x) = (in_span[0], in_span[1]);
+            // SAFETY: valid frees of every block of the span but `a` and
+            // `x`; then `x`, a write after free over its link word, and the
+            // double free (the misuse).
+            unsafe {
+                for &b in &in_span[2..] {
+                    engine::free(b);
+                }
+                announce(x);
+                engine::free(x);
+                x.add(8).cast::<u64>().write(0);
+                engine::free(x);
+            }
+            let _ = a;
+            x
+        },
+    );
+}
+
 /// Two threads free the same block at once: both look at its link word
 /// before either pushes it (forced: the first parks between its check and
 /// its push), and a third thread's push lands between the two, so the

@@ -472,6 +472,18 @@ impl ArenaState {
         // SAFETY: forwarded from the caller: a span of this arena with no
         // block out, whose owner-only fields the caller may use.
         unsafe { (*span).check_before_retire() };
+        // SAFETY: forwarded; checked just now.
+        unsafe { self.retire_checked_span(span) }
+    }
+
+    /// [`ArenaState::retire_span`] of a span whose free blocks were counted
+    /// (`Span::check_before_retire`) before the lock was taken, so the walk
+    /// does not lengthen the lock hold.
+    ///
+    /// # Safety
+    /// As for [`ArenaState::retire_span`], and the span was checked since
+    /// it last changed.
+    pub unsafe fn retire_checked_span(&mut self, span: *mut Span) -> usize {
         let segment = crate::segment::segment_base(span as usize) as *mut Segment;
         // SAFETY: spans live inside their segment's header.
         let seg = unsafe { &*segment };

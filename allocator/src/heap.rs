@@ -575,9 +575,12 @@ impl Heap {
 
     /// Gives an empty span (in no list) back to the arena.
     fn retire(&mut self, span: *mut Span) {
+        // Counted before the lock: the walk does not lengthen the hold.
+        // SAFETY: an empty, unlinked span of this heap (the owner's).
+        unsafe { (*span).check_before_retire() };
         let mut state = self.arena().state.lock();
-        // SAFETY: empty, unlinked span of this heap's arena.
-        unsafe { state.retire_span(span) };
+        // SAFETY: empty, unlinked span of this heap's arena, checked above.
+        unsafe { state.retire_checked_span(span) };
     }
 
     /// Gives back what this idle heap holds but does not use: spans that

@@ -159,10 +159,6 @@ pub struct Span {
     /// `used` when the span was last looked at by a purge (`u32::MAX`:
     /// never): unchanged, there is nothing new to purge.
     used_at_purge: Cell<u32>,
-    /// A remote list was spliced in without a walk since the span was last
-    /// checked: `used` trusted the pushes' count, which a block freed twice
-    /// at once inflates. Owner (or arena-lock holder) only.
-    spliced_unchecked: Cell<bool>,
 }
 
 /// A value alone in its cache line.
@@ -213,7 +209,6 @@ impl Span {
             parked: Cell::new(0),
             freed_ms: Cell::new(0),
             used_at_purge: Cell::new(u32::MAX),
-            spliced_unchecked: Cell::new(false),
         }
     }
 
@@ -249,7 +244,6 @@ impl Span {
         self.start.store(start, Ordering::Relaxed);
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
-        self.spliced_unchecked.set(false);
         self.forget_purged();
     }
 
@@ -804,7 +798,6 @@ impl Span {
                 unsafe { link_slot(last_block).write(code.encode(self.free.get())) };
             }
             self.set_free(first);
-            self.spliced_unchecked.set(true);
             return self.uncount_collected(pushed);
         }
         self.collect_walked(first, pushed)
@@ -857,16 +850,14 @@ impl Span {
         self.uncount_collected(count)
     }
 
-    /// Before a span with no block out goes back to its arena: if a remote
-    /// list was spliced in unwalked since the last check, every carved
-    /// block must be free, listed once or parked; else a block was freed
-    /// twice at once by two threads, the count of pushes made `used` reach
-    /// 0 early, and a block may still be live. Aborts then. Owner or
-    /// arena-lock holder; O(free blocks), on the cold retire path only.
+    /// Before a span with no block out goes back to its arena: every carved
+    /// block must be free, listed once or parked. Else a block was freed
+    /// twice without being caught at the free (two threads at once; the
+    /// owner after the program overwrote the block's link word), `used`
+    /// reached 0 early, and a block may still be live: aborts then, before
+    /// the span's memory is reused or unmapped. Owner or arena-lock holder;
+    /// O(free blocks), on the cold retire path only.
     pub fn check_before_retire(&self) {
-        if !self.spliced_unchecked.get() {
-            return;
-        }
         let capacity = self.capacity() as usize;
         if capacity > MAX_BLOCKS_PER_SPAN {
             self.report_corrupt_list();
@@ -877,11 +868,10 @@ impl Span {
         if listed + self.parked.get() != capacity as u32 {
             crate::diag::fatal_pointer(
                 "free",
-                "double free (a block freed twice by other threads at once) in the span at",
+                "double free (a block freed twice, not caught when it was freed) in the span at",
                 self.start.load(Ordering::Relaxed),
             );
         }
-        self.spliced_unchecked.set(false);
     }
 
     /// `count` blocks other threads freed came back: they are no longer
