@@ -511,6 +511,44 @@ fn an_overflow_into_a_block_freed_by_another_thread_cannot_steer_malloc() {
     );
 }
 
+/// Allocates 64-byte blocks until the calling thread's first span of them
+/// (1024 blocks) is full and it has moved on to the next; returns that
+/// span's blocks.
+fn fill_one_span() -> Vec<*mut u8> {
+    let blocks: Vec<*mut u8> = (0..1100).map(|_| engine::malloc(64)).collect();
+    let span = span_start_of(blocks[0]);
+    let in_span: Vec<*mut u8> = blocks
+        .iter()
+        .copied()
+        .filter(|&b| span_start_of(b) == span)
+        .collect();
+    assert_eq!(in_span.len(), 1024, "the first span is not full");
+    in_span
+}
+
+/// Starts a thread that frees the block at `x` (the first of two frees of
+/// it) and returns once that thread is parked between its check of the
+/// block and its push (the `RemoteChecked` pause point); release the point
+/// to let it push.
+fn free_parked_before_its_push(x: usize) -> thread::JoinHandle<()> {
+    use engine::race_hooks::{self, Point};
+    let (id_tx, id_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let first = thread::spawn(move || {
+        id_tx.send(race_hooks::thread_id()).unwrap();
+        go_rx.recv().unwrap();
+        // SAFETY: the first of two frees of `x` (the second is the misuse),
+        // parked between its check and its push.
+        unsafe { engine::free(x as *mut u8) };
+    });
+    race_hooks::arm(Point::RemoteChecked, id_rx.recv().unwrap());
+    go_tx.send(()).unwrap();
+    while !race_hooks::is_parked(Point::RemoteChecked) {
+        thread::yield_now();
+    }
+    first
+}
+
 /// A double free on the owning thread after the program overwrote the
 /// freed block's link word: the second free sees no link and pushes the
 /// block again, so the list leads to it twice. The first `malloc` hands it
@@ -552,15 +590,7 @@ fn a_double_free_after_its_link_was_overwritten_never_lets_its_span_go_with_a_li
         "a_double_free_after_its_link_was_overwritten_never_lets_its_span_go_with_a_live_block",
         "double free",
         || {
-            // Fill one span of 64-byte blocks (1024) and move on to the next.
-            let blocks: Vec<*mut u8> = (0..1100).map(|_| engine::malloc(64)).collect();
-            let span = span_start_of(blocks[0]);
-            let in_span: Vec<*mut u8> = blocks
-                .iter()
-                .copied()
-                .filter(|&b| span_start_of(b) == span)
-                .collect();
-            assert_eq!(in_span.len(), 1024, "the first span is not full");
+            let in_span = fill_one_span();
             let (a, x) = (in_span[0], in_span[1]);
             // SAFETY: valid frees of every block of the span but `a` and
             // `x`; then `x`, a write after free over its link word, and the
@@ -594,23 +624,9 @@ fn a_block_freed_by_two_threads_at_once_is_never_handed_out_twice() {
         "a_block_freed_by_two_threads_at_once_is_never_handed_out_twice",
         "free list corrupted",
         || {
-            use engine::race_hooks::{self, Point};
             let (x, y) = neighbours();
             let (x_addr, y_addr) = (x as usize, y as usize);
-            let (id_tx, id_rx) = std::sync::mpsc::channel();
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-            let first = thread::spawn(move || {
-                id_tx.send(race_hooks::thread_id()).unwrap();
-                go_rx.recv().unwrap();
-                // SAFETY: the first of two frees of `x` (the second is the
-                // misuse), parked between its check and its push.
-                unsafe { engine::free(x_addr as *mut u8) };
-            });
-            race_hooks::arm(Point::RemoteChecked, id_rx.recv().unwrap());
-            go_tx.send(()).unwrap();
-            while !race_hooks::is_parked(Point::RemoteChecked) {
-                thread::yield_now();
-            }
+            let first = free_parked_before_its_push(x_addr);
             announce(span_start_of(x));
             // SAFETY: deliberately invalid: `x` is being freed by `first`.
             thread::spawn(move || unsafe { engine::free(x_addr as *mut u8) })
@@ -620,7 +636,7 @@ fn a_block_freed_by_two_threads_at_once_is_never_handed_out_twice() {
             thread::spawn(move || unsafe { engine::free(y_addr as *mut u8) })
                 .join()
                 .unwrap();
-            race_hooks::release(Point::RemoteChecked);
+            engine::race_hooks::release(engine::race_hooks::Point::RemoteChecked);
             first.join().unwrap();
             // Run the span dry so the owner takes the remote list; keep
             // every block, so a block handed out twice shows.
@@ -649,39 +665,18 @@ fn a_block_freed_by_two_threads_at_once_never_lets_its_span_go_with_a_live_block
         "a_block_freed_by_two_threads_at_once_never_lets_its_span_go_with_a_live_block",
         "double free",
         || {
-            use engine::race_hooks::{self, Point};
             // The owner fills one span of 64-byte blocks (1024 of them) and
             // moves on to the next, then waits for the word to exit.
             let (blocks_tx, blocks_rx) = std::sync::mpsc::channel();
             let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
             let owner = thread::spawn(move || {
-                let blocks: Vec<usize> = (0..1100).map(|_| engine::malloc(64) as usize).collect();
+                let blocks: Vec<usize> = fill_one_span().iter().map(|&b| b as usize).collect();
                 blocks_tx.send(blocks).unwrap();
                 exit_rx.recv().unwrap();
             });
-            let blocks = blocks_rx.recv().unwrap();
-            let span = span_start_of(blocks[0] as *mut u8) as usize;
-            let in_span: Vec<usize> = blocks
-                .iter()
-                .copied()
-                .filter(|&b| span_start_of(b as *mut u8) as usize == span)
-                .collect();
-            assert_eq!(in_span.len(), 1024, "the first span is not full");
+            let in_span = blocks_rx.recv().unwrap();
             let (x, y, others) = (in_span[1], in_span[2], in_span[3..].to_vec());
-            let (id_tx, id_rx) = std::sync::mpsc::channel();
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-            let first = thread::spawn(move || {
-                id_tx.send(race_hooks::thread_id()).unwrap();
-                go_rx.recv().unwrap();
-                // SAFETY: the first of two frees of `x`, parked between its
-                // check and its push.
-                unsafe { engine::free(x as *mut u8) };
-            });
-            race_hooks::arm(Point::RemoteChecked, id_rx.recv().unwrap());
-            go_tx.send(()).unwrap();
-            while !race_hooks::is_parked(Point::RemoteChecked) {
-                thread::yield_now();
-            }
+            let first = free_parked_before_its_push(x);
             announce(x as *mut u8);
             // SAFETY: deliberately invalid: `x` is being freed by `first`.
             thread::spawn(move || unsafe { engine::free(x as *mut u8) })
@@ -696,7 +691,7 @@ fn a_block_freed_by_two_threads_at_once_never_lets_its_span_go_with_a_live_block
             })
             .join()
             .unwrap();
-            race_hooks::release(Point::RemoteChecked);
+            engine::race_hooks::release(engine::race_hooks::Point::RemoteChecked);
             first.join().unwrap();
             exit_tx.send(()).unwrap();
             owner.join().unwrap();
