@@ -610,6 +610,49 @@ fn a_double_free_after_its_link_was_overwritten_never_lets_its_span_go_with_a_li
     );
 }
 
+/// The owner frees a block while another thread frees it too (both look
+/// before either pushes), in a span with parked blocks, whose remote list
+/// is walked: the remote push overwrites the owner's link, the walk finds a
+/// list of one as counted, and the span's count of blocks out reaches 0
+/// while `a` is live. The trim that would then give the span back counts
+/// its free blocks first, and aborts.
+#[test]
+fn an_owner_and_a_remote_free_of_one_block_at_once_never_let_its_span_go_with_a_live_block() {
+    expect_abort(
+        "an_owner_and_a_remote_free_of_one_block_at_once_never_let_its_span_go_with_a_live_block",
+        "double free",
+        || {
+            let mut in_span = fill_one_span();
+            in_span.sort();
+            let start = in_span[0] as usize;
+            let page_of = |b: *mut u8| (b as usize - start) / 4096;
+            // Keep the first two pages' blocks; free the rest, and let a trim
+            // give their pages back (their blocks are parked).
+            let (kept, rest): (Vec<*mut u8>, Vec<*mut u8>) =
+                in_span.iter().partition(|&&b| page_of(b) < 2);
+            for &b in &rest {
+                // SAFETY: valid frees.
+                unsafe { engine::free(b) };
+            }
+            assert!(engine::trim() > 0, "the trim gave nothing back");
+            let (a, x) = (kept[0], kept[1]);
+            let first = free_parked_before_its_push(x as usize);
+            announce(x);
+            // SAFETY: deliberately invalid: `x` is being freed by `first`.
+            unsafe { engine::free(x) };
+            engine::race_hooks::release(engine::race_hooks::Point::RemoteChecked);
+            first.join().unwrap();
+            for &b in &kept[2..] {
+                // SAFETY: valid frees of every kept block but `a` and `x`.
+                unsafe { engine::free(b) };
+            }
+            let _ = engine::trim();
+            let _ = a;
+            x
+        },
+    );
+}
+
 /// Two threads free the same block at once: both look at its link word
 /// before either pushes it (forced: the first parks between its check and
 /// its push), and a third thread's push lands between the two, so the
