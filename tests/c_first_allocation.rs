@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use native::{capi_libs, require_tool, run_with_limit, Run, STATIC_LIBS};
+use native::{capi_libs, compile_with, run_with_limit, Run, STATIC_LIBS};
 
 /// The program takes milliseconds; a run this long has deadlocked.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
@@ -29,18 +29,15 @@ fn compile(program: &str, name: &str, extra: &[&str]) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("c")
         .join(program);
-    let mut cmd = Command::new(require_tool("cc"));
-    cmd.args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&source)
-        .args(extra);
-    let run = run_with_limit(&mut cmd, Duration::from_secs(120));
-    assert!(
-        run.status.success(),
-        "compiling {name} failed ({}):\n{}",
-        run.describe_status(),
-        run.stderr_text()
+    let (exe_arg, source_arg) = (
+        exe.to_str().expect("UTF-8 path"),
+        source.to_str().expect("UTF-8 path"),
     );
+    let mut args = vec![
+        "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe_arg, source_arg,
+    ];
+    args.extend_from_slice(extra);
+    compile_with("cc", &args, name);
     exe
 }
 

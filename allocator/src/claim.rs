@@ -3,10 +3,10 @@
 //!
 //! An asymmetric Dekker handshake. The owner marks "inside the allocator"
 //! with plain stores (a nesting depth for slow paths, a flag for the fast
-//! paths) and then reads the `claimed` flag; the claimer sets `claimed` (a CAS: several claimers may
-//! race), makes every thread pass a full barrier with `membarrier`, and only
-//! then reads the owner's depth and flag. The barrier stands in for the fence the
-//! owner never executes: either the claimer sees the owner inside (and backs
+//! paths) and then reads the `claimed` flag; the claimer sets `claimed` (a
+//! CAS: several claimers may race), makes every thread pass a full barrier
+//! with `membarrier`, and only then reads the owner's depth and flag. The
+//! barrier stands in for the fence the owner never executes: either the claimer sees the owner inside (and backs
 //! off), or the owner's next entry sees the claim (and waits in its slow
 //! path until the claimer releases). Without a working `membarrier` nothing
 //! is ever claimed.

@@ -522,7 +522,7 @@ impl Heap {
                     // again, from this heap's own lists on (full spans that
                     // got blocks back are available now). The other heaps'
                     // are the purger's to collect, after this fails
-                    // (`lib.rs`, `after_limit_reclaim`).
+                    // (`lib.rs`, `small_slow`).
                     // SAFETY: this thread owns the heap; `state` is its
                     // arena's.
                     unsafe {

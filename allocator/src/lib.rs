@@ -111,30 +111,32 @@ pub fn malloc(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_small_slow(size: usize) -> *mut u8 {
-    purger::maybe_start();
     // SAFETY: the current heap belongs to this thread.
-    let alloc =
-        || thread::inside_allocator(|| unsafe { heap::alloc(thread::current_heap(), size) });
-    match alloc() {
-        p if p.is_null() => after_limit_reclaim(thread::preferred_arena(), alloc),
-        p => p,
-    }
+    small_slow(thread::preferred_arena(), || unsafe {
+        heap::alloc(thread::current_heap(), size)
+    })
 }
 
-/// A small allocation in `arena` failed: if the arena has a limit, it may
-/// have been refused while blocks that other threads freed still hold
-/// spans; the purger collects them (claiming the heaps of threads outside
-/// the allocator, waiting a moment for busy ones) and `alloc` runs once
-/// more. Null (errno `ENOMEM`) otherwise. Here, not in the heap's refill:
-/// the purger is a layer above the heaps.
+/// A small allocation's slow path: starts the housekeeper if due, then runs
+/// `alloc` inside the allocator. If it fails in an arena with a limit, the
+/// limit may have refused it while blocks that other threads freed still
+/// hold spans: the purger collects them (claiming the heaps of threads
+/// outside the allocator, waiting a moment for busy ones) and `alloc` runs
+/// once more. Null (errno `ENOMEM`) if it still fails. Here, not in the
+/// heap's refill: the purger is a layer above the heaps.
 #[cold]
 #[inline(never)]
-fn after_limit_reclaim(arena: &'static Arena, alloc: impl Fn() -> *mut u8) -> *mut u8 {
+fn small_slow(arena: &'static Arena, alloc: impl Fn() -> *mut u8) -> *mut u8 {
+    purger::maybe_start();
+    let p = thread::inside_allocator(&alloc);
+    if !p.is_null() {
+        return p;
+    }
     if !arena.state.lock().has_limit() {
         return out_of_memory();
     }
     purger::reclaim_for_limit(arena);
-    match alloc() {
+    match thread::inside_allocator(&alloc) {
         p if p.is_null() => out_of_memory(),
         p => p,
     }
@@ -193,15 +195,10 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     if let Some(class) = class_of_aligned(size, align) {
-        purger::maybe_start();
         // SAFETY: the current heap belongs to this thread.
-        let alloc = || {
-            thread::inside_allocator(|| unsafe { heap::alloc_small(thread::current_heap(), class) })
-        };
-        return match alloc() {
-            p if p.is_null() => after_limit_reclaim(thread::preferred_arena(), alloc),
-            p => p,
-        };
+        return small_slow(thread::preferred_arena(), || unsafe {
+            heap::alloc_small(thread::current_heap(), class)
+        });
     }
     alloc_large(thread::preferred_arena(), size, align, false)
 }
@@ -545,18 +542,11 @@ fn alloc_in(arena: &'static Arena, life: u64, size: usize, align: usize, zero: b
     let Some(class) = class else {
         return alloc_large(arena, size, align, zero);
     };
-    purger::maybe_start();
-    let alloc = || {
-        thread::inside_allocator(|| match thread::heap_in(arena, life) {
-            // SAFETY: `heap` is the calling thread's own heap for `arena`.
-            Some(heap) => unsafe { heap::alloc_small(heap, class) },
-            None => ptr::null_mut(),
-        })
-    };
-    let mut p = alloc();
-    if p.is_null() {
-        p = after_limit_reclaim(arena, alloc);
-    }
+    let p = small_slow(arena, || match thread::heap_in(arena, life) {
+        // SAFETY: `heap` is the calling thread's own heap for `arena`.
+        Some(heap) => unsafe { heap::alloc_small(heap, class) },
+        None => ptr::null_mut(),
+    });
     if p.is_null() {
         let stale = life != 0
             && ArenaHandle::from_raw(life)
