@@ -115,6 +115,11 @@ fn run(exe: &Path, args: &[&str], patterns: Option<&str>) -> Run {
     cmd.args(args)
         .env("LD_PRELOAD", &capi_libs().so)
         .env("ARENALLOC_VERBOSE", "1")
+        // Cargo's LD_LIBRARY_PATH leads to its own build of libarenalloc.so
+        // (target/debug, or another profile's), which would then be loaded
+        // beside the preloaded one for the drivers linked against it: the
+        // RUNPATH they carry is searched only after LD_LIBRARY_PATH.
+        .env_remove("LD_LIBRARY_PATH")
         .env_remove("ARENALLOC_LIBRARY_ARENAS");
     if let Some(patterns) = patterns {
         cmd.env("ARENALLOC_LIBRARY_ARENAS", patterns);
