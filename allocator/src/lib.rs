@@ -96,8 +96,13 @@ pub fn malloc(size: usize) -> *mut u8 {
         return malloc_small_slow(size);
     }
     // SAFETY: the current heap belongs to this thread, which is inside.
-    let block =
-        unsafe { heap::try_alloc_small(thread::current_heap(), size_class::class_of(size)) };
+    let block = unsafe {
+        if size <= size_class::SMALL_TABLE_MAX {
+            heap::try_alloc_direct(thread::current_heap(), size)
+        } else {
+            heap::try_alloc_small(thread::current_heap(), size_class::class_of(size))
+        }
+    };
     claim.leave_fast();
     if block.is_null() {
         return malloc_small_slow(size);

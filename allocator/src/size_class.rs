@@ -64,11 +64,35 @@ const fn build_small_table() -> [u8; SMALL_TABLE_MAX / 16 + 1] {
 /// [`SMALL_TABLE_MAX`].
 static SMALL_CLASS: [u8; SMALL_TABLE_MAX / 16 + 1] = build_small_table();
 
+/// Entries of a table indexed by [`direct_index`].
+pub const DIRECT_ENTRIES: usize = SMALL_TABLE_MAX / 16 + 1;
+
+/// Where a request of `size <= SMALL_TABLE_MAX` bytes is in a table by size
+/// (one entry per 16 bytes, as `SMALL_CLASS`).
+#[inline(always)]
+pub const fn direct_index(size: usize) -> usize {
+    (size + 15) >> 4
+}
+
+/// The entries of a table by size that lead to `class`: every index whose
+/// sizes `class` serves (none for classes above `SMALL_TABLE_MAX`).
+pub fn direct_entries_of(class: usize) -> core::ops::Range<usize> {
+    if class >= CLASS_COUNT || class_size(class) > SMALL_TABLE_MAX {
+        return 0..0;
+    }
+    let first = if class == 0 {
+        0
+    } else {
+        class_size(class - 1) / 16 + 1
+    };
+    first..class_size(class) / 16 + 1
+}
+
 /// Class of a request of `size <= MEDIUM_MAX` bytes.
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
     if size <= SMALL_TABLE_MAX {
-        SMALL_CLASS[(size + 15) >> 4] as usize
+        SMALL_CLASS[direct_index(size)] as usize
     } else {
         class_of_computed(size)
     }
@@ -121,6 +145,22 @@ pub const fn span_slices(class: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The entries `direct_entries_of` gives for each class are exactly
+    /// those whose sizes the table lookup puts in that class.
+    #[test]
+    fn direct_entries_lead_to_the_class_of_their_sizes() {
+        let mut owner = [usize::MAX; DIRECT_ENTRIES];
+        for class in 0..CLASS_COUNT {
+            for entry in direct_entries_of(class) {
+                assert_eq!(owner[entry], usize::MAX, "entry {entry} listed twice");
+                owner[entry] = class;
+            }
+        }
+        for size in 0..=SMALL_TABLE_MAX {
+            assert_eq!(owner[direct_index(size)], class_of(size), "size {size}");
+        }
+    }
 
     #[test]
     fn classes_are_increasing_and_aligned_to_16() {

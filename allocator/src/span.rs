@@ -351,9 +351,11 @@ impl Span {
         self.free_block.set(self.block_at(index));
     }
 
-    /// Takes the first block of the owner's free list (null if the list is
-    /// empty or corrupt: see [`Span::free_list_is_corrupt`]) and clears its
-    /// link word. Owner only.
+    /// Takes the first block of the owner's free list and clears its link
+    /// word. Null if the list is empty, or corrupt: it leads outside the
+    /// span (see [`Span::free_list_is_corrupt`]) or its first block's link
+    /// does not decode (then `has_free` is still true: the caller reports
+    /// it). Owner only.
     #[inline(always)]
     pub fn pop(&self) -> *mut u8 {
         let index = self.free.get();
@@ -369,8 +371,10 @@ impl Span {
         if next > self.reserved() {
             // The link was overwritten, or the block is live (it came round
             // a second time: freed twice by two threads at once). Caught
-            // before the block is handed out.
-            self.report_corrupt_list();
+            // before the block is handed out: null, and the slow path's
+            // `pop` returns null again and reports it (no call here, so the
+            // fast path needs no stack frame).
+            return ptr::null_mut();
         }
         // SAFETY: as above.
         unsafe { word.write(0) };

@@ -49,9 +49,7 @@ mod model {
 
     #[inline(always)]
     pub fn state() -> *const ThreadState {
-        // The thread pointer is the thread's id too: `free` reads it once
-        // for both.
-        let mut address = crate::thread::current_thread_id();
+        let address: usize;
         // SAFETY: the thread pointer (fs:0 on x86-64 Linux, glibc and musl)
         // plus the GOT entry, which holds the symbol's offset from it and
         // which the dynamic linker wrote before any code of this object ran.
@@ -59,8 +57,9 @@ mod model {
         // be treated as pure; it reads no memory Rust code can see.
         unsafe {
             core::arch::asm!(
+                "movq %fs:0, {address}",
                 "addq arenalloc_thread_state@GOTTPOFF(%rip), {address}",
-                address = inout(reg) address,
+                address = out(reg) address,
                 options(att_syntax, pure, nomem, nostack),
             );
         }
