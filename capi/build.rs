@@ -4,4 +4,5 @@
 
 fn main() {
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,initfirst");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,pack-relative-relocs");
 }

@@ -4,6 +4,13 @@
 //! This is the only crate with unmangled symbols. Each function here checks
 //! the C contract (overflow, alignment rules, `errno`) and forwards to the
 //! engine; none of them allocates through `std`.
+//!
+//! `no_std`, like the engine, wherever panics abort (the release build
+//! users get): the library then carries no part of Rust's runtime (its
+//! panic, backtrace and unwinding code was a third of the machine code, and
+//! it loaded libgcc_s), so a program that preloads it maps and faults in
+//! less. Unwinding builds (debug, tests) keep `std`, which unwinding needs.
+#![cfg_attr(panic = "abort", no_std)]
 
 use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
@@ -278,13 +285,23 @@ extern "C" fn on_load(_argc: c_int, _argv: *const *const c_char, envp: *const *c
     if verbose {
         Line::new()
             .text("arenalloc: loaded (pid ")
-            .num(std::process::id() as usize)
+            // SAFETY: getpid has no preconditions.
+            .num(unsafe { libc::getpid() } as usize)
             .text(")\n")
             .emit();
     }
     if let Some(patterns) = os::env_var(c"ARENALLOC_LIBRARY_ARENAS") {
         engine::library_routing::route_from_environment(patterns, verbose);
     }
+}
+
+/// Nothing here panics (the engine's paths are checked for it, see
+/// `tests/no_panic_paths.rs`); should the impossible happen, abort with a
+/// message instead of pulling Rust's panic runtime into the library.
+#[cfg(panic = "abort")]
+#[panic_handler]
+fn on_panic(_: &core::panic::PanicInfo) -> ! {
+    engine::diag::fatal("a Rust panic in arenalloc")
 }
 
 #[used]

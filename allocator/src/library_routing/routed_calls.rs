@@ -11,62 +11,124 @@ use core::ffi::{c_int, c_void};
 use super::{in_route_arena, MAX_ROUTED_OBJECTS};
 use crate::c_contract;
 
+// Each stand-in is a few bytes that pass their slot on to one shared body
+// (with the slot last, so no argument moves): 32 copies of the whole
+// `malloc` path per function made these stand-ins a third of the library's
+// machine code, all of it mapped into every process.
+
 extern "C" fn malloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
-    in_route_arena(SLOT, || crate::malloc(size).cast())
+    malloc_routed(size, SLOT)
+}
+
+#[inline(never)]
+fn malloc_routed(size: usize, slot: usize) -> *mut c_void {
+    in_route_arena(slot, || crate::malloc(size).cast())
 }
 
 extern "C" fn calloc_in<const SLOT: usize>(count: usize, size: usize) -> *mut c_void {
-    in_route_arena(SLOT, || c_contract::calloc(count, size))
+    calloc_routed(count, size, SLOT)
 }
 
-/// # Safety
-/// The C contract of `realloc`.
+#[inline(never)]
+fn calloc_routed(count: usize, size: usize, slot: usize) -> *mut c_void {
+    in_route_arena(slot, || c_contract::calloc(count, size))
+}
+
 unsafe extern "C" fn realloc_in<const SLOT: usize>(p: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: the caller's contract, forwarded.
-    in_route_arena(SLOT, || unsafe { c_contract::realloc(p, size) })
+    // SAFETY: forwarded: the caller's `realloc` contract.
+    unsafe { realloc_routed(p, size, SLOT) }
 }
 
 /// # Safety
-/// The C contract of `reallocarray`.
+/// `realloc`'s contract for `p`.
+#[inline(never)]
+unsafe fn realloc_routed(p: *mut c_void, size: usize, slot: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    in_route_arena(slot, || unsafe { c_contract::realloc(p, size) })
+}
+
 unsafe extern "C" fn reallocarray_in<const SLOT: usize>(
     p: *mut c_void,
     count: usize,
     size: usize,
 ) -> *mut c_void {
-    // SAFETY: the caller's contract, forwarded.
-    in_route_arena(SLOT, || unsafe { c_contract::reallocarray(p, count, size) })
+    // SAFETY: forwarded: the caller's `reallocarray` contract.
+    unsafe { reallocarray_routed(p, count, size, SLOT) }
 }
 
 /// # Safety
-/// The C contract of `posix_memalign`.
+/// `reallocarray`'s contract for `p`.
+#[inline(never)]
+unsafe fn reallocarray_routed(
+    p: *mut c_void,
+    count: usize,
+    size: usize,
+    slot: usize,
+) -> *mut c_void {
+    // SAFETY: forwarded.
+    in_route_arena(slot, || unsafe { c_contract::reallocarray(p, count, size) })
+}
+
 unsafe extern "C" fn posix_memalign_in<const SLOT: usize>(
     out: *mut *mut c_void,
     align: usize,
     size: usize,
 ) -> c_int {
-    // SAFETY: the caller's contract, forwarded.
-    in_route_arena(SLOT, || unsafe {
+    // SAFETY: forwarded: the caller's `posix_memalign` contract.
+    unsafe { posix_memalign_routed(out, align, size, SLOT) }
+}
+
+/// # Safety
+/// `posix_memalign`'s contract for `out`.
+#[inline(never)]
+unsafe fn posix_memalign_routed(
+    out: *mut *mut c_void,
+    align: usize,
+    size: usize,
+    slot: usize,
+) -> c_int {
+    // SAFETY: forwarded.
+    in_route_arena(slot, || unsafe {
         c_contract::posix_memalign(out, align, size)
     })
 }
 
 extern "C" fn aligned_alloc_in<const SLOT: usize>(align: usize, size: usize) -> *mut c_void {
-    in_route_arena(SLOT, || c_contract::aligned_alloc(align, size))
+    aligned_alloc_routed(align, size, SLOT)
+}
+
+#[inline(never)]
+fn aligned_alloc_routed(align: usize, size: usize, slot: usize) -> *mut c_void {
+    in_route_arena(slot, || c_contract::aligned_alloc(align, size))
 }
 
 extern "C" fn memalign_in<const SLOT: usize>(align: usize, size: usize) -> *mut c_void {
-    in_route_arena(SLOT, || c_contract::memalign(align, size))
+    memalign_routed(align, size, SLOT)
+}
+
+#[inline(never)]
+fn memalign_routed(align: usize, size: usize, slot: usize) -> *mut c_void {
+    in_route_arena(slot, || c_contract::memalign(align, size))
 }
 
 extern "C" fn valloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
-    in_route_arena(SLOT, || c_contract::valloc(size))
+    valloc_routed(size, SLOT)
+}
+
+#[inline(never)]
+fn valloc_routed(size: usize, slot: usize) -> *mut c_void {
+    in_route_arena(slot, || c_contract::valloc(size))
 }
 
 extern "C" fn pvalloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
-    in_route_arena(SLOT, || c_contract::pvalloc(size))
+    pvalloc_routed(size, SLOT)
 }
 
-/// `[f::<0>, f::<1>, ...]`, one stand-in per slot.
+#[inline(never)]
+fn pvalloc_routed(size: usize, slot: usize) -> *mut c_void {
+    in_route_arena(slot, || c_contract::pvalloc(size))
+}
+
 macro_rules! per_slot {
     ($f:ident) => {
         [

@@ -46,6 +46,7 @@
 #include <wordexp.h>
 
 #define HIDDEN __attribute__((visibility("hidden")))
+#define NOINLINE __attribute__((noinline))
 
 /* Must equal MAX_ROUTED_OBJECTS in mod.rs (checked there at start-up). */
 #define SLOTS 32
@@ -89,15 +90,32 @@ static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*pre
 #define SLOT_ADDRESS(slot, id) (void *)routed_##id##_##slot,
 #define ENTRY(symbol, id) {symbol, {FOR_SLOTS(SLOT_ADDRESS, id)}}
 
+/* A parenthesised list without its parentheses. */
+#define UNPAREN(...) __VA_ARGS__
+
 /* A stand-in with the real function's exact type (checked by __typeof__),
- * for each slot. */
+ * for each slot: it passes its slot on to one body per function (a tail
+ * call, a few bytes), which switches the arena around the real call. A body
+ * per slot made these stand-ins half of the library's machine code. */
 #define ROUTE_ONE(slot, ret, name, params, args)                                                   \
     static __typeof__(name) routed_##name##_##slot;                                                \
-    static ret routed_##name##_##slot params {                                                     \
+    static ret routed_##name##_##slot params { return routed_body_##name(UNPAREN args, slot); }
+#define ROUTE(ret, name, params, args)                                                             \
+    NOINLINE static ret routed_body_##name(UNPAREN params, unsigned slot) {                        \
         ENTER(slot);                                                                               \
         return name args;                                                                          \
-    }
-#define ROUTE(ret, name, params, args) FOR_SLOTS(ROUTE_ONE, ret, name, params, args)
+    }                                                                                              \
+    FOR_SLOTS(ROUTE_ONE, ret, name, params, args)
+/* The same for a function without parameters. */
+#define ROUTE_NO_ARGS_ONE(slot, ret, name)                                                         \
+    static __typeof__(name) routed_##name##_##slot;                                                \
+    static ret routed_##name##_##slot(void) { return routed_body_##name(slot); }
+#define ROUTE_NO_ARGS(ret, name)                                                                   \
+    NOINLINE static ret routed_body_##name(unsigned slot) {                                        \
+        ENTER(slot);                                                                               \
+        return name();                                                                             \
+    }                                                                                              \
+    FOR_SLOTS(ROUTE_NO_ARGS_ONE, ret, name)
 
 /* A variadic function: takes its arguments here and passes them on as a
  * va_list to `vfunction`. */
@@ -146,7 +164,7 @@ ROUTE(char *, realpath, (const char *path, char *resolved), (path, resolved))
 ROUTE(char *, __realpath_chk, (const char *path, char *resolved, size_t size),
       (path, resolved, size))
 ROUTE(char *, canonicalize_file_name, (const char *path), (path))
-ROUTE(char *, get_current_dir_name, (void), ())
+ROUTE_NO_ARGS(char *, get_current_dir_name)
 ROUTE(char *, getcwd, (char *buf, size_t size), (buf, size))
 ROUTE(char *, __getcwd_chk, (char *buf, size_t size, size_t buflen), (buf, size, buflen))
 ROUTE(char *, tempnam, (const char *dir, const char *prefix), (dir, prefix))
@@ -158,8 +176,8 @@ ROUTE(FILE *, fopen64, (const char *path, const char *mode), (path, mode))
 ROUTE(FILE *, fdopen, (int fd, const char *mode), (fd, mode))
 ROUTE(FILE *, freopen, (const char *path, const char *mode, FILE *stream), (path, mode, stream))
 ROUTE(FILE *, popen, (const char *command, const char *mode), (command, mode))
-ROUTE(FILE *, tmpfile, (void), ())
-ROUTE(FILE *, tmpfile64, (void), ())
+ROUTE_NO_ARGS(FILE *, tmpfile)
+ROUTE_NO_ARGS(FILE *, tmpfile64)
 ROUTE(FILE *, freopen64, (const char *path, const char *mode, FILE *stream), (path, mode, stream))
 ROUTE(DIR *, opendir, (const char *path), (path))
 ROUTE(DIR *, fdopendir, (int fd), (fd))
@@ -259,10 +277,14 @@ typedef void *(*new_aligned_fn)(size_t, size_t);
 typedef void *(*new_aligned_nothrow_fn)(size_t, size_t, const void *);
 #define ROUTE_NEW_ONE(slot, index, fn_type, params, args)                                          \
     static void *routed_new##index##_##slot params {                                               \
+        return routed_new_body##index(UNPAREN args, slot);                                         \
+    }
+#define ROUTE_NEW(index, fn_type, params, args)                                                    \
+    NOINLINE static void *routed_new_body##index(UNPAREN params, unsigned slot) {                  \
         ENTER(slot);                                                                               \
         return ((fn_type)arenalloc_operator_new[slot][index]) args;                                \
-    }
-#define ROUTE_NEW(index, fn_type, params, args) FOR_SLOTS(ROUTE_NEW_ONE, index, fn_type, params, args)
+    }                                                                                              \
+    FOR_SLOTS(ROUTE_NEW_ONE, index, fn_type, params, args)
 ROUTE_NEW(0, new_fn, (size_t n), (n))
 ROUTE_NEW(1, new_fn, (size_t n), (n))
 ROUTE_NEW(2, new_nothrow_fn, (size_t n, const void *tag), (n, tag))
