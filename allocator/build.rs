@@ -16,11 +16,4 @@ fn main() {
         .extra_warnings(true)
         .flag("-Werror")
         .compile("arenalloc_routed_libc");
-    // The cleanups of `-fexceptions` code need C's personality routine and
-    // `_Unwind_Resume`, from libgcc_s: with `no_std` nothing else brings it.
-    // Linked, not weak: a C program may dlopen a C++ library (and libgcc_s
-    // with it) after start-up, and a `bad_alloc` thrown through a routed
-    // `operator new` must still switch the arena back
-    // (`tests/library_routing.rs`).
-    println!("cargo:rustc-link-lib=dylib=gcc_s");
 }

@@ -358,8 +358,11 @@ impl Span {
     /// it). Owner only.
     #[inline(always)]
     pub fn pop(&self) -> *mut u8 {
+        // Read once: the compiler cannot tell the block's link word from
+        // the span's fields, and would read it again after the link.
+        let reserved = self.reserved();
         let index = self.free.get();
-        if index >= self.reserved() {
+        if index >= reserved {
             return ptr::null_mut();
         }
         let block = self.free_block.get();
@@ -368,7 +371,7 @@ impl Span {
         // block `index`, a block start of this span on its free list: its
         // link word is its encoded link, and it is ours to hand out.
         let next = self.link_code().decode(unsafe { word.read() });
-        if next > self.reserved() {
+        if next > reserved {
             // The link was overwritten, or the block is live (it came round
             // a second time: freed twice by two threads at once). Caught
             // before the block is handed out: null, and the slow path's

@@ -118,13 +118,13 @@ static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*pre
     FOR_SLOTS(ROUTE_NO_ARGS_ONE, ret, name)
 
 /* A variadic function: takes its arguments here and passes them on as a
- * va_list to `vfunction`. */
+ * va_list to the body of `vfunction`'s stand-ins (routed above), which
+ * switches the arena around the call. */
 #define ROUTE_VARIADIC_ONE(slot, id, params, last, vfunction, vargs)                               \
     static int routed_##id##_##slot params {                                                       \
-        ENTER(slot);                                                                               \
         va_list ap;                                                                                \
         va_start(ap, last);                                                                        \
-        int result = vfunction vargs;                                                              \
+        int result = routed_body_##vfunction(UNPAREN vargs, slot);                                 \
         va_end(ap);                                                                                \
         return result;                                                                             \
     }
