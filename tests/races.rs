@@ -740,6 +740,136 @@ fn reclaim_waits_for_busy_owner() {
     f.join().expect("thread F");
 }
 
+#[test]
+fn without_membarrier_an_allocation_at_the_limit_never_waits_for_heaps_it_cannot_claim() {
+    in_child_with(
+        "without_membarrier_an_allocation_at_the_limit_never_waits_for_heaps_it_cannot_claim",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        reclaim_without_membarrier,
+    );
+}
+
+/// Makes `membarrier` fail with ENOSYS for the calling thread and the
+/// threads it starts (a seccomp filter, as some container profiles have).
+fn block_membarrier() {
+    let ins = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let filter = [
+        // The system call's number.
+        ins(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+        ins(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            1,
+            libc::SYS_membarrier as u32,
+        ),
+        ins(
+            libc::BPF_RET | libc::BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+        ins(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: plain prctl calls; the filter outlives the call (the kernel
+    // copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const libc::sock_fprog
+            ),
+            0,
+            "seccomp: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Without a working `membarrier` no claim is ever confirmed, so the
+/// reclaim of an allocation refused for its arena's limit can never take
+/// another thread's heap: it must give up at once, not count those heaps
+/// as busy and wait for them (20 ms on every such allocation, which the
+/// CI's containers would pay if their seccomp profile refused the call).
+/// Thread F fills arena X and waits outside the allocator; this thread
+/// frees F's blocks (remote frees, pending in F's spans) and allocates in
+/// the full arena. F's heap cannot be claimed: the allocation is refused
+/// (ENOMEM) without the reclaim stopping at its "found busy" point; once F
+/// exits (and gives its spans back) X has room again.
+fn reclaim_without_membarrier() {
+    const LIMIT: usize = 4 << 20;
+    block_membarrier();
+    assert!(
+        !engine::os::membarrier(),
+        "membarrier still works under the filter"
+    );
+    let x = engine::arena_new().expect("arena X");
+    assert!(engine::arena_set_limit(x, LIMIT));
+    let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<usize>>();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let f = thread::spawn(move || {
+        engine::arena_set(x).expect("enter X");
+        let mut blocks = Vec::new();
+        loop {
+            let p = engine::malloc(1500);
+            if p.is_null() {
+                break;
+            }
+            blocks.push(p as usize);
+        }
+        engine::arena_set(engine::arena_default()).expect("leave X");
+        blocks_tx.send(blocks).unwrap();
+        // Alive, outside the allocator, until told to exit.
+        exit_rx.recv().unwrap();
+    });
+    let blocks = blocks_rx.recv().unwrap();
+    assert!(blocks.len() > 2000, "{} blocks fit", blocks.len());
+    for &b in &blocks {
+        // SAFETY: F's blocks, each freed once.
+        unsafe { engine::free(b as *mut u8) };
+    }
+    assert!(engine::arena_stats(x).unwrap().pending_remote_spans > 0);
+    race_hooks::arm(Point::ReclaimFoundBusy, race_hooks::thread_id());
+    let returned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let returned = returned.clone();
+        thread::spawn(move || {
+            use std::sync::atomic::Ordering::Acquire;
+            while !race_hooks::is_parked(Point::ReclaimFoundBusy) && !returned.load(Acquire) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let waited = race_hooks::is_parked(Point::ReclaimFoundBusy);
+            // Let it go on (or disarm the point, never reached).
+            race_hooks::release(Point::ReclaimFoundBusy);
+            waited
+        })
+    };
+    let p = engine::arena_alloc(x, 100, 16, false);
+    returned.store(true, std::sync::atomic::Ordering::Release);
+    let waited = watcher.join().expect("watcher");
+    assert!(
+        !waited,
+        "the reclaim counted a heap it could never claim as busy and waited for it"
+    );
+    assert!(p.is_null(), "X had room, so nothing was tested");
+    exit_tx.send(()).unwrap();
+    f.join().expect("thread F");
+    let p = engine::arena_alloc(x, 100, 16, false);
+    assert!(!p.is_null(), "no room in X after F gave its spans back");
+    // SAFETY: a block of ours.
+    unsafe { engine::free(p) };
+}
+
 // -------------------- 7. a remote free against the span's reuse
 
 #[test]
