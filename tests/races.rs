@@ -645,6 +645,22 @@ fn claim_of_idle_owner() {
     o.join().expect("thread O");
 }
 
+/// Allocates 1500-byte blocks in `x` until its limit refuses one; returns
+/// them (as addresses, to cross threads).
+fn fill_arena(x: engine::ArenaHandle) -> Vec<usize> {
+    engine::arena_set(x).expect("enter X");
+    let mut blocks = Vec::new();
+    loop {
+        let p = engine::malloc(1500);
+        if p.is_null() {
+            break;
+        }
+        blocks.push(p as usize);
+    }
+    engine::arena_set(engine::arena_default()).expect("leave X");
+    blocks
+}
+
 #[test]
 fn an_allocation_at_the_limit_waits_for_a_busy_owner_and_reclaims_its_freed_spans() {
     in_child_with(
@@ -670,19 +686,7 @@ fn reclaim_waits_for_busy_owner() {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let (exit_tx, exit_rx) = mpsc::channel::<()>();
     let (f_id, f_go, f) = thread_with_pause(
-        move || {
-            engine::arena_set(x).expect("enter X");
-            let mut blocks = Vec::new();
-            loop {
-                let p = engine::malloc(1500);
-                if p.is_null() {
-                    break;
-                }
-                blocks.push(p as usize);
-            }
-            engine::arena_set(engine::arena_default()).expect("leave X");
-            blocks_tx.send(blocks).unwrap();
-        },
+        move || blocks_tx.send(fill_arena(x)).unwrap(),
         move |()| {
             // A class this thread has no span of yet: the slow path.
             let p = engine::malloc(3000);
@@ -818,17 +822,7 @@ fn reclaim_without_membarrier() {
     let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<usize>>();
     let (exit_tx, exit_rx) = mpsc::channel::<()>();
     let f = thread::spawn(move || {
-        engine::arena_set(x).expect("enter X");
-        let mut blocks = Vec::new();
-        loop {
-            let p = engine::malloc(1500);
-            if p.is_null() {
-                break;
-            }
-            blocks.push(p as usize);
-        }
-        engine::arena_set(engine::arena_default()).expect("leave X");
-        blocks_tx.send(blocks).unwrap();
+        blocks_tx.send(fill_arena(x)).unwrap();
         // Alive, outside the allocator, until told to exit.
         exit_rx.recv().unwrap();
     });

@@ -128,14 +128,7 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn try_alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: as in `alloc_small`.
-    unsafe {
-        let span = &*(*heap).current.get_unchecked(class).load(Ordering::Relaxed);
-        let block = span.pop();
-        if !block.is_null() {
-            span.set_used(span.used() + 1);
-        }
-        block
-    }
+    unsafe { take_block(&*(*heap).current.get_unchecked(class).load(Ordering::Relaxed)) }
 }
 
 /// `malloc`'s fast path for `size <= SMALL_TABLE_MAX`: as
@@ -148,16 +141,24 @@ pub unsafe fn try_alloc_direct(heap: *mut Heap, size: usize) -> *mut u8 {
     // SAFETY: `direct_index(size)` < DIRECT_ENTRIES for such sizes; the
     // rest as in `alloc_small`.
     unsafe {
-        let span = &*(*heap)
-            .direct
-            .get_unchecked(direct_index(size))
-            .load(Ordering::Relaxed);
-        let block = span.pop();
-        if !block.is_null() {
-            span.set_used(span.used() + 1);
-        }
-        block
+        take_block(
+            &*(*heap)
+                .direct
+                .get_unchecked(direct_index(size))
+                .load(Ordering::Relaxed),
+        )
     }
+}
+
+/// Pops a block from `span`, a current span of the caller's own heap (or
+/// the empty span), and counts it out; null if there is none.
+#[inline(always)]
+fn take_block(span: &Span) -> *mut u8 {
+    let block = span.pop();
+    if !block.is_null() {
+        span.set_used(span.used() + 1);
+    }
+    block
 }
 
 /// Allocates `size <= MEDIUM_MAX` bytes from `heap`.
