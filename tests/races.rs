@@ -608,6 +608,64 @@ fn claim_against_owner() {
 }
 
 #[test]
+fn a_trim_never_takes_a_span_whose_last_block_the_owner_is_freeing() {
+    in_child(
+        "a_trim_never_takes_a_span_whose_last_block_the_owner_is_freeing",
+        last_free_against_trim,
+    );
+}
+
+/// Thread O fills a span of 1 KiB blocks in arena X and starts the next
+/// one, then frees the first span's blocks; its last free empties the span
+/// on `free`'s fast path, which hands it back from inside the allocator
+/// (`span_emptied`, going from the fast path's flag to the nesting depth
+/// with no moment outside). O is held just after that switch while this
+/// thread trims X: the trim must not claim O's heap (it would retire the
+/// empty span, and O would retire it a second time).
+fn last_free_against_trim() {
+    /// 1 KiB blocks in a 64 KiB span.
+    const PER_SPAN: usize = 64;
+    let x = engine::arena_new().expect("arena X");
+    let (o_id, o_go, o) = thread_with_pause(
+        move || {
+            engine::arena_set(x).expect("enter X");
+            let blocks: Vec<usize> = (0..=PER_SPAN)
+                .map(|_| engine::malloc(1024) as usize)
+                .collect();
+            assert!(blocks.iter().all(|&b| b != 0));
+            // The first span's blocks but its last: its span is in O's
+            // available list then, with one block out.
+            for &b in &blocks[..PER_SPAN - 1] {
+                // SAFETY: blocks of ours, each freed once.
+                unsafe { engine::free(b as *mut u8) };
+            }
+            blocks
+        },
+        move |blocks| {
+            for &b in &blocks[PER_SPAN - 1..] {
+                // SAFETY: as above.
+                unsafe { engine::free(b as *mut u8) };
+            }
+        },
+    );
+    let held = engine::arena_stats(x).unwrap().in_use_bytes;
+    assert!(held >= 2 * PER_SPAN * 1024, "O holds two spans: {held}");
+    race_hooks::arm(Point::SpanEmptied, o_id);
+    o_go.send(()).unwrap();
+    wait_parked(Point::SpanEmptied);
+    let _ = engine::arena_trim(x);
+    let while_inside = engine::arena_stats(x).unwrap().in_use_bytes;
+    race_hooks::release(Point::SpanEmptied);
+    o.join().expect("thread O");
+    assert_eq!(
+        while_inside, held,
+        "a trim took spans from a heap whose owner was giving an emptied span back"
+    );
+    let _ = engine::arena_trim(x);
+    assert_eq!(engine::arena_stats(x).unwrap().in_use_bytes, 0);
+}
+
+#[test]
 fn an_idle_threads_heap_is_trimmed_while_it_waits_outside_the_allocator() {
     in_child(
         "an_idle_threads_heap_is_trimmed_while_it_waits_outside_the_allocator",

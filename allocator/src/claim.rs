@@ -80,6 +80,25 @@ impl ThreadClaim {
         true
     }
 
+    /// Owner, on a fast path entered with [`try_enter`]: goes on inside as
+    /// a slow path does, by the depth, and clears the fast path's flag;
+    /// returns the depth to give to [`leave`]. The thread is inside all the
+    /// while (the depth is raised before the flag goes), so no claim can be
+    /// confirmed in between, and none needs to be waited for.
+    ///
+    /// [`try_enter`]: ThreadClaim::try_enter
+    /// [`leave`]: ThreadClaim::leave
+    #[inline(always)]
+    pub fn enter_from_fast(&self) -> u32 {
+        let depth = self.depth.load(Ordering::Relaxed);
+        self.depth.store(depth + 1, Ordering::Relaxed);
+        // The depth's store before the flag's, in program order (x86
+        // keeps stores in order; the claimer's barrier orders them for it).
+        compiler_fence(Ordering::SeqCst);
+        self.fast.store(0, Ordering::Release);
+        depth
+    }
+
     /// Owner: leaves a fast path entered with [`try_enter`] (its writes are
     /// published to the next claimer).
     ///
@@ -134,7 +153,13 @@ impl ThreadClaim {
     ///
     /// [`release`]: ThreadClaim::release
     pub fn confirm(&self) -> bool {
-        if self.depth.load(Ordering::Acquire) == 0 && self.fast.load(Ordering::Acquire) == 0 {
+        // The flag first: an owner that goes from the fast path to the
+        // depth (`enter_from_fast`) raises the depth before it clears the
+        // flag (a Release store), so a claimer that sees the flag clear
+        // then sees the depth raised; read the other way round, it could
+        // see the old depth and then the cleared flag.
+        let fast = self.fast.load(Ordering::Acquire);
+        if fast == 0 && self.depth.load(Ordering::Acquire) == 0 {
             true
         } else {
             self.release();

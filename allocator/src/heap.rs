@@ -216,35 +216,62 @@ fn out_of_memory() -> *mut u8 {
     ptr::null_mut()
 }
 
+/// What [`try_free_local`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LocalFree {
+    /// The block is on the free list; nothing more to do.
+    Done,
+    /// Nothing changed: the free is more than a push (see
+    /// [`try_free_local`]), for the caller's slow path.
+    Refused,
+    /// The block is on the free list and its span has no block out now:
+    /// the caller, still inside the allocator, hands the span back with
+    /// [`span_emptied`].
+    Emptied,
+}
+
 /// `free`'s fast path: puts `p`, an address in `span`, on the owner's free
-/// list if that is all there is to do (a block start handed out, not
-/// looking freed, in a span with no parked blocks, that neither empties
-/// nor leaves the full list). False, with nothing changed, otherwise: the
-/// caller then takes [`free_local`]. Calls nothing.
+/// list if it is a block start handed out, not looking freed, in a span
+/// with no parked blocks that is not in the `full` list. Refused, with
+/// nothing changed, otherwise: the caller then takes [`free_local`]. The
+/// span's count of blocks out is tested after the push, not before (a
+/// current span never reaches 0: it is pinned). Calls nothing.
 ///
 /// # Safety
 /// As for [`free_local`], and the caller is inside the allocator.
 #[inline(always)]
-pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> bool {
+pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
     // SAFETY: the caller owns the span and `p` lies in it.
     let s = unsafe { &*span };
     // Read before the block is written, which the compiler cannot tell
     // apart from the span's fields.
     let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
-    let used = s.used();
     let index = s.index_of(p);
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
     // `fast_below` is 0 for a span in the `full` list (see `Span`).
-    if index >= fast_below
-        || used <= 1
-        || unsafe { crate::span::looks_like_link(p, code, reserved) }
-    {
-        return false;
+    if index >= fast_below || unsafe { crate::span::looks_like_link(p, code, reserved) } {
+        return LocalFree::Refused;
     }
+    let used = s.used().wrapping_sub(1);
     // SAFETY: a block of the caller's own span, given up by the caller.
     unsafe { s.push_local(p, index, code) };
-    s.set_used(used - 1);
-    true
+    s.set_used(used);
+    if used == 0 {
+        return LocalFree::Emptied;
+    }
+    LocalFree::Done
+}
+
+/// After [`try_free_local`] said [`LocalFree::Emptied`]: gives the span
+/// back (or, for a current span, which is pinned and never empties,
+/// reports the double free that made its count reach 0).
+///
+/// # Safety
+/// The caller owns `span`, whose last block out it just freed (`p`), and
+/// is inside the allocator.
+pub unsafe fn span_emptied(span: *mut Span, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_local_slow(span, p) }
 }
 
 /// Frees `p`, an address in `span`, which the calling thread owns: a block

@@ -346,12 +346,35 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
         return unsafe { free_local_slow(span, p) };
     }
     // SAFETY: this thread owns the span and is inside; `p` is its block.
-    let done = unsafe { heap::try_free_local(span, p) };
-    claim.leave_fast();
-    if !done {
+    match unsafe { heap::try_free_local(span, p) } {
+        heap::LocalFree::Done => claim.leave_fast(),
+        heap::LocalFree::Refused => {
+            claim.leave_fast();
+            // SAFETY: forwarded.
+            unsafe { free_local_slow(span, p) }
+        }
+        // Still inside (the fast flag is set): a tail call.
         // SAFETY: forwarded.
-        unsafe { free_local_slow(span, p) }
+        heap::LocalFree::Emptied => unsafe { span_emptied(span, p) },
     }
+}
+
+/// A local free emptied its span (see `heap::LocalFree::Emptied`): the
+/// thread goes from the fast path's flag to the nesting depth without
+/// leaving the allocator in between (a purger that claimed the heap in a
+/// gap could retire the span first), then gives the span back.
+///
+/// # Safety
+/// As for [`heap::span_emptied`], inside through the fast path's flag.
+#[cold]
+#[inline(never)]
+unsafe fn span_emptied(span: *mut span::Span, p: *mut u8) {
+    let claim = thread::current_claim();
+    let depth = claim.enter_from_fast();
+    race_hooks::pause(race_hooks::Point::SpanEmptied);
+    // SAFETY: forwarded; inside by the depth now.
+    unsafe { heap::span_emptied(span, p) };
+    claim.leave(depth);
 }
 
 /// A local free that is more than a push (see `heap::try_free_local`), or

@@ -51,13 +51,17 @@ pub enum Point {
     /// A remote free has checked its block (not freed already, as far as
     /// its link word says) and is about to push it.
     RemoteChecked = 12,
+    /// A local free emptied its span and the owner went on inside the
+    /// allocator by the depth (`lib.rs`, `span_emptied`); it has not given
+    /// the span back yet.
+    SpanEmptied = 13,
 }
 
 #[cfg(feature = "race-hooks")]
 mod armed {
     use super::Point;
 
-    const POINTS: usize = 13;
+    const POINTS: usize = 14;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;
