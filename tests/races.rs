@@ -591,16 +591,29 @@ fn claim_against_owner() {
     );
     let held = engine::arena_stats(x).unwrap().in_use_bytes;
     assert!(held > 0, "O's heap holds no span");
-    race_hooks::arm(Point::MallocSlowPath, o_id);
+    trim_while_held_takes_nothing(x, Point::MallocSlowPath, (o_id, o_go, o), held);
+}
+
+/// Lets thread O (`o`: its id, its go-ahead and its handle) go on, holds it
+/// at `point` (inside the allocator), trims arena X meanwhile and checks
+/// the trim took none of the `held` bytes in use; then lets O finish and
+/// exit, after which X holds nothing.
+fn trim_while_held_takes_nothing(
+    x: engine::ArenaHandle,
+    point: Point,
+    (o_id, o_go, o): (usize, mpsc::Sender<()>, thread::JoinHandle<()>),
+    held: usize,
+) {
+    race_hooks::arm(point, o_id);
     o_go.send(()).unwrap();
-    wait_parked(Point::MallocSlowPath);
+    wait_parked(point);
     let _ = engine::arena_trim(x);
     let while_inside = engine::arena_stats(x).unwrap().in_use_bytes;
-    race_hooks::release(Point::MallocSlowPath);
+    race_hooks::release(point);
     o.join().expect("thread O");
     assert_eq!(
         while_inside, held,
-        "a trim took spans from a heap whose owner was inside the allocator"
+        "a trim took spans from a heap whose owner was inside the allocator at {point:?}"
     );
     // O has exited: its spans went back to X (empty ones as free slices).
     let _ = engine::arena_trim(x);
@@ -650,19 +663,7 @@ fn last_free_against_trim() {
     );
     let held = engine::arena_stats(x).unwrap().in_use_bytes;
     assert!(held >= 2 * PER_SPAN * 1024, "O holds two spans: {held}");
-    race_hooks::arm(Point::SpanEmptied, o_id);
-    o_go.send(()).unwrap();
-    wait_parked(Point::SpanEmptied);
-    let _ = engine::arena_trim(x);
-    let while_inside = engine::arena_stats(x).unwrap().in_use_bytes;
-    race_hooks::release(Point::SpanEmptied);
-    o.join().expect("thread O");
-    assert_eq!(
-        while_inside, held,
-        "a trim took spans from a heap whose owner was giving an emptied span back"
-    );
-    let _ = engine::arena_trim(x);
-    assert_eq!(engine::arena_stats(x).unwrap().in_use_bytes, 0);
+    trim_while_held_takes_nothing(x, Point::SpanEmptied, (o_id, o_go, o), held);
 }
 
 #[test]
