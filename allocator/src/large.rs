@@ -28,7 +28,7 @@ use core::ptr;
 
 use crate::arena::{Arena, ArenaState};
 use crate::os::{self, PAGE_SIZE};
-use crate::segment::{SegmentHeader, SegmentKind, OWNERSHIP, SEGMENT_SIZE};
+use crate::segment::{RegionMark, SegmentHeader, SegmentKind, OWNERSHIP, SEGMENT_SIZE};
 use crate::stats;
 
 /// How many freed large blocks an arena keeps. Measured on the burst
@@ -372,9 +372,9 @@ fn register(header: *mut LargeBlock) {
     // SAFETY: a live header of ours.
     let b = unsafe { &*header };
     if b.shifted {
-        OWNERSHIP.insert(b.block as usize, true);
+        OWNERSHIP.insert(b.block as usize, RegionMark::LargeShifted);
     } else {
-        OWNERSHIP.insert(b.map_base as usize, false);
+        OWNERSHIP.insert(b.map_base as usize, RegionMark::Large);
     }
 }
 
@@ -382,9 +382,9 @@ fn unregister(header: *mut LargeBlock) {
     // SAFETY: a live header of ours.
     let b = unsafe { &*header };
     if b.shifted {
-        OWNERSHIP.remove(b.block as usize, true);
+        OWNERSHIP.remove(b.block as usize, RegionMark::LargeShifted);
     } else {
-        OWNERSHIP.remove(b.map_base as usize, false);
+        OWNERSHIP.remove(b.map_base as usize, RegionMark::Large);
     }
 }
 

@@ -86,8 +86,9 @@ fn out_of_memory() -> *mut u8 {
 /// `ENOMEM`) on failure. `malloc(0)` returns a unique, freeable block.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
-    if size > MEDIUM_MAX {
-        return alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false);
+    // Up to 1 KiB, the common case, first: one compare before the claim.
+    if size > size_class::SMALL_TABLE_MAX {
+        return malloc_by_class(size);
     }
     // The fast path calls nothing (every other case is a tail call), so it
     // needs no stack frame.
@@ -96,13 +97,29 @@ pub fn malloc(size: usize) -> *mut u8 {
         return malloc_small_slow(size);
     }
     // SAFETY: the current heap belongs to this thread, which is inside.
-    let block = unsafe {
-        if size <= size_class::SMALL_TABLE_MAX {
-            heap::try_alloc_direct(thread::current_heap(), size)
-        } else {
-            heap::try_alloc_small(thread::current_heap(), size_class::class_of(size))
-        }
-    };
+    let block = unsafe { heap::try_alloc_direct(thread::current_heap(), size) };
+    claim.leave_fast();
+    if block.is_null() {
+        return malloc_small_slow(size);
+    }
+    block
+}
+
+/// `malloc` of more than 1 KiB: a size class up to `MEDIUM_MAX`, a large
+/// block beyond. Out of line, so that `malloc`'s fast path for small sizes
+/// tests the size once.
+#[inline(never)]
+fn malloc_by_class(size: usize) -> *mut u8 {
+    if size > MEDIUM_MAX {
+        return alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false);
+    }
+    let claim = thread::current_claim();
+    if !claim.try_enter() {
+        return malloc_small_slow(size);
+    }
+    // SAFETY: the current heap belongs to this thread, which is inside.
+    let block =
+        unsafe { heap::try_alloc_small(thread::current_heap(), size_class::class_of(size)) };
     claim.leave_fast();
     if block.is_null() {
         return malloc_small_slow(size);
@@ -282,17 +299,15 @@ pub unsafe fn free(p: *mut u8) {
     }
     // The fast path calls nothing (every other case is a tail call), so it
     // needs no stack frame.
-    let Some(header) = OWNERSHIP.header_of_direct(p as usize) else {
+    // Large blocks (and pointers not ours) take the look-up off the fast
+    // path: their free costs far more than the call.
+    let Some(segment) = OWNERSHIP.span_segment_of(p as usize) else {
         // SAFETY: forwarded.
         return unsafe { free_found_late(p) };
     };
-    // SAFETY: the ownership map only holds live headers of ours.
-    match unsafe { owner_in(header, p) } {
-        // SAFETY: `span` holds `p`.
-        Owner::Span(span) => unsafe { free_in_span(span, p) },
-        // SAFETY: `block` is the header the ownership map gives for `p`.
-        Owner::Large(block) => unsafe { large::free(block, p) },
-    }
+    // SAFETY: the ownership map holds live segments only; `p` lies in this
+    // one, so `span` holds `p`.
+    unsafe { free_in_span(segment::span_of(segment, p), p) }
 }
 
 /// [`free`] for a caller whose language guarantees that `p` is a live block
@@ -389,8 +404,8 @@ unsafe fn free_local_slow(span: *mut span::Span, p: *mut u8) {
     thread::inside_allocator(|| unsafe { heap::free_local(span, p) });
 }
 
-/// `free` of a pointer the ownership map's direct bits do not know: a
-/// block in a region that starts a segment further down, or not ours.
+/// `free` of a pointer outside the span segments: a large block, or not
+/// ours.
 ///
 /// # Safety
 /// As for [`free`].

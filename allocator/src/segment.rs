@@ -115,7 +115,7 @@ impl Segment {
         // untouched until spans use them.
         // SAFETY: initialised above; shared references only from here on.
         unsafe { &*segment }.created_ms.set(os::now_ms());
-        OWNERSHIP.insert(base as usize, false);
+        OWNERSHIP.insert(base as usize, RegionMark::SpanSegment);
         arena.mapped_add(SEGMENT_SIZE);
         Some(segment)
     }
@@ -129,7 +129,7 @@ impl Segment {
     pub unsafe fn destroy(segment: *mut Segment) -> usize {
         // SAFETY: the caller passes a live segment; its arena is static.
         let (arena, unmapped) = unsafe { (&*(*segment).header.arena, (*segment).unmapped()) };
-        OWNERSHIP.remove(segment as usize, false);
+        OWNERSHIP.remove(segment as usize, RegionMark::SpanSegment);
         let base = segment as usize;
         let mut mapped = 0;
         for_each_run(!unmapped, |first, count| {
@@ -486,8 +486,11 @@ const MAP_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
 
 /// One bit per segment-sized piece of the address space, set while that
 /// piece starts a region of ours. It lives in `.bss`: untouched parts cost no
-/// memory. A second map marks large blocks aligned to a segment or more, whose
-/// header sits one segment below the block (see `large`).
+/// memory. Span segments and large blocks have a map each, so that `free`'s
+/// fast path learns from one bit both that a block is ours and that it lies
+/// in a span segment, without a load of the header's kind. A third map marks
+/// large blocks aligned to a segment or more, whose header sits one segment
+/// below the block (see `large`).
 ///
 /// `free` and `realloc` look a live block up without more ado: its region
 /// cannot go meanwhile. [`OwnershipMap::inspect`] takes any address, where
@@ -499,7 +502,8 @@ const MAP_WORDS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT - 6);
 /// the epoch and waits only for the old counter, so a stream of inspectors
 /// cannot hold it up (they count in the new one).
 pub struct OwnershipMap {
-    direct: [AtomicU64; MAP_WORDS],
+    span_segments: [AtomicU64; MAP_WORDS],
+    large: [AtomicU64; MAP_WORDS],
     shifted: [AtomicU64; MAP_WORDS],
     inspectors: [AtomicUsize; 2],
     epoch: AtomicUsize,
@@ -509,14 +513,35 @@ pub struct OwnershipMap {
 }
 
 pub static OWNERSHIP: OwnershipMap = OwnershipMap {
-    direct: [const { AtomicU64::new(0) }; MAP_WORDS],
+    span_segments: [const { AtomicU64::new(0) }; MAP_WORDS],
+    large: [const { AtomicU64::new(0) }; MAP_WORDS],
     shifted: [const { AtomicU64::new(0) }; MAP_WORDS],
     inspectors: [const { AtomicUsize::new(0) }; 2],
     epoch: AtomicUsize::new(0),
     removers: crate::sync::Mutex::new(()),
 };
 
+/// What starts at a base address entered in the [`OwnershipMap`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegionMark {
+    /// A span segment, its header at the base.
+    SpanSegment,
+    /// A large block's mapping, its header at the base.
+    Large,
+    /// A large block aligned to a segment or more, starting at the base;
+    /// its header lies one segment below.
+    LargeShifted,
+}
+
 impl OwnershipMap {
+    fn map(&self, mark: RegionMark) -> &[AtomicU64; MAP_WORDS] {
+        match mark {
+            RegionMark::SpanSegment => &self.span_segments,
+            RegionMark::Large => &self.large,
+            RegionMark::LargeShifted => &self.shifted,
+        }
+    }
+
     fn bit(base: usize) -> Option<(usize, u64)> {
         let index = base >> SEGMENT_SHIFT;
         if index >= MAP_WORDS * 64 {
@@ -525,10 +550,9 @@ impl OwnershipMap {
         Some((index / 64, 1u64 << (index % 64)))
     }
 
-    pub fn insert(&self, base: usize, shifted: bool) {
+    pub fn insert(&self, base: usize, mark: RegionMark) {
         if let Some((word, bit)) = Self::bit(base) {
-            let map = if shifted { &self.shifted } else { &self.direct };
-            map[word].fetch_or(bit, Ordering::Release);
+            self.map(mark)[word].fetch_or(bit, Ordering::Release);
         }
     }
 
@@ -536,10 +560,9 @@ impl OwnershipMap {
     /// read its header, so the caller may unmap it.
     ///
     /// [`inspect`]: OwnershipMap::inspect
-    pub fn remove(&self, base: usize, shifted: bool) {
+    pub fn remove(&self, base: usize, mark: RegionMark) {
         if let Some((word, bit)) = Self::bit(base) {
-            let map = if shifted { &self.shifted } else { &self.direct };
-            map[word].fetch_and(!bit, Ordering::SeqCst);
+            self.map(mark)[word].fetch_and(!bit, Ordering::SeqCst);
         }
         crate::race_hooks::pause(crate::race_hooks::Point::SegmentBeforeUnmap);
         // Dekker with `inspect`: it counts itself in, then reads the bit;
@@ -591,29 +614,32 @@ impl OwnershipMap {
     /// The header that owns address `p`, if `p` is in a region of ours.
     #[inline(always)]
     pub fn header_of(&self, p: usize) -> Option<*mut SegmentHeader> {
-        match self.header_of_direct(p) {
-            Some(header) => Some(header),
-            None => self.header_of_shifted(segment_base(p)),
+        if let Some(segment) = self.span_segment_of(p) {
+            return Some(segment.cast());
         }
+        self.large_header_of(p)
     }
 
-    /// [`header_of`] for the common case, a region that starts in `p`'s own
-    /// segment-sized piece: `None` may still be ours (a large block whose
-    /// region starts a piece further down), which `header_of` finds.
+    /// The span segment that holds `p`, if `p` is in one of ours: `free`'s
+    /// fast path. `None` may still be ours (a large block), which
+    /// [`header_of`] finds.
     ///
     /// [`header_of`]: OwnershipMap::header_of
     #[inline(always)]
-    pub fn header_of_direct(&self, p: usize) -> Option<*mut SegmentHeader> {
-        let base = segment_base(p);
-        let index = base >> SEGMENT_SHIFT;
-        let word = self.direct.get(index / 64)?.load(Ordering::Acquire);
-        // A shift and a test, not a mask built first (one bit test on x86).
-        if (word >> (index % 64)) & 1 != 0 {
-            return Some(base as *mut SegmentHeader);
-        }
-        None
+    pub fn span_segment_of(&self, p: usize) -> Option<*mut Segment> {
+        Self::marked(&self.span_segments, segment_base(p)).then(|| segment_base(p) as *mut Segment)
     }
 
+    /// Whether `map` has the bit of the segment-aligned `base`. A shift and
+    /// a test, not a mask built first (one bit test on x86).
+    #[inline(always)]
+    fn marked(map: &[AtomicU64; MAP_WORDS], base: usize) -> bool {
+        let index = base >> SEGMENT_SHIFT;
+        match map.get(index / 64) {
+            Some(word) => (word.load(Ordering::Acquire) >> (index % 64)) & 1 != 0,
+            None => false,
+        }
+    }
     /// The header of the region of ours that holds `p`: as [`header_of`],
     /// except that an address in a hole of a segment (an unmapped slice,
     /// where another mapping may be now) is not ours.
@@ -639,11 +665,14 @@ impl OwnershipMap {
         unsafe { (*header).kind == SegmentKind::Spans && (*header.cast::<Segment>()).in_hole(p) }
     }
 
+    /// The header of the large block that holds `p`, if `p` is in one.
     #[cold]
     #[inline(never)]
-    fn header_of_shifted(&self, base: usize) -> Option<*mut SegmentHeader> {
-        let (word, bit) = Self::bit(base)?;
-        if self.shifted.get(word)?.load(Ordering::Acquire) & bit != 0 {
+    fn large_header_of(&self, p: usize) -> Option<*mut SegmentHeader> {
+        let base = segment_base(p);
+        if Self::marked(&self.large, base) {
+            Some(base as *mut SegmentHeader)
+        } else if Self::marked(&self.shifted, base) {
             Some((base - SEGMENT_SIZE) as *mut SegmentHeader)
         } else {
             None
@@ -697,16 +726,23 @@ mod tests {
     fn ownership_map_tracks_insert_and_remove() {
         let base = 0x7012_3440_0000usize;
         assert!(OWNERSHIP.header_of(base + 100).is_none());
-        OWNERSHIP.insert(base, false);
+        OWNERSHIP.insert(base, RegionMark::SpanSegment);
         assert_eq!(OWNERSHIP.header_of(base + 100), Some(base as *mut _));
-        OWNERSHIP.remove(base, false);
+        assert_eq!(OWNERSHIP.span_segment_of(base + 100), Some(base as *mut _));
+        OWNERSHIP.remove(base, RegionMark::SpanSegment);
         assert!(OWNERSHIP.header_of(base + 100).is_none());
-        OWNERSHIP.insert(base, true);
+        OWNERSHIP.insert(base, RegionMark::Large);
+        assert_eq!(OWNERSHIP.header_of(base + 100), Some(base as *mut _));
+        assert!(OWNERSHIP.span_segment_of(base + 100).is_none());
+        OWNERSHIP.remove(base, RegionMark::Large);
+        assert!(OWNERSHIP.header_of(base + 100).is_none());
+        OWNERSHIP.insert(base, RegionMark::LargeShifted);
         assert_eq!(
             OWNERSHIP.header_of(base + 100),
             Some((base - SEGMENT_SIZE) as *mut _)
         );
-        OWNERSHIP.remove(base, true);
+        assert!(OWNERSHIP.span_segment_of(base + 100).is_none());
+        OWNERSHIP.remove(base, RegionMark::LargeShifted);
         assert!(OWNERSHIP.header_of(usize::MAX - 5).is_none());
     }
 

@@ -132,35 +132,13 @@ pub fn in_default_arena<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// A number that identifies the calling thread among live threads: the
-/// thread pointer, one register read.
+/// address of its state. `free` compares it with a span's owner and then
+/// needs that address for its claim anyway, so one computation serves both.
+/// Aligned to 8, so never 0, never `DEAD_OWNER` and with bit 0 free for
+/// `secure::owner_tag`.
 #[inline(always)]
 pub fn current_thread_id() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let id: usize;
-        // SAFETY: on x86-64 Linux, fs:0 holds the thread control block's
-        // self-pointer for every thread (glibc and musl); reading it has no
-        // side effects, and it is the same for the thread's whole life, so
-        // the read may be treated as pure (the compiler may reuse it).
-        unsafe {
-            core::arch::asm!("mov {}, fs:0", out(reg) id, options(nostack, pure, nomem, preserves_flags));
-        }
-        id
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let id: usize;
-        // SAFETY: tpidr_el0 is the thread pointer, readable from user space.
-        unsafe {
-            core::arch::asm!("mrs {}, tpidr_el0", out(reg) id, options(nostack, nomem, preserves_flags));
-        }
-        id
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        // SAFETY: pthread_self has no preconditions.
-        unsafe { libc::pthread_self() as usize }
-    }
+    crate::tls::state() as usize
 }
 
 const UNINIT: u8 = 0;
