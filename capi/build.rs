@@ -8,12 +8,17 @@
 //!   `GLIBC_ABI_DT_RELR`, which an older glibc lacks, and the loader would
 //!   refuse the library (under `LD_PRELOAD`, with a message, and the
 //!   program runs on its own `malloc`).
-//! - libgcc_s on GNU targets: the C stand-ins' cleanups (compiled with
-//!   `-fexceptions`) need its personality routine and `_Unwind_Resume`, and
-//!   with the crate `no_std` nothing else brings it. Linked, not weak: a C
-//!   program may `dlopen` a C++ library, and libgcc_s with it, after
-//!   start-up, and a `bad_alloc` thrown through a routed `operator new`
-//!   must still switch the arena back (`tests/library_routing.rs`).
+//! - The unwinder's personality routine and `_Unwind_Resume`, which the C
+//!   stand-ins' cleanups (compiled with `-fexceptions`) need: where panics
+//!   abort (the `no_std` library users get), `src/unwind_shim.c` finds them
+//!   in libgcc_s when an unwind first reaches a stand-in, so the library
+//!   does not load libgcc_s into every program (about 100 KiB resident).
+//!   Not a weak reference to them: a C program may `dlopen` a C++ library,
+//!   and libgcc_s with it, after start-up, and a `bad_alloc` thrown through
+//!   a routed `operator new` must still switch the arena back
+//!   (`tests/library_routing.rs`). The shim goes into the shared library
+//!   only; a program that links `libarenalloc.a` keeps its own unwinder.
+//!   Builds that unwind (debug, tests) link libgcc_s, which `std` needs.
 
 use std::env;
 use std::process::Command;
@@ -21,8 +26,26 @@ use std::process::Command;
 fn main() {
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,initfirst");
     let gnu = env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|e| e == "gnu");
-    if gnu {
-        println!("cargo:rustc-link-lib=dylib=gcc_s");
+    // The profile, not `CARGO_CFG_PANIC`, which says the target's default
+    // (unwind) whatever the profile sets: release builds abort (the
+    // workspace's profile), debug builds unwind. The crate links libgcc_s
+    // itself where it unwinds or has no shim (`src/lib.rs`).
+    println!("cargo::rustc-check-cfg=cfg(arenalloc_unwind_shim)");
+    let release = env::var("PROFILE").is_ok_and(|p| p == "release");
+    if gnu && release {
+        let shim = "src/unwind_shim.c";
+        println!("cargo:rerun-if-changed={shim}");
+        let objects = cc::Build::new()
+            .file(shim)
+            .flag("-fvisibility=hidden")
+            .warnings(true)
+            .extra_warnings(true)
+            .flag("-Werror")
+            .compile_intermediates();
+        for object in objects {
+            println!("cargo:rustc-cdylib-link-arg={}", object.display());
+        }
+        println!("cargo:rustc-cfg=arenalloc_unwind_shim");
     }
     let native = env::var("HOST").ok() == env::var("TARGET").ok();
     if gnu && native && glibc_version().is_some_and(|v| v >= (2, 36)) {

@@ -17,6 +17,13 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use arenalloc_engine as engine;
+
+// libgcc_s: `std` needs it where the crate unwinds; where it aborts, the
+// C stand-ins' cleanups find their unwinder through `src/unwind_shim.c`,
+// which `build.rs` links into the shared library (see there).
+#[cfg(all(target_env = "gnu", not(all(panic = "abort", arenalloc_unwind_shim))))]
+#[link(name = "gcc_s")]
+unsafe extern "C" {}
 use engine::c_contract;
 use engine::diag::Line;
 use engine::os;

@@ -151,6 +151,7 @@ pub fn staleness(dir: &Path) -> Option<String> {
     sources.push(root.join("capi/build.rs"));
     sources.push(root.join("allocator/build.rs"));
     sources.push(root.join("allocator/src/library_routing/routed_libc.c"));
+    sources.push(root.join("capi/src/unwind_shim.c"));
     for src in sources {
         match mtime(&src) {
             None => {
