@@ -483,7 +483,17 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     if new_size > MAX_ALLOC {
         return out_of_memory();
     }
-    let (old_usable, arena) = match owner_of(p, "realloc") {
+    // One look-up serves the whole call: the arena, the size, and the free
+    // of the old block, which `free` would look up again.
+    let Some(header) = OWNERSHIP.region_of(p as usize) else {
+        diag::fatal_pointer("realloc", "pointer was not allocated by arenalloc", p)
+    };
+    // SAFETY: the ownership map only holds live headers of ours, which name
+    // their arena, in the static registry.
+    let arena: &'static Arena = unsafe { &*(*header).arena };
+    // SAFETY: as above.
+    let owner = unsafe { owner_in(header, p) };
+    let old_usable = match owner {
         Owner::Span(span) => {
             // SAFETY: `span` is the span the segment maps `p` to.
             unsafe { check_block_in_use(span, p, "realloc") };
@@ -493,7 +503,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             if new_size <= usable && (new_size >= usable / 2 || usable <= 128) {
                 return p;
             }
-            (usable, arena_of_header(p))
+            usable
         }
         Owner::Large(block) => {
             if new_size > MEDIUM_MAX {
@@ -503,7 +513,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
                 }
             }
             // SAFETY: as above.
-            (unsafe { large::usable_size(block, p) }, arena_of_header(p))
+            unsafe { large::usable_size(block, p) }
         }
     };
     // The block stays in the arena that owns it, whatever arena this thread
@@ -517,9 +527,12 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
         return q;
     }
     // SAFETY: both blocks are live and distinct; the copy fits in both.
-    unsafe {
-        ptr::copy_nonoverlapping(p, q, old_usable.min(new_size));
-        free(p);
+    unsafe { ptr::copy_nonoverlapping(p, q, old_usable.min(new_size)) };
+    match owner {
+        // SAFETY: `p` is still live, so its span is the one found above.
+        Owner::Span(span) => unsafe { free_in_span(span, p) },
+        // SAFETY: as above, its large block's header.
+        Owner::Large(block) => unsafe { large::free(block, p) },
     }
     q
 }
@@ -554,16 +567,6 @@ unsafe fn check_block_in_use(span: *mut span::Span, p: *mut u8, operation: &str)
         if freed {
             diag::fatal_pointer(operation, "block was freed already", p);
         }
-    }
-}
-
-/// The arena that owns the live block `p` (from its segment or large header).
-fn arena_of_header(p: *mut u8) -> &'static Arena {
-    match OWNERSHIP.region_of(p as usize) {
-        // SAFETY: live headers of ours name their arena, which lives in the
-        // static registry.
-        Some(header) => unsafe { &*(*header).arena },
-        None => diag::fatal_pointer("realloc", "pointer was not allocated by arenalloc", p),
     }
 }
 
