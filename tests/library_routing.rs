@@ -398,6 +398,23 @@ fn a_cxx_library_opened_locally_is_routed_and_an_exception_restores_the_arena() 
     assert_all_passed(&run);
 }
 
+/// A thread cancelled while a routed library blocks in `getline` (a read on
+/// an empty pipe) unwinds through the C stand-in, whose cleanup must switch
+/// the thread's arena back before the thread's own cleanup handler runs.
+/// glibc loads libgcc_s for the unwind; `libarenalloc.so` finds it there
+/// (`capi/src/unwind_shim.c`).
+#[test]
+fn a_thread_cancelled_inside_a_routed_call_gets_its_arena_back() {
+    let built = built();
+    let path = built.dir.join(Binding::AtLoadWithRelro.file_name());
+    let run = run(
+        &built.unlinked,
+        &["cancel", path.to_str().unwrap()],
+        Some("libroutedtest*"),
+    );
+    assert_all_passed(&run);
+}
+
 /// glibc's `dlopen` searches the `DT_RPATH` of every object up its caller's
 /// loader chain: here the program links libchainx (`DT_RPATH` naming the
 /// directory of libchainz), which links libchainy, which opens

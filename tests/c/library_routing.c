@@ -14,6 +14,10 @@
  *                                RTLD_LOCAL; its `new` is routed and a
  *                                bad_alloc thrown through it leaves the
  *                                thread's arena as it was
+ *   library_routing cancel PATH  the variable set: a thread cancelled while
+ *                                the library blocks in the routed getline
+ *                                unwinds through its stand-in, which must
+ *                                switch the thread's arena back
  *
  * Every block the library allocates must be in one arena that is neither the
  * default arena nor NULL (or, unset, in the default arena); the program's
@@ -21,6 +25,8 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +147,27 @@ static void *counting_malloc(size_t n) {
     return malloc(n);
 }
 
+/* Mode cancel: the reader thread's arena as its cleanup handler sees it,
+ * after the cancellation has unwound through the routed getline. */
+static int reader_pipe[2];
+static arena_hd *arena_at_cleanup;
+static int cleanup_ran;
+
+static void record_arena(void *unused) {
+    (void)unused;
+    arena_at_cleanup = malloc_get_arena();
+    cleanup_ran = 1;
+}
+
+static void *blocked_reader(void *getline_fd) {
+    char *(*read_line)(int) = (char *(*)(int))getline_fd;
+    pthread_cleanup_push(record_arena, NULL);
+    /* Never returns: the pipe stays empty until the thread is cancelled. */
+    free(read_line(reader_pipe[0]));
+    pthread_cleanup_pop(0);
+    return NULL;
+}
+
 /* Defined by the test library when linked at start-up (mode startup). */
 extern void *routed_lib_constructor_block(void) __attribute__((weak));
 
@@ -220,6 +247,29 @@ int main(int argc, char **argv) {
         CHECK(malloc_arena_of(mine) == malloc_default_arena(),
               "the program's malloc after the exception left the default arena");
         free(mine);
+    } else if (strcmp(mode, "cancel") == 0 && argc > 2) {
+        section = "cancel";
+        void *handle = dlopen(argv[2], RTLD_NOW);
+        if (!handle) {
+            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
+            return 2;
+        }
+        void *getline_fd = symbol(handle, "routed_lib_getline_fd");
+        CHECK(pipe(reader_pipe) == 0, "pipe failed");
+        arena_hd *before = malloc_get_arena();
+        pthread_t reader;
+        CHECK(pthread_create(&reader, NULL, blocked_reader, getline_fd) == 0,
+              "pthread_create failed");
+        /* Deferred cancellation: acted on in the read() under getline,
+         * whether the reader is blocked there already or not yet. */
+        CHECK(pthread_cancel(reader) == 0, "pthread_cancel failed");
+        void *result = NULL;
+        CHECK(pthread_join(reader, &result) == 0, "pthread_join failed");
+        CHECK(result == PTHREAD_CANCELED, "the reader was not cancelled");
+        CHECK(cleanup_ran, "the reader's cleanup handler did not run");
+        CHECK(arena_at_cleanup == before,
+              "after a cancellation unwound through the routed getline the thread's arena is %p, "
+              "not %p as before", (void *)arena_at_cleanup, (void *)before);
     } else if (strcmp(mode, "api") == 0 && argc > 2) {
         section = "api";
         void *handle = dlopen(argv[2], RTLD_NOW);
@@ -240,7 +290,7 @@ int main(int argc, char **argv) {
               "a routed library's arena could be destroyed (errno %d)", errno);
         check_application_blocks();
     } else {
-        printf("usage: %s startup|unset|dlopen PATH|api PATH|hooks PATH OTHER|cxx PATH\n",
+        printf("usage: %s startup|unset|dlopen PATH|api PATH|hooks PATH OTHER|cxx PATH|cancel PATH\n",
                argv[0]);
         return 2;
     }

@@ -68,3 +68,21 @@ char *routed_lib_getline(const char *text) {
     }
     return line;
 }
+
+/* Reads a line from `fd` with getline, which blocks in read(), a
+ * cancellation point, inside the routed getline: a thread cancelled there
+ * unwinds through the stand-in. */
+char *routed_lib_getline_fd(int fd) {
+    FILE *in = fdopen(fd, "r");
+    if (!in)
+        return NULL;
+    char *line = NULL;
+    size_t size = 0;
+    ssize_t got = getline(&line, &size, in);
+    fclose(in);
+    if (got < 0) {
+        free(line);
+        return NULL;
+    }
+    return line;
+}
