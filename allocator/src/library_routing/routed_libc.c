@@ -47,6 +47,10 @@
 
 #define HIDDEN __attribute__((visibility("hidden")))
 #define NOINLINE __attribute__((noinline))
+/* The stand-ins' code, in a section of its own, which the linker puts after
+ * the library's other code: a program that routes nothing never faults in
+ * their pages (about 50 KiB of them). */
+#define STAND_IN __attribute__((section("arenalloc_stand_ins")))
 
 /* Must equal MAX_ROUTED_OBJECTS in mod.rs (checked there at start-up). */
 #define SLOTS 32
@@ -70,7 +74,7 @@ struct arenalloc_routed_function {
  * exception (a C++ bad_alloc from operator new) or a thread cancellation
  * unwinds through it (this file is compiled with -fexceptions). A longjmp
  * out of a callback (scandir, glob, tsearch) skips it: documented. */
-static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*previous); }
+STAND_IN static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*previous); }
 #define ENTER(slot)                                                                                \
     __attribute__((cleanup(leave_scope))) uint64_t previous__ =                                    \
         arenalloc_routing_hooks.enter(slot)
@@ -99,9 +103,9 @@ static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*pre
  * per slot made these stand-ins half of the library's machine code. */
 #define ROUTE_ONE(slot, ret, name, params, args)                                                   \
     static __typeof__(name) routed_##name##_##slot;                                                \
-    static ret routed_##name##_##slot params { return routed_body_##name(UNPAREN args, slot); }
+    STAND_IN static ret routed_##name##_##slot params { return routed_body_##name(UNPAREN args, slot); }
 #define ROUTE(ret, name, params, args)                                                             \
-    NOINLINE static ret routed_body_##name(UNPAREN params, unsigned slot) {                        \
+    STAND_IN NOINLINE static ret routed_body_##name(UNPAREN params, unsigned slot) {                        \
         ENTER(slot);                                                                               \
         return name args;                                                                          \
     }                                                                                              \
@@ -109,9 +113,9 @@ static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*pre
 /* The same for a function without parameters. */
 #define ROUTE_NO_ARGS_ONE(slot, ret, name)                                                         \
     static __typeof__(name) routed_##name##_##slot;                                                \
-    static ret routed_##name##_##slot(void) { return routed_body_##name(slot); }
+    STAND_IN static ret routed_##name##_##slot(void) { return routed_body_##name(slot); }
 #define ROUTE_NO_ARGS(ret, name)                                                                   \
-    NOINLINE static ret routed_body_##name(unsigned slot) {                                        \
+    STAND_IN NOINLINE static ret routed_body_##name(unsigned slot) {                                        \
         ENTER(slot);                                                                               \
         return name();                                                                             \
     }                                                                                              \
@@ -121,7 +125,7 @@ static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.leave(*pre
  * va_list to the body of `vfunction`'s stand-ins (routed above), which
  * switches the arena around the call. */
 #define ROUTE_VARIADIC_ONE(slot, id, params, last, vfunction, vargs)                               \
-    static int routed_##id##_##slot params {                                                       \
+    STAND_IN static int routed_##id##_##slot params {                                                       \
         va_list ap;                                                                                \
         va_start(ap, last);                                                                        \
         int result = routed_body_##vfunction(UNPAREN vargs, slot);                                 \
@@ -276,11 +280,11 @@ typedef void *(*new_nothrow_fn)(size_t, const void *);
 typedef void *(*new_aligned_fn)(size_t, size_t);
 typedef void *(*new_aligned_nothrow_fn)(size_t, size_t, const void *);
 #define ROUTE_NEW_ONE(slot, index, fn_type, params, args)                                          \
-    static void *routed_new##index##_##slot params {                                               \
+    STAND_IN static void *routed_new##index##_##slot params {                                               \
         return routed_new_body##index(UNPAREN args, slot);                                         \
     }
 #define ROUTE_NEW(index, fn_type, params, args)                                                    \
-    NOINLINE static void *routed_new_body##index(UNPAREN params, unsigned slot) {                  \
+    STAND_IN NOINLINE static void *routed_new_body##index(UNPAREN params, unsigned slot) {                  \
         ENTER(slot);                                                                               \
         return ((fn_type)arenalloc_operator_new[slot][index]) args;                                \
     }                                                                                              \
