@@ -47,7 +47,7 @@ fn main() {
         }
         println!("cargo:rustc-cfg=arenalloc_unwind_shim");
     }
-    stand_ins_after_plt();
+    cold_code_last();
     let native = env::var("HOST").ok() == env::var("TARGET").ok();
     if gnu && native && glibc_version().is_some_and(|v| v >= (2, 36)) {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-z,pack-relative-relocs");
@@ -67,18 +67,18 @@ fn glibc_version() -> Option<(u32, u32)> {
     Some((parts.next()??, parts.next()??))
 }
 
-/// Places the library-routing stand-ins (the C ones, in their own section,
-/// `allocator/src/library_routing/routed_libc.c`) after the PLT, at the end
-/// of the code: the linker would put them between the rest of the code and
-/// the PLT, which every program touches at exit (`__cxa_finalize`), so the
-/// kernel's fault-around (64 KiB) mapped their pages into programs that
-/// route nothing.
-fn stand_ins_after_plt() {
+/// Places the code most programs never run (section `arenalloc_cold`: the
+/// library-routing stand-ins and scan, the exit summary, `malloc_info`)
+/// after the PLT, at the end of the code: the linker would put it between
+/// the rest of the code and the PLT, which every program touches at exit
+/// (`__cxa_finalize`), so the kernel's fault-around (64 KiB at a time)
+/// mapped its pages into every program.
+fn cold_code_last() {
     let out = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    let script = std::path::Path::new(&out).join("stand_ins_after_plt.ld");
+    let script = std::path::Path::new(&out).join("cold_code_last.ld");
     std::fs::write(
         &script,
-        "SECTIONS { arenalloc_stand_ins : { *(arenalloc_stand_ins) } } INSERT AFTER .plt;\n",
+        "SECTIONS { arenalloc_cold : { *(arenalloc_cold) } } INSERT AFTER .plt;\n",
     )
     .expect("write the linker script");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{}", script.display());

@@ -328,6 +328,7 @@ impl ArenaState {
     }
 
     /// The arena's figures (walks its spans; `mincore` on its mappings).
+    #[link_section = "arenalloc_cold"]
     pub fn stats(&self, arena: &Arena) -> ArenaStats {
         let mut s = ArenaStats {
             live_bytes: self.accounts.large_live_bytes,
@@ -576,6 +577,7 @@ impl ArenaState {
     /// back as free slices, and their free pages to the OS; old enough free
     /// slices are discarded, and such cached large blocks are handed back
     /// in the outcome for the caller to unmap once the lock is released.
+    #[link_section = "arenalloc_cold"]
     pub fn purge(
         &mut self,
         kind: PurgeKind,

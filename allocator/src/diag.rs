@@ -35,6 +35,7 @@ impl Line {
         self
     }
 
+    #[link_section = "arenalloc_cold"]
     pub fn num(&mut self, mut value: usize) -> &mut Self {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
@@ -52,6 +53,7 @@ impl Line {
         self
     }
 
+    #[link_section = "arenalloc_cold"]
     pub fn hex(&mut self, value: usize) -> &mut Self {
         self.text("0x");
         let mut started = false;

@@ -141,6 +141,9 @@ impl JsonOut {
 
 /// One line of JSON: the process's figures and one object per arena that
 /// holds memory (with the routed library it serves, if any).
+#[cold]
+#[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn write_json(fd: i32) {
     let mut out = JsonOut {
         buf: [0; 4096],
@@ -231,6 +234,9 @@ fn arena_stats(arena: &Arena) -> Option<ArenaStats> {
     None
 }
 
+#[cold]
+#[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn print_summary() {
     Line::new()
         .text("arenalloc: exit summary of pid ")

@@ -654,6 +654,7 @@ impl Heap {
     /// # Safety
     /// The caller is the heap's thread or holds a confirmed claim on it, and
     /// `state` is the locked state of the heap's arena.
+    #[link_section = "arenalloc_cold"]
     pub unsafe fn purge_idle(
         &mut self,
         state: &mut ArenaState,

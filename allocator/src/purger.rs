@@ -145,6 +145,7 @@ pub fn longest_lock_hold_us() -> u64 {
 /// it has at the first lock). The purge stops when the arena is closed, or
 /// destroyed and created again, while it lets go of the lock; `None` if it
 /// was not in that life at the first lock.
+#[link_section = "arenalloc_cold"]
 fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<PurgeTotals> {
     read_settings();
     // Not under the lock: the first call is slow.

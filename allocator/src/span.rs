@@ -581,6 +581,7 @@ impl Span {
     /// purged. Owner, claimer or arena-lock holder of an abandoned span;
     /// remote frees must have been collected first. A span whose block count
     /// has not moved since its last purge is skipped in O(1).
+    #[link_section = "arenalloc_cold"]
     pub fn purge_free_pages(&self) -> usize {
         let used = self.used();
         if !self.has_free() || used == self.used_at_purge.get() {

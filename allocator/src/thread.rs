@@ -344,6 +344,7 @@ fn abandon_heaps(first: *mut Heap) {
 
 /// Fork: hold every allocator lock across `fork` so the child never inherits
 /// one held by a thread that does not exist there.
+#[link_section = "arenalloc_cold"]
 extern "C" fn fork_prepare() {
     // First: a rescan holds it while it creates arenas (the create lock).
     crate::library_routing::lock_for_fork();
@@ -354,6 +355,7 @@ extern "C" fn fork_prepare() {
     heap::POOL.raw_lock();
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn fork_parent() {
     // SAFETY: fork_prepare took these locks on this thread.
     unsafe { heap::POOL.force_unlock() };
@@ -365,6 +367,7 @@ extern "C" fn fork_parent() {
     unsafe { crate::library_routing::unlock_after_fork() };
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn fork_child() {
     // SAFETY: fork_prepare took these locks on this thread, which is the only
     // thread of the child.

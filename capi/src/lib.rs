@@ -219,6 +219,7 @@ pub extern "C" fn mallinfo() -> Mallinfo {
 
 /// Prints a summary to stderr, in the spirit of glibc's.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub extern "C" fn malloc_stats() {
     let s = engine::stats();
     let rows: [(&str, usize); 7] = [
@@ -241,6 +242,7 @@ pub extern "C" fn malloc_stats() {
 /// # Safety
 /// `stream` is a valid `FILE*` open for writing.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
     if options != 0 {
         os::set_errno(libc::EINVAL);
@@ -419,6 +421,7 @@ extern "C" fn dlopen_and_route(name: *const c_char, flags: c_int, _caller: usize
 /// # Safety
 /// `pattern` is NULL or a NUL-terminated string.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub unsafe extern "C" fn malloc_route_library(pattern: *const c_char) -> c_int {
     if pattern.is_null() {
         os::set_errno(libc::EINVAL);
@@ -566,6 +569,7 @@ fn handle_or_einval(arena: *mut ArenaHd) -> Option<engine::ArenaHandle> {
 /// No block of the arena is used afterwards, and no other thread allocates
 /// in, frees to or switches to the arena while this runs.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub unsafe extern "C" fn malloc_arena_destroy(arena: *mut ArenaHd) -> c_int {
     match handle_or_einval(arena) {
         // SAFETY: the caller's contract, as documented above.
@@ -578,6 +582,7 @@ pub unsafe extern "C" fn malloc_arena_destroy(arena: *mut ArenaHd) -> c_int {
 /// if there was nothing to release, -1 with `errno = EINVAL` for a stale or
 /// foreign handle.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub extern "C" fn malloc_arena_trim(arena: *mut ArenaHd) -> c_int {
     match handle_or_einval(arena).and_then(engine::arena_trim) {
         Some(0) => 0,
@@ -593,6 +598,7 @@ pub extern "C" fn malloc_arena_trim(arena: *mut ArenaHd) -> c_int {
 /// `out` is null or points to writable memory for a
 /// `struct malloc_arena_stats`.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub unsafe extern "C" fn malloc_arena_stats(
     arena: *mut ArenaHd,
     out: *mut MallocArenaStats,
@@ -614,6 +620,7 @@ const STATS_BYTES_BEFORE_PENDING: usize = 8 * core::mem::size_of::<usize>();
 /// # Safety
 /// `out` is null or writable for `out_size` bytes.
 #[unsafe(no_mangle)]
+#[link_section = "arenalloc_cold"]
 pub unsafe extern "C" fn malloc_arena_stats_sized(
     arena: *mut ArenaHd,
     out: *mut MallocArenaStats,

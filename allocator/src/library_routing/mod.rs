@@ -386,6 +386,7 @@ impl Named {
 /// and `dlopen`) is never taken while the routing lock is held, since a
 /// constructor running under the load lock may call into the routing
 /// (`dlopen`, `malloc_route_library`).
+#[link_section = "arenalloc_cold"]
 fn rescan(guard: LoadGuard) {
     let own_code = rescan as *const () as usize;
     // 0. No lock: what each routed name resolves to in the global scope.

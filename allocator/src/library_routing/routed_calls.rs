@@ -16,24 +16,29 @@ use crate::c_contract;
 // `malloc` path per function made these stand-ins a third of the library's
 // machine code, all of it mapped into every process.
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn malloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
     malloc_routed(size, SLOT)
 }
 
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn malloc_routed(size: usize, slot: usize) -> *mut c_void {
     in_route_arena(slot, || crate::malloc(size).cast())
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn calloc_in<const SLOT: usize>(count: usize, size: usize) -> *mut c_void {
     calloc_routed(count, size, SLOT)
 }
 
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn calloc_routed(count: usize, size: usize, slot: usize) -> *mut c_void {
     in_route_arena(slot, || c_contract::calloc(count, size))
 }
 
+#[link_section = "arenalloc_cold"]
 unsafe extern "C" fn realloc_in<const SLOT: usize>(p: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: forwarded: the caller's `realloc` contract.
     unsafe { realloc_routed(p, size, SLOT) }
@@ -42,11 +47,13 @@ unsafe extern "C" fn realloc_in<const SLOT: usize>(p: *mut c_void, size: usize) 
 /// # Safety
 /// `realloc`'s contract for `p`.
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 unsafe fn realloc_routed(p: *mut c_void, size: usize, slot: usize) -> *mut c_void {
     // SAFETY: forwarded.
     in_route_arena(slot, || unsafe { c_contract::realloc(p, size) })
 }
 
+#[link_section = "arenalloc_cold"]
 unsafe extern "C" fn reallocarray_in<const SLOT: usize>(
     p: *mut c_void,
     count: usize,
@@ -59,6 +66,7 @@ unsafe extern "C" fn reallocarray_in<const SLOT: usize>(
 /// # Safety
 /// `reallocarray`'s contract for `p`.
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 unsafe fn reallocarray_routed(
     p: *mut c_void,
     count: usize,
@@ -69,6 +77,7 @@ unsafe fn reallocarray_routed(
     in_route_arena(slot, || unsafe { c_contract::reallocarray(p, count, size) })
 }
 
+#[link_section = "arenalloc_cold"]
 unsafe extern "C" fn posix_memalign_in<const SLOT: usize>(
     out: *mut *mut c_void,
     align: usize,
@@ -81,6 +90,7 @@ unsafe extern "C" fn posix_memalign_in<const SLOT: usize>(
 /// # Safety
 /// `posix_memalign`'s contract for `out`.
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 unsafe fn posix_memalign_routed(
     out: *mut *mut c_void,
     align: usize,
@@ -93,38 +103,46 @@ unsafe fn posix_memalign_routed(
     })
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn aligned_alloc_in<const SLOT: usize>(align: usize, size: usize) -> *mut c_void {
     aligned_alloc_routed(align, size, SLOT)
 }
 
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn aligned_alloc_routed(align: usize, size: usize, slot: usize) -> *mut c_void {
     in_route_arena(slot, || c_contract::aligned_alloc(align, size))
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn memalign_in<const SLOT: usize>(align: usize, size: usize) -> *mut c_void {
     memalign_routed(align, size, SLOT)
 }
 
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn memalign_routed(align: usize, size: usize, slot: usize) -> *mut c_void {
     in_route_arena(slot, || c_contract::memalign(align, size))
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn valloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
     valloc_routed(size, SLOT)
 }
 
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn valloc_routed(size: usize, slot: usize) -> *mut c_void {
     in_route_arena(slot, || c_contract::valloc(size))
 }
 
+#[link_section = "arenalloc_cold"]
 extern "C" fn pvalloc_in<const SLOT: usize>(size: usize) -> *mut c_void {
     pvalloc_routed(size, SLOT)
 }
 
 #[inline(never)]
+#[link_section = "arenalloc_cold"]
 fn pvalloc_routed(size: usize, slot: usize) -> *mut c_void {
     in_route_arena(slot, || c_contract::pvalloc(size))
 }

@@ -47,10 +47,11 @@
 
 #define HIDDEN __attribute__((visibility("hidden")))
 #define NOINLINE __attribute__((noinline))
-/* The stand-ins' code, in a section of its own, which the linker puts after
- * the library's other code: a program that routes nothing never faults in
- * their pages (about 50 KiB of them). */
-#define STAND_IN __attribute__((section("arenalloc_stand_ins")))
+/* The stand-ins' code goes in the section of code most programs never run,
+ * which the shared library's link puts after everything else (capi/build.rs):
+ * a program that routes nothing never faults in their pages (about 75 KiB
+ * of them). */
+#define STAND_IN __attribute__((section("arenalloc_cold")))
 
 /* Must equal MAX_ROUTED_OBJECTS in mod.rs (checked there at start-up). */
 #define SLOTS 32
