@@ -66,10 +66,6 @@ struct arenalloc_routing_hooks {
 };
 HIDDEN struct arenalloc_routing_hooks arenalloc_routing_hooks;
 
-struct arenalloc_routed_function {
-    const char *name;
-    void *stand_in[SLOTS];
-};
 
 /* Switches back when the stand-in's scope ends: by return, and also when an
  * exception (a C++ bad_alloc from operator new) or a thread cancellation
@@ -91,9 +87,10 @@ STAND_IN static void leave_scope(uint64_t *previous) { arenalloc_routing_hooks.l
     M(26, __VA_ARGS__) M(27, __VA_ARGS__) M(28, __VA_ARGS__) M(29, __VA_ARGS__)                    \
     M(30, __VA_ARGS__) M(31, __VA_ARGS__)
 
-/* The stand-ins' addresses, in slot order, for the table. */
-#define SLOT_ADDRESS(slot, id) (void *)routed_##id##_##slot,
-#define ENTRY(symbol, id) {symbol, {FOR_SLOTS(SLOT_ADDRESS, id)}}
+/* A stand-in's address by slot, for the look-up functions at the end. */
+#define SLOT_CASE(slot, id)                                                                        \
+    case slot:                                                                                     \
+        return (void *)routed_##id##_##slot;
 
 /* A parenthesised list without its parentheses. */
 #define UNPAREN(...) __VA_ARGS__
@@ -299,32 +296,56 @@ ROUTE_NEW(5, new_aligned_fn, (size_t n, size_t align), (n, align))
 ROUTE_NEW(6, new_aligned_nothrow_fn, (size_t n, size_t align, const void *tag), (n, align, tag))
 ROUTE_NEW(7, new_aligned_nothrow_fn, (size_t n, size_t align, const void *tag), (n, align, tag))
 
-#define SAME(name) ENTRY(#name, name)
-HIDDEN const struct arenalloc_routed_function arenalloc_routed_libc[] = {
-    SAME(strdup), SAME(__strdup), SAME(strndup), SAME(__strndup), SAME(wcsdup),
-    SAME(asprintf), SAME(__asprintf), SAME(__asprintf_chk), SAME(vasprintf),
-    SAME(__vasprintf_chk), SAME(getline), SAME(getdelim), SAME(__getdelim), SAME(realpath),
-    SAME(__realpath_chk), SAME(canonicalize_file_name), SAME(get_current_dir_name),
-    SAME(getcwd), SAME(__getcwd_chk), SAME(tempnam), SAME(open_memstream),
-    SAME(open_wmemstream), SAME(fmemopen), SAME(fopen), SAME(fopen64), SAME(fdopen),
-    SAME(freopen), SAME(popen), SAME(tmpfile), SAME(opendir), SAME(fdopendir),
-    SAME(scandir), SAME(scandirat), SAME(glob), SAME(tmpfile64), SAME(freopen64), SAME(glob64),
-    SAME(scandir64), SAME(scandirat64), SAME(tsearch), SAME(hcreate),
-    SAME(hcreate_r), SAME(regcomp), SAME(getaddrinfo), SAME(getifaddrs),
-    SAME(backtrace_symbols), SAME(newlocale), SAME(duplocale), SAME(setlocale),
-    SAME(iconv_open), SAME(catopen), SAME(textdomain), SAME(bindtextdomain),
-    SAME(bind_textdomain_codeset), SAME(dcgettext), SAME(dgettext), SAME(gettext),
-    SAME(setenv), SAME(putenv), SAME(wordexp), SAME(argz_create), SAME(argz_create_sep),
-    SAME(argz_add), SAME(argz_append), SAME(envz_add),
-    SAME(sscanf), SAME(fscanf),
-    ENTRY("__isoc99_sscanf", isoc99_sscanf), ENTRY("__isoc99_fscanf", isoc99_fscanf),
-    ENTRY("vsscanf", libc_vsscanf), ENTRY("vfscanf", libc_vfscanf),
-    ENTRY("__isoc99_vsscanf", libc_isoc99_vsscanf),
-    ENTRY("__isoc99_vfscanf", libc_isoc99_vfscanf),
-    ENTRY("_Znwm", new0), ENTRY("_Znam", new1), ENTRY("_ZnwmRKSt9nothrow_t", new2),
-    ENTRY("_ZnamRKSt9nothrow_t", new3), ENTRY("_ZnwmSt11align_val_t", new4),
-    ENTRY("_ZnamSt11align_val_t", new5), ENTRY("_ZnwmSt11align_val_tRKSt9nothrow_t", new6),
-    ENTRY("_ZnamSt11align_val_tRKSt9nothrow_t", new7),
-};
-HIDDEN const size_t arenalloc_routed_libc_count =
-    sizeof arenalloc_routed_libc / sizeof arenalloc_routed_libc[0];
+/* Every routed function of this file: M(name, stand-ins' id). */
+#define SAME(M, name) M(#name, name)
+#define ROUTED_LIBC(M) \
+    SAME(M, strdup) SAME(M, __strdup) SAME(M, strndup) SAME(M, __strndup) SAME(M, wcsdup) \
+    SAME(M, asprintf) SAME(M, __asprintf) SAME(M, __asprintf_chk) SAME(M, vasprintf) \
+    SAME(M, __vasprintf_chk) SAME(M, getline) SAME(M, getdelim) SAME(M, __getdelim) \
+    SAME(M, realpath) SAME(M, __realpath_chk) SAME(M, canonicalize_file_name) \
+    SAME(M, get_current_dir_name) SAME(M, getcwd) SAME(M, __getcwd_chk) SAME(M, tempnam) \
+    SAME(M, open_memstream) SAME(M, open_wmemstream) SAME(M, fmemopen) SAME(M, fopen) \
+    SAME(M, fopen64) SAME(M, fdopen) SAME(M, freopen) SAME(M, popen) SAME(M, tmpfile) \
+    SAME(M, opendir) SAME(M, fdopendir) SAME(M, scandir) SAME(M, scandirat) SAME(M, glob) \
+    SAME(M, tmpfile64) SAME(M, freopen64) SAME(M, glob64) SAME(M, scandir64) \
+    SAME(M, scandirat64) SAME(M, tsearch) SAME(M, hcreate) SAME(M, hcreate_r) SAME(M, regcomp) \
+    SAME(M, getaddrinfo) SAME(M, getifaddrs) SAME(M, backtrace_symbols) SAME(M, newlocale) \
+    SAME(M, duplocale) SAME(M, setlocale) SAME(M, iconv_open) SAME(M, catopen) \
+    SAME(M, textdomain) SAME(M, bindtextdomain) SAME(M, bind_textdomain_codeset) \
+    SAME(M, dcgettext) SAME(M, dgettext) SAME(M, gettext) SAME(M, setenv) SAME(M, putenv) \
+    SAME(M, wordexp) SAME(M, argz_create) SAME(M, argz_create_sep) SAME(M, argz_add) \
+    SAME(M, argz_append) SAME(M, envz_add) SAME(M, sscanf) SAME(M, fscanf) \
+    M("__isoc99_sscanf", isoc99_sscanf) M("__isoc99_fscanf", isoc99_fscanf) \
+    M("vsscanf", libc_vsscanf) M("vfscanf", libc_vfscanf) \
+    M("__isoc99_vsscanf", libc_isoc99_vsscanf) M("__isoc99_vfscanf", libc_isoc99_vfscanf) \
+    M("_Znwm", new0) M("_Znam", new1) M("_ZnwmRKSt9nothrow_t", new2) \
+    M("_ZnamRKSt9nothrow_t", new3) M("_ZnwmSt11align_val_t", new4) \
+    M("_ZnamSt11align_val_t", new5) M("_ZnwmSt11align_val_tRKSt9nothrow_t", new6) \
+    M("_ZnamSt11align_val_tRKSt9nothrow_t", new7)
+
+/* The routed functions' names and stand-ins, looked up by code rather than
+ * read from a table of addresses: such a table (90 names, 32 slots) was
+ * 21 KiB of pointers that the dynamic linker relocated, so private dirty
+ * pages in every process, routing or not. */
+#define ONE(name, id) +1
+HIDDEN const size_t arenalloc_routed_libc_count = 0 ROUTED_LIBC(ONE);
+
+/* The name of routed function `index`; NULL past the end. */
+STAND_IN const char *arenalloc_routed_libc_name(size_t index) {
+#define NAME_IF_INDEX(name, id)                                                                    \
+    if (index-- == 0)                                                                              \
+        return name;
+    ROUTED_LIBC(NAME_IF_INDEX)
+    return NULL;
+}
+
+/* The stand-in of routed function `index` for `slot`; NULL past the ends. */
+STAND_IN void *arenalloc_routed_libc_stand_in(size_t index, size_t slot) {
+#define STAND_IN_IF_INDEX(name, id)                                                                \
+    if (index-- == 0) {                                                                            \
+        switch (slot) { FOR_SLOTS(SLOT_CASE, id) }                                                 \
+        return NULL;                                                                               \
+    }
+    ROUTED_LIBC(STAND_IN_IF_INDEX)
+    return NULL;
+}

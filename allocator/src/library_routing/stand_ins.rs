@@ -19,31 +19,20 @@ struct RoutingHooks {
     leave: Option<extern "C" fn(u64)>,
 }
 
-#[repr(C)]
-struct RoutedFunction {
-    name: *const c_char,
-    stand_in: [*const c_void; MAX_ROUTED_OBJECTS],
-}
-
 unsafe extern "C" {
     static mut arenalloc_routing_hooks: RoutingHooks;
-    static arenalloc_routed_libc: [RoutedFunction; 0];
     static arenalloc_routed_libc_count: usize;
+    fn arenalloc_routed_libc_name(index: usize) -> *const c_char;
+    fn arenalloc_routed_libc_stand_in(index: usize, slot: usize) -> *const c_void;
     static arenalloc_routed_slots: usize;
     static mut arenalloc_operator_new: [[*mut c_void; OPERATORS]; MAX_ROUTED_OBJECTS];
     static arenalloc_operator_new_names: [*const c_char; OPERATORS];
 }
 
-/// The C file's stand-ins, as a slice.
-fn libc_stand_ins() -> &'static [RoutedFunction] {
-    // SAFETY: routed_libc.c defines the array with this many entries; it is
-    // constant data.
-    unsafe {
-        core::slice::from_raw_parts(
-            core::ptr::addr_of!(arenalloc_routed_libc).cast::<RoutedFunction>(),
-            arenalloc_routed_libc_count,
-        )
-    }
+/// How many functions the C file routes.
+fn libc_count() -> usize {
+    // SAFETY: a constant of routed_libc.c.
+    unsafe { arenalloc_routed_libc_count }
 }
 
 fn operator_names() -> &'static [*const c_char; OPERATORS] {
@@ -53,7 +42,7 @@ fn operator_names() -> &'static [*const c_char; OPERATORS] {
 
 /// How many names are routed.
 pub fn count() -> usize {
-    (routed_calls::NAMES.len() + libc_stand_ins().len()).min(MAX_NAMES)
+    (routed_calls::NAMES.len() + libc_count()).min(MAX_NAMES)
 }
 
 /// The routed name numbered `id`.
@@ -61,9 +50,12 @@ pub fn name(id: usize) -> Option<&'static CStr> {
     if let Some(&name) = routed_calls::NAMES.get(id) {
         return Some(name);
     }
-    let entry = libc_stand_ins().get(id - routed_calls::NAMES.len())?;
-    // SAFETY: each entry's name is a string literal of the C file.
-    Some(unsafe { CStr::from_ptr(entry.name) })
+    let index = id - routed_calls::NAMES.len();
+    if index >= libc_count() {
+        return None;
+    }
+    // SAFETY: for an index below the count, a string literal of the C file.
+    Some(unsafe { CStr::from_ptr(arenalloc_routed_libc_name(index)) })
 }
 
 /// The number of the routed function called `name`.
@@ -91,8 +83,13 @@ pub fn stand_in(id: usize, slot: usize) -> Option<usize> {
     if let Some(operator) = operator_of(id) {
         operator_new(slot, operator)?;
     }
-    let entry = libc_stand_ins().get(id - routed_calls::NAMES.len())?;
-    entry.stand_in.get(slot).map(|&address| address as usize)
+    let index = id - routed_calls::NAMES.len();
+    if index >= libc_count() || slot >= MAX_ROUTED_OBJECTS {
+        return None;
+    }
+    // SAFETY: a look-up in code of the C file, for indexes it has.
+    let address = unsafe { arenalloc_routed_libc_stand_in(index, slot) };
+    (!address.is_null()).then_some(address as usize)
 }
 
 /// What `id` resolves to for `slot`'s object before anybody rewrote it:
@@ -190,9 +187,7 @@ pub fn find_operators(slot: usize, handle: *mut c_void, globals: &Globals) {
 pub fn install_hooks(enter: extern "C" fn(u32) -> u64, leave: extern "C" fn(u64)) {
     // SAFETY: constant data of routed_libc.c.
     let c_slots = unsafe { arenalloc_routed_slots };
-    if c_slots != MAX_ROUTED_OBJECTS
-        || routed_calls::NAMES.len() + libc_stand_ins().len() > MAX_NAMES
-    {
+    if c_slots != MAX_ROUTED_OBJECTS || routed_calls::NAMES.len() + libc_count() > MAX_NAMES {
         crate::diag::fatal("library routing: routed_libc.c and the engine disagree on sizes");
     }
     // SAFETY: written under the routing lock; the same values every time,
@@ -203,5 +198,46 @@ pub fn install_hooks(enter: extern "C" fn(u32) -> u64, leave: extern "C" fn(u64)
             enter: Some(enter),
             leave: Some(leave),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Every routed name is listed once and has a stand-in of its own in
+    /// every slot (the C file's look-up functions, which replaced its table
+    /// of addresses); past the ends there is none.
+    #[test]
+    fn every_routed_name_has_a_distinct_stand_in_in_every_slot() {
+        let first_libc = routed_calls::NAMES.len();
+        assert!(
+            libc_count() > 60,
+            "the C file routes {} functions",
+            libc_count()
+        );
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for id in 0..count() {
+            let name = name(id).expect("a name for every id");
+            assert!(names.insert(name.to_bytes()), "{name:?} listed twice");
+            if id < first_libc || operator_of(id).is_some() {
+                continue; // the Rust table, and operators only where found
+            }
+            for slot in 0..MAX_ROUTED_OBJECTS {
+                let address = stand_in(id, slot).expect("a stand-in in every slot");
+                assert!(
+                    addresses.insert(address),
+                    "{name:?} slot {slot}: address repeated"
+                );
+            }
+            assert_eq!(stand_in(id, MAX_ROUTED_OBJECTS), None);
+        }
+        assert_eq!(name(count()), None);
+        assert_eq!(id_of(b"getline").and_then(name), Some(c"getline"));
     }
 }
