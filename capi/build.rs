@@ -38,6 +38,8 @@ fn main() {
         let objects = cc::Build::new()
             .file(shim)
             .flag("-fvisibility=hidden")
+            // Unwind information for the shim's own frames, whatever CFLAGS say.
+            .flag("-fasynchronous-unwind-tables")
             .warnings(true)
             .extra_warnings(true)
             .flag("-Werror")

@@ -242,3 +242,41 @@ fn stale_libraries_are_detected() {
         "a vanished source must count as stale"
     );
 }
+
+/// The preloaded library brings nothing into a C program but itself: it
+/// needs only the C library (no libgcc_s: the routing stand-ins find the
+/// unwinder when an unwind reaches them, `capi/src/unwind_shim.c`) and
+/// leaves no unwinder symbol for the dynamic linker to find.
+#[test]
+fn the_shared_library_needs_only_the_c_library() {
+    require_tool("readelf");
+    let so = &capi_libs().so;
+    let out = Command::new("readelf")
+        .arg("--dynamic")
+        .arg("--dyn-syms")
+        .arg("-W")
+        .arg(so)
+        .output()
+        .expect("run readelf");
+    assert!(out.status.success(), "readelf failed on {}", so.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(
+        !needed.is_empty() && needed.iter().all(|l| l.contains("[libc.so.6]")),
+        "{} needs more than the C library:\n{}",
+        so.display(),
+        needed.join("\n")
+    );
+    let unwinder: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains(" UND ") && (l.contains("_Unwind_") || l.contains("__gcc_personality"))
+        })
+        .collect();
+    assert!(
+        unwinder.is_empty(),
+        "{} leaves unwinder symbols undefined:\n{}",
+        so.display(),
+        unwinder.join("\n")
+    );
+}

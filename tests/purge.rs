@@ -1663,6 +1663,42 @@ fn large_blocks_retained() {
 }
 
 #[test]
+fn with_the_housekeeper_a_freed_aligned_large_block_serves_the_same_request_again() {
+    in_child(
+        "with_the_housekeeper_a_freed_aligned_large_block_serves_the_same_request_again",
+        &[],
+        aligned_large_reused,
+    );
+}
+
+/// A large block aligned to more than a page has a mapping of header page,
+/// padding and block. How much bigger than a request a cached block may be
+/// and still serve it whole counts the block, not the padding: a freed
+/// block serves the very request it was made for.
+fn aligned_large_reused() {
+    // The housekeeper starts on a slow path once this much is mapped.
+    let keep = alloc_filled(purger::START_AFTER_MAPPED / (64 * KIB) + 8, 64 * KIB);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !engine::housekeeping::housekeeper_running() && Instant::now() < deadline {
+        free_where(&alloc_filled(200, 4 * KIB), |_| true);
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        engine::housekeeping::housekeeper_running(),
+        "no housekeeper"
+    );
+    let arena = engine::arena_new().unwrap();
+    let (size, align) = (130 * KIB, 64 * KIB);
+    let p = engine::arena_alloc(arena, size, align, false);
+    assert!(!p.is_null() && (p as usize).is_multiple_of(align));
+    free(p as usize);
+    let q = engine::arena_alloc(arena, size, align, false);
+    assert_eq!(q, p, "the freed block did not serve the same request again");
+    free(q as usize);
+    free_where(&keep, |_| true);
+}
+
+#[test]
 fn without_the_housekeeper_the_large_cache_keeps_to_its_bounds() {
     in_child(
         "without_the_housekeeper_the_large_cache_keeps_to_its_bounds",

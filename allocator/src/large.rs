@@ -160,11 +160,15 @@ pub fn alloc(arena: &'static Arena, size: usize, align: usize) -> Option<(*mut u
             expired = state.large_cache.take_expired(os::now_ms());
             let headroom = state.accounts.headroom();
             // While blocks are retained, one much bigger than the request
-            // (see `whole_reuse_limit`) is not trimmed to fit (its tail's pages would be faulted in
-            // again when a big request comes): a smaller one grows instead
-            // (`grow_retained`), or a fresh one is mapped.
+            // (see `whole_reuse_limit`) is not trimmed to fit (its tail's
+            // pages would be faulted in again when a big request comes): a
+            // smaller one grows instead (`grow_retained`), or a fresh one
+            // is mapped. The limit is on the block; its mapping also holds
+            // the header page, the padding of an alignment above a page
+            // and any guard.
             let max_map = if crate::housekeeping::housekeeper_running() {
-                headroom.min(whole_reuse_limit(size))
+                let overhead = align.max(PAGE_SIZE) - PAGE_SIZE + guard_bytes();
+                headroom.min(whole_reuse_limit(size).saturating_add(overhead))
             } else {
                 headroom
             };

@@ -13,9 +13,9 @@
 //!
 //! How the default fast path stays free of any test for the setting: spans
 //! adopted in secure mode record their owner as `thread id | 1`, which never
-//! equals a thread pointer (they are aligned), so `free`'s owner check
-//! fails and the block goes down the remote path, where the setting is
-//! read.
+//! equals a thread id (the address of a thread's state, aligned), so
+//! `free`'s owner check fails and the block goes down the remote path,
+//! where the setting is read.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 

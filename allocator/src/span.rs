@@ -177,7 +177,8 @@ const FREE_MARK_WORDS: usize = MAX_BLOCKS_PER_SPAN.div_ceil(64);
 unsafe impl Sync for Span {}
 
 /// `owner_thread` of spans whose thread did not survive a `fork`: never equal
-/// to a real thread pointer, so frees to them always take the remote path.
+/// to a real thread id (see `thread::current_thread_id`), so frees to them
+/// always take the remote path.
 pub const DEAD_OWNER: usize = 1;
 
 impl Span {
