@@ -142,6 +142,11 @@ def tables(results, workloads, allocators):
         head = ["workload"] + allocators
         if "arenalloc" in allocators:
             head.append("arenalloc / best peer")
+        # How far arenalloc's own runs spread (max - min over the median):
+        # on a shared machine a ratio is worth no more than this.
+        spread = i == 0 and "arenalloc" in allocators
+        if spread:
+            head.append("arenalloc spread")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|---" + "|---:" * (len(head) - 1) + "|")
         ratios = {a: [] for a in allocators}
@@ -161,11 +166,16 @@ def tables(results, workloads, allocators):
                 best = min(med[(w, p)][i] for p in PEERS if p in allocators)
                 envelope.append(med[(w, "arenalloc")][i] / best)
                 cells.append(f"{envelope[-1]:.2f}")
+            if spread:
+                own = [x[i] for x in results[(w, "arenalloc")]]
+                cells.append(f"{(max(own) - min(own)) / med[(w, 'arenalloc')][i]:.0%}")
             lines.append("| " + " | ".join(cells) + " |")
         cells = ["geometric mean of the ratios to mimalloc"]
         cells += [f"{geomean(ratios[a]):.2f}" for a in allocators]
         if "arenalloc" in allocators:
             cells.append(f"{geomean(envelope):.2f} (worst {max(envelope):.2f})")
+        if spread:
+            cells.append("")
         lines.append("| " + " | ".join(cells) + " |\n")
     return "\n".join(lines), med
 
