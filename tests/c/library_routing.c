@@ -59,6 +59,16 @@ static void *symbol(void *handle, const char *name) {
     return f;
 }
 
+/* The library at `path`, opened with `flags`; exits if it cannot be. */
+static void *open_library(const char *path, int flags) {
+    void *handle = dlopen(path, flags);
+    if (!handle) {
+        printf("FATAL: dlopen %s: %s\n", path, dlerror());
+        exit(2);
+    }
+    return handle;
+}
+
 static struct library bind(void *handle) {
     struct library lib;
     lib.constructor_block = symbol(handle, "routed_lib_constructor_block");
@@ -187,29 +197,17 @@ int main(int argc, char **argv) {
         check_application_blocks();
     } else if (strcmp(mode, "dlopen") == 0 && argc > 2) {
         section = "dlopen";
-        void *handle = dlopen(argv[2], RTLD_NOW);
-        if (!handle) {
-            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
-            return 2;
-        }
+        void *handle = open_library(argv[2], RTLD_NOW);
         arena_hd *first = check_library(bind(handle), NULL, 0);
         check_application_blocks();
         section = "dlopen again";
         CHECK(dlclose(handle) == 0, "dlclose failed");
-        handle = dlopen(argv[2], RTLD_LAZY);
-        if (!handle) {
-            printf("FATAL: dlopen again: %s\n", dlerror());
-            return 2;
-        }
+        handle = open_library(argv[2], RTLD_LAZY);
         check_library(bind(handle), first, 0);
         check_application_blocks();
     } else if (strcmp(mode, "hooks") == 0 && argc > 3) {
         section = "hooks";
-        void *handle = dlopen(argv[2], RTLD_NOW);
-        if (!handle) {
-            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
-            return 2;
-        }
+        void *handle = open_library(argv[2], RTLD_NOW);
         CHECK(dlerror() == NULL, "dlerror() reports an error after a successful dlopen");
         struct library lib = bind(handle);
         void *(**hook)(size_t) = symbol(handle, "routed_lib_stored_malloc");
@@ -223,11 +221,7 @@ int main(int argc, char **argv) {
         free(p);
     } else if (strcmp(mode, "cxx") == 0 && argc > 2) {
         section = "cxx";
-        void *handle = dlopen(argv[2], RTLD_NOW | RTLD_LOCAL);
-        if (!handle) {
-            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
-            return 2;
-        }
+        void *handle = open_library(argv[2], RTLD_NOW | RTLD_LOCAL);
         void *(*cxx_new)(size_t) = symbol(handle, "routed_cxx_new");
         void (*cxx_delete)(void *) = symbol(handle, "routed_cxx_delete");
         int (*cxx_new_throws)(void) = symbol(handle, "routed_cxx_new_throws");
@@ -249,11 +243,7 @@ int main(int argc, char **argv) {
         free(mine);
     } else if (strcmp(mode, "cancel") == 0 && argc > 2) {
         section = "cancel";
-        void *handle = dlopen(argv[2], RTLD_NOW);
-        if (!handle) {
-            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
-            return 2;
-        }
+        void *handle = open_library(argv[2], RTLD_NOW);
         void *getline_fd = symbol(handle, "routed_lib_getline_fd");
         CHECK(pipe(reader_pipe) == 0, "pipe failed");
         arena_hd *before = malloc_get_arena();
@@ -272,11 +262,7 @@ int main(int argc, char **argv) {
               "not %p as before", (void *)arena_at_cleanup, (void *)before);
     } else if (strcmp(mode, "api") == 0 && argc > 2) {
         section = "api";
-        void *handle = dlopen(argv[2], RTLD_NOW);
-        if (!handle) {
-            printf("FATAL: dlopen %s: %s\n", argv[2], dlerror());
-            return 2;
-        }
+        void *handle = open_library(argv[2], RTLD_NOW);
         struct library lib = bind(handle);
         check_library(lib, malloc_default_arena(), 0);
         errno = 0;

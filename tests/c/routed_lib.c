@@ -53,9 +53,8 @@ void *routed_lib_from_thread(size_t n) {
     return block;
 }
 
-/* The buffer getline allocates on the library's behalf. */
-char *routed_lib_getline(const char *text) {
-    FILE *in = fmemopen((void *)text, strlen(text), "r");
+/* One line read with getline from `in` (closed after), or NULL. */
+static char *read_line(FILE *in) {
     if (!in)
         return NULL;
     char *line = NULL;
@@ -69,20 +68,12 @@ char *routed_lib_getline(const char *text) {
     return line;
 }
 
+/* The buffer getline allocates on the library's behalf. */
+char *routed_lib_getline(const char *text) {
+    return read_line(fmemopen((void *)text, strlen(text), "r"));
+}
+
 /* Reads a line from `fd` with getline, which blocks in read(), a
  * cancellation point, inside the routed getline: a thread cancelled there
  * unwinds through the stand-in. */
-char *routed_lib_getline_fd(int fd) {
-    FILE *in = fdopen(fd, "r");
-    if (!in)
-        return NULL;
-    char *line = NULL;
-    size_t size = 0;
-    ssize_t got = getline(&line, &size, in);
-    fclose(in);
-    if (got < 0) {
-        free(line);
-        return NULL;
-    }
-    return line;
-}
+char *routed_lib_getline_fd(int fd) { return read_line(fdopen(fd, "r")); }
