@@ -280,3 +280,41 @@ fn the_shared_library_needs_only_the_c_library() {
         unwinder.join("\n")
     );
 }
+
+/// The code most programs never run (section `arenalloc_cold`: routing
+/// stand-ins, the exit summary's printing, `malloc_info`, ...) lies after
+/// the PLT, which every program touches at exit: the kernel faults file
+/// pages in 64 KiB at a time, so cold code before or beside the PLT would be
+/// mapped into every program (`capi/build.rs`).
+#[test]
+fn the_code_most_programs_never_run_lies_after_the_plt() {
+    require_tool("readelf");
+    let so = &capi_libs().so;
+    let out = Command::new("readelf")
+        .args(["--section-headers", "-W"])
+        .arg(so)
+        .output()
+        .expect("run readelf");
+    assert!(out.status.success(), "readelf failed on {}", so.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "[16] .text PROGBITS 000000000001c3f0 01b3f0 00fc59 ...": address and size.
+    let section = |name: &str| -> Option<(u64, u64)> {
+        text.lines().find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let at = fields.iter().position(|&f| f == name)?;
+            let hex = |i: usize| u64::from_str_radix(fields.get(i)?, 16).ok();
+            Some((hex(at + 2)?, hex(at + 4)?))
+        })
+    };
+    let (text_at, text_size) = section(".text").expect("a .text section");
+    let (plt_at, _) = section(".plt").expect("a .plt section");
+    let (cold_at, cold_size) = section("arenalloc_cold").expect("an arenalloc_cold section");
+    assert!(
+        text_at < plt_at && plt_at < cold_at,
+        ".text at {text_at:#x}, .plt at {plt_at:#x}, arenalloc_cold at {cold_at:#x}"
+    );
+    assert!(
+        cold_size > text_size / 2,
+        "arenalloc_cold holds {cold_size} bytes against .text's {text_size}: the cold code is back in .text"
+    );
+}

@@ -1663,9 +1663,9 @@ fn large_blocks_retained() {
 }
 
 #[test]
-fn with_the_housekeeper_a_freed_aligned_large_block_serves_the_same_request_again() {
+fn with_the_housekeeper_a_cached_large_block_serves_whole_only_requests_near_its_size() {
     in_child(
-        "with_the_housekeeper_a_freed_aligned_large_block_serves_the_same_request_again",
+        "with_the_housekeeper_a_cached_large_block_serves_whole_only_requests_near_its_size",
         &[],
         aligned_large_reused,
     );
@@ -1673,8 +1673,9 @@ fn with_the_housekeeper_a_freed_aligned_large_block_serves_the_same_request_agai
 
 /// A large block aligned to more than a page has a mapping of header page,
 /// padding and block. How much bigger than a request a cached block may be
-/// and still serve it whole counts the block, not the padding: a freed
-/// block serves the very request it was made for.
+/// and still serve it whole (1.5x) counts the block, not the padding: a
+/// freed block serves the very request it was made for; and a much bigger
+/// one does not serve a request whole.
 fn aligned_large_reused() {
     // The housekeeper starts on a slow path once this much is mapped.
     let keep = alloc_filled(purger::START_AFTER_MAPPED / (64 * KIB) + 8, 64 * KIB);
@@ -1695,6 +1696,22 @@ fn aligned_large_reused() {
     let q = engine::arena_alloc(arena, size, align, false);
     assert_eq!(q, p, "the freed block did not serve the same request again");
     free(q as usize);
+    // A freed block more than half as big again as a request does not serve
+    // it whole (its resident tail would count for nothing): 1 MiB for
+    // 400 KiB comes from elsewhere, or cut down.
+    let big = engine::arena_alloc(arena, MIB, engine::MIN_ALIGN, false);
+    assert!(!big.is_null());
+    free(big as usize);
+    let small = engine::arena_alloc(arena, 400 * KIB, engine::MIN_ALIGN, false);
+    assert!(!small.is_null());
+    // SAFETY: a live block of ours.
+    let usable = unsafe { engine::usable_size(small) };
+    assert!(
+        usable <= 600 * KIB,
+        "a 400 KiB request got a block of {} KiB",
+        usable / KIB
+    );
+    free(small as usize);
     free_where(&keep, |_| true);
 }
 
