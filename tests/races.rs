@@ -704,6 +704,68 @@ fn claim_of_idle_owner() {
     o.join().expect("thread O");
 }
 
+#[test]
+fn an_owner_frees_without_waiting_while_a_trim_holds_its_heap() {
+    in_child(
+        "an_owner_frees_without_waiting_while_a_trim_holds_its_heap",
+        free_during_claim,
+    );
+}
+
+/// `free`'s fast path does not look at the claim; it compares the span's
+/// owner with the thread's owner key, which a claimer changes. Thread O
+/// keeps ten blocks in arena X and waits outside the allocator; a trim of X
+/// in thread T claims O's heap and is held there (`ClaimConfirmed`). O then
+/// frees a block: the free must neither touch O's spans (the claimer's now)
+/// nor wait for the claim, but go onto the span's remote list. After the
+/// trim, O allocates and frees on as usual, and X ends with nothing in use.
+fn free_during_claim() {
+    let x = engine::arena_new().expect("arena X");
+    let (freed_tx, freed_rx) = mpsc::channel();
+    let (_o_id, o_go, o) = thread_with_pause(
+        move || {
+            engine::arena_set(x).expect("enter X");
+            (0..10)
+                .map(|_| engine::malloc(1000) as usize)
+                .collect::<Vec<usize>>()
+        },
+        move |blocks| {
+            // SAFETY: a block of ours, freed once.
+            unsafe { engine::free(blocks[0] as *mut u8) };
+            freed_tx.send(()).unwrap();
+            let again: Vec<usize> = (0..100).map(|_| engine::malloc(1000) as usize).collect();
+            let mut all: Vec<usize> = again.iter().chain(&blocks[1..]).copied().collect();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), 109, "a block was handed out twice");
+            for &b in again.iter().chain(&blocks[1..]) {
+                // SAFETY: blocks of ours, each freed once.
+                unsafe { engine::free(b as *mut u8) };
+            }
+        },
+    );
+    let (t_id, t_go, t) = thread_with_pause(
+        || (),
+        move |()| {
+            let _ = engine::arena_trim(x);
+        },
+    );
+    race_hooks::arm(Point::ClaimConfirmed, t_id);
+    t_go.send(()).unwrap();
+    wait_parked(Point::ClaimConfirmed);
+    o_go.send(()).unwrap();
+    let waited = freed_rx.recv_timeout(Duration::from_secs(10));
+    race_hooks::release(Point::ClaimConfirmed);
+    t.join().expect("thread T");
+    assert!(
+        waited.is_ok(),
+        "the owner's free waited for the claim (or touched the claimed heap)"
+    );
+    o.join().expect("thread O");
+    let _ = engine::arena_trim(x);
+    assert_eq!(engine::arena_stats(x).unwrap().in_use_bytes, 0);
+}
+
 /// Allocates 1500-byte blocks in `x` until its limit refuses one; returns
 /// them (as addresses, to cross threads).
 fn fill_arena(x: engine::ArenaHandle) -> Vec<usize> {

@@ -728,6 +728,7 @@ impl ArenaState {
                         // Out of time: let go of the claims not used.
                         claim.release();
                     } else if barrier && claim.confirm() {
+                        crate::race_hooks::pause(crate::race_hooks::Point::ClaimConfirmed);
                         let first_class = if place == cursor.position {
                             cursor.class
                         } else {

@@ -11,14 +11,36 @@
 //! path until the claimer releases). Without a working `membarrier` nothing
 //! is ever claimed.
 //!
+//! `free`'s fast path does not read `claimed`: it enters with
+//! [`ThreadClaim::enter_unchecked`] and then compares the span's owner with
+//! the thread's [`ThreadClaim::owner_key`], which it must read anyway. A
+//! claimer changes the key before its barrier, so an owner that enters
+//! after it finds its own spans foreign and frees as another thread would
+//! (onto the span's remote list, which needs no claim).
+//!
 //! Claims are taken only under an arena lock, so `fork` (which holds every
 //! arena lock) never copies a claim in progress into the child.
 
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+// Thread ids are addresses of 8-aligned thread states: the bit is free in
+// every id, and differs from the secure-mode tag bit and `DEAD_OWNER` (1).
+const _: () = assert!(CLAIMED_KEY_BIT > 1 && CLAIMED_KEY_BIT < 8);
+
+/// A thread's owner key before it has a heap (`tls` writes it into every
+/// new thread's state).
+pub const NO_HEAP_KEY: usize = CLAIMED_KEY_BIT;
+
+/// Set in a thread's owner key while a claimer holds its heaps. Spans
+/// record thread ids (8-aligned) and secure-mode tags (bit 0): none has
+/// this bit, so no span's owner matches a claimed key.
+const CLAIMED_KEY_BIT: usize = 2;
 
 /// One thread's side of the handshake. Lives in the thread's TLS; the
 /// purger reaches it through the thread's heaps while they are in an arena's
 /// list (a thread leaves every list under the arena lock before it exits).
+/// Laid out as `tls` initialises it.
+#[repr(C)]
 pub struct ThreadClaim {
     /// How deep the owner is inside the allocator's slow paths (nested
     /// calls count). Written only by the owner, with plain stores.
@@ -32,6 +54,12 @@ pub struct ThreadClaim {
     fast: AtomicU8,
     /// A claimer holds this thread's heaps.
     claimed: AtomicBool,
+    /// What `free`'s fast path compares a span's owner with: the thread's
+    /// id, or the id with [`CLAIMED_KEY_BIT`] while a claim is marked
+    /// ([`CLAIMED_KEY_BIT`] alone until the thread's first heap exists: 0
+    /// would match a free span's owner). Written by the owner once, before
+    /// any heap of its is listed, and then only by the claimer.
+    pub(crate) owner_key: AtomicUsize,
 }
 
 impl ThreadClaim {
@@ -40,7 +68,23 @@ impl ThreadClaim {
             depth: AtomicU32::new(0),
             fast: AtomicU8::new(0),
             claimed: AtomicBool::new(false),
+            owner_key: AtomicUsize::new(NO_HEAP_KEY),
         }
+    }
+
+    /// Owner, before its first heap is listed in an arena (so before any
+    /// claimer can reach this claim): records the thread's id as the key.
+    pub fn set_owner_key(&self, thread_id: usize) {
+        self.owner_key.store(thread_id, Ordering::Relaxed);
+    }
+
+    /// Owner, inside through [`enter_unchecked`]: the thread's id, unless a
+    /// claimer holds the heaps (then a value no span's owner matches).
+    ///
+    /// [`enter_unchecked`]: ThreadClaim::enter_unchecked
+    #[inline(always)]
+    pub fn owner_key(&self) -> usize {
+        self.owner_key.load(Ordering::Relaxed)
     }
 
     /// Owner: marks the thread inside the allocator; waits first if a
@@ -78,6 +122,21 @@ impl ThreadClaim {
             return false;
         }
         true
+    }
+
+    /// Owner, on `free`'s fast path: marks the thread inside without looking
+    /// at the claim. The caller must then read [`owner_key`] and touch only
+    /// spans whose owner equals it: a claim marked before the owner's entry
+    /// has changed the key (the claimer's barrier orders the two), and one
+    /// marked after sees the flag and backs off. Leave with [`leave_fast`].
+    ///
+    /// [`owner_key`]: ThreadClaim::owner_key
+    /// [`leave_fast`]: ThreadClaim::leave_fast
+    #[inline(always)]
+    pub fn enter_unchecked(&self) {
+        self.fast.store(1, Ordering::Relaxed);
+        // As in `enter`.
+        compiler_fence(Ordering::SeqCst);
     }
 
     /// Owner, on a fast path entered with [`try_enter`]: goes on inside as
@@ -142,9 +201,17 @@ impl ThreadClaim {
     /// it. Follow with one `membarrier` (for any number of claims) and
     /// [`ThreadClaim::confirm`].
     pub fn try_claim(&self) -> bool {
-        self.claimed
+        let marked = self
+            .claimed
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        if marked {
+            // Before the barrier, as the flag: see `enter_unchecked`.
+            let key = self.owner_key.load(Ordering::Relaxed);
+            self.owner_key
+                .store(key | CLAIMED_KEY_BIT, Ordering::SeqCst);
+        }
+        marked
     }
 
     /// Claimer, after the barrier: true if the owner is outside the
@@ -177,6 +244,9 @@ impl ThreadClaim {
     /// Claimer: hands the heaps back (every write to them before this is
     /// published to the owner).
     pub fn release(&self) {
+        let key = self.owner_key.load(Ordering::Relaxed);
+        self.owner_key
+            .store(key & !CLAIMED_KEY_BIT, Ordering::Release);
         self.claimed.store(false, Ordering::Release);
     }
 }

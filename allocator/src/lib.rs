@@ -294,13 +294,11 @@ unsafe fn owner_in(header: *mut segment::SegmentHeader, p: *mut u8) -> Owner {
 /// `p` is null or a live block from this allocator, not used afterwards.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    if p.is_null() {
-        return;
-    }
     // The fast path calls nothing (every other case is a tail call), so it
     // needs no stack frame.
     // Large blocks (and pointers not ours) take the look-up off the fast
-    // path: their free costs far more than the call.
+    // path: their free costs far more than the call. So does null, whose
+    // segment is never ours: no test of its own on the fast path.
     let Some(segment) = OWNERSHIP.span_segment_of(p as usize) else {
         // SAFETY: forwarded.
         return unsafe { free_found_late(p) };
@@ -347,18 +345,19 @@ pub unsafe fn free_known_block(p: *mut u8, align: usize) {
 /// `span` is the live span that holds `p`, a block given up by the caller.
 #[inline(always)]
 unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
+    // Inside first, then the owner key: a claimer changes the key before
+    // its barrier, so the comparison below also tells whether a claim holds
+    // this thread's heaps (no separate look at the claim; see `claim`).
+    let claim = thread::current_claim();
+    claim.enter_unchecked();
     // SAFETY: `span` is the live span that holds `p`. Its owner does not
     // change while `p` is live (a purger retires only spans with no live
-    // block), so it may be read before entering.
-    let owner = unsafe { (*span).owner_thread() };
-    if owner != thread::current_thread_id() {
-        // SAFETY: as above, from another thread.
+    // block).
+    if unsafe { (*span).owner_thread() } != claim.owner_key() {
+        claim.leave_fast();
+        // SAFETY: as above: another thread's span, or this thread's while
+        // a claimer holds it; either takes the remote list.
         return unsafe { free_remote(span, p) };
-    }
-    let claim = thread::current_claim();
-    if !claim.try_enter() {
-        // SAFETY: forwarded.
-        return unsafe { free_local_slow(span, p) };
     }
     // SAFETY: this thread owns the span and is inside; `p` is its block.
     match unsafe { heap::try_free_local(span, p) } {
@@ -404,14 +403,17 @@ unsafe fn free_local_slow(span: *mut span::Span, p: *mut u8) {
     thread::inside_allocator(|| unsafe { heap::free_local(span, p) });
 }
 
-/// `free` of a pointer outside the span segments: a large block, or not
-/// ours.
+/// `free` of a pointer outside the span segments: null, a large block, or
+/// not ours.
 ///
 /// # Safety
 /// As for [`free`].
 #[cold]
 #[inline(never)]
 unsafe fn free_found_late(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
     match owner_of_freed(p) {
         // SAFETY: `span` holds `p`.
         Owner::Span(span) => unsafe { free_in_span(span, p) },
@@ -420,6 +422,12 @@ unsafe fn free_found_late(p: *mut u8) {
     }
 }
 
+/// `free` of a block in a span that the calling thread may not touch: one
+/// of another thread, or its own while a claimer holds it. The block goes
+/// onto the span's remote list.
+///
+/// # Safety
+/// `span` is the live span that holds `p`, a block given up by the caller.
 #[cold]
 #[inline(never)]
 unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {

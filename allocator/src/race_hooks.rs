@@ -55,13 +55,16 @@ pub enum Point {
     /// allocator by the depth (`lib.rs`, `span_emptied`); it has not given
     /// the span back yet.
     SpanEmptied = 13,
+    /// A purge has confirmed its claim of a heap (the owner was outside the
+    /// allocator) and holds it, with its arena's lock, before it purges.
+    ClaimConfirmed = 14,
 }
 
 #[cfg(feature = "race-hooks")]
 mod armed {
     use super::Point;
 
-    const POINTS: usize = 14;
+    const POINTS: usize = 15;
     use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
     const IDLE: u8 = 0;

@@ -247,6 +247,10 @@ fn new_heap_in(arena: &'static Arena, first: *mut Heap, life: u64) -> Option<*mu
     if first.is_null() && !this_thread().heaps.load(Ordering::Relaxed).is_null() {
         return heap_in(arena, life);
     }
+    if first.is_null() {
+        // Before the heap is listed: no claimer can see this claim yet.
+        current_claim().set_owner_key(current_thread_id());
+    }
     let heap = heap::new_heap(arena, current_thread_id(), life)?;
     if first.is_null() {
         this_thread().heaps.store(heap, Ordering::Relaxed);

@@ -13,7 +13,7 @@
 //! once, two instructions. An initial-exec object needs its TLS in the
 //! static TLS block: always so when it is preloaded or linked in; a
 //! `dlopen` after start-up works while glibc's surplus static TLS (hundreds
-//! of bytes) has room for these 32 bytes (tests/c_dlopen.rs).
+//! of bytes) has room for these 40 bytes (tests/c_dlopen.rs).
 
 use crate::thread::ThreadState;
 
@@ -27,25 +27,28 @@ mod model {
 
     // The state's initial image, copied into every new thread's TLS: the
     // current and previous heap point at the empty heap (relocated at load
-    // like any pointer in data), the claim and the heap chain are zero. It
-    // must match `ThreadState::initial()` (checked by a test).
+    // like any pointer in data), the claim is at rest with the owner key of
+    // a thread without heaps, the heap chain is empty. It must match
+    // `ThreadState::initial()` (checked by a test).
     core::arch::global_asm!(
         ".pushsection .tdata.arenalloc_thread_state,\"awT\",@progbits",
         ".p2align 3",
         ".globl arenalloc_thread_state",
         ".hidden arenalloc_thread_state",
         ".type arenalloc_thread_state, @tls_object",
-        ".size arenalloc_thread_state, 32",
+        ".size arenalloc_thread_state, 40",
         "arenalloc_thread_state:",
         ".quad {empty}",
         ".quad {empty}",
         ".quad 0",
+        ".quad {no_heap_key}",
         ".quad 0",
         ".popsection",
         empty = sym crate::heap::EMPTY_HEAP,
+        no_heap_key = const crate::claim::NO_HEAP_KEY,
     );
 
-    const _: () = assert!(core::mem::size_of::<ThreadState>() == 32);
+    const _: () = assert!(core::mem::size_of::<ThreadState>() == 40);
 
     #[inline(always)]
     pub fn state() -> *const ThreadState {
@@ -102,6 +105,7 @@ mod tests {
     use core::sync::atomic::Ordering::Relaxed;
 
     use super::state;
+    use crate::claim::{ThreadClaim, NO_HEAP_KEY};
     use crate::heap::empty_heap;
     use crate::thread::ThreadState;
 
@@ -112,7 +116,9 @@ mod tests {
     fn a_new_thread_starts_from_the_initial_state_in_a_slot_of_its_own() {
         assert_eq!(offset_of!(ThreadState, heap), 0);
         assert_eq!(offset_of!(ThreadState, previous_heap), 8);
-        assert_eq!(offset_of!(ThreadState, heaps), 24);
+        assert_eq!(offset_of!(ThreadState, claim), 16);
+        assert_eq!(offset_of!(ThreadClaim, owner_key), 8);
+        assert_eq!(offset_of!(ThreadState, heaps), 32);
         let initial = ThreadState::initial();
         assert_eq!(initial.heap.load(Relaxed), empty_heap());
         assert_eq!(initial.previous_heap.load(Relaxed), empty_heap());
@@ -126,12 +132,13 @@ mod tests {
                 s.previous_heap.load(Relaxed) == empty_heap(),
                 s.heaps.load(Relaxed).is_null(),
                 s.claim.is_at_rest(),
+                s.claim.owner_key() == NO_HEAP_KEY,
             );
             (state() as usize, at_start)
         })
         .join()
         .unwrap();
-        assert_eq!(at_start, (true, true, true, true));
+        assert_eq!(at_start, (true, true, true, true, true));
         assert_ne!(there, state() as usize, "two threads share one slot");
     }
 }
