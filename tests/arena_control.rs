@@ -1462,6 +1462,62 @@ fn guards_restore_the_previous_arena_when_a_closure_panics() {
 // ------------------------------------------------------------------- trim
 
 #[test]
+fn a_span_emptied_by_frees_stays_while_it_is_its_class_only_one_until_a_trim() {
+    // No housekeeper: it would give the kept span back once the heap idles.
+    in_child_with(
+        "a_span_emptied_by_frees_stays_while_it_is_its_class_only_one_until_a_trim",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        keep_one_empty_span,
+    );
+}
+
+/// A thread fills three spans of 1 KiB blocks in an arena (two full ones
+/// and its current one) and frees every block: the first span to empty
+/// stays, as its class's only available span, for the next batch; the
+/// second goes back to the arena; the current span stays pinned. A trim
+/// from another thread, while the owner waits outside the allocator, takes
+/// both. Fails where every emptied span goes back at once (in use: one
+/// span, not two).
+fn keep_one_empty_span() {
+    /// 1 KiB blocks fill a 64 KiB span.
+    const SPAN: usize = 64 * KIB;
+    const PER_SPAN: usize = SPAN / KIB;
+    let arena = Arena::new().unwrap();
+    let (freed_tx, freed_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let owner = thread::spawn(move || {
+        // Made outside the arena: only the blocks below go into it.
+        let mut blocks = Vec::with_capacity(3 * PER_SPAN);
+        let guard = arena.enter().unwrap();
+        for _ in 0..3 * PER_SPAN {
+            blocks.push(engine::malloc(KIB));
+        }
+        let filled = stats(arena).in_use_bytes;
+        for &b in &blocks {
+            free(b);
+        }
+        let freed = stats(arena).in_use_bytes;
+        drop(guard);
+        assert!(blocks.iter().all(|b| !b.is_null()));
+        freed_tx.send((filled, freed)).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let (filled, freed) = freed_rx.recv().unwrap();
+    assert_eq!(filled, 3 * SPAN, "three spans of 1 KiB blocks");
+    assert_eq!(
+        freed,
+        2 * SPAN,
+        "after the frees: the current span and one kept empty span"
+    );
+    let _ = arena.trim();
+    assert_eq!(stats(arena).in_use_bytes, 0, "the trim left a span");
+    done_tx.send(()).unwrap();
+    owner.join().unwrap();
+    // SAFETY: nothing of it is used again.
+    unsafe { arena.destroy() }.unwrap();
+}
+
+#[test]
 fn trim_returns_an_arenas_free_memory() {
     // Explicit trim only: no housekeeper pass may purge between the
     // snapshots (changing the delay at run time would not stop a pass

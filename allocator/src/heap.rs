@@ -366,7 +366,7 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
         SpanState::Full => {
             // SAFETY: a Full span is in its heap's full list.
             unsafe { heap.full[class].remove(span) };
-            if s.used() == 0 {
+            if s.used() == 0 && !heap.avail[class].is_empty() {
                 heap.retire(span);
             } else {
                 s.set_state(SpanState::Available);
@@ -374,6 +374,14 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
                 unsafe { heap.avail[class].push_back(span) };
             }
         }
+        // The class's only span with room besides the current one stays,
+        // empty, for the next refill: a program that frees a batch and
+        // allocates the next one would otherwise hand the span back and
+        // take one again (a retire's walk, the arena lock, fresh blocks
+        // carved) at every batch. As mimalloc keeps a class's only page.
+        // At most one a class; the purger gives it back once the heap idles.
+        SpanState::Available
+            if heap.avail[class].head == span && heap.avail[class].tail == span => {}
         SpanState::Available => {
             // SAFETY: an Available span is in its heap's avail list.
             unsafe { heap.avail[class].remove(span) };
