@@ -13,7 +13,7 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::claim::ThreadClaim;
 use crate::thread::ThreadState;
@@ -61,7 +61,22 @@ pub struct Heap {
     /// Secure mode: the size class the next sweep for emptied spans starts
     /// at (see [`Heap::sweep_for_emptied`]).
     sweep_class: usize,
+    /// Bytes of the empty spans this heap keeps in `avail` for their
+    /// class's next refill (see `free_local_slow`); its share of
+    /// [`KEPT_EMPTY_BYTES`]. For the policy only: never unsafe if off.
+    kept_bytes: usize,
 }
+
+/// What all heaps together keep of empty spans for reuse at most: a thread
+/// that frees a batch and allocates the next reuses its span instead of
+/// giving it back and taking one again. Process-wide, so that a program
+/// with hundreds of threads that each free everything holds no more than a
+/// program with two (with a per-heap bound, 256 threads each keeping 4
+/// spans held 60 MB more in `mem_scenario threads`).
+const KEPT_EMPTY_LIMIT: usize = 4 << 20;
+
+/// Bytes of empty spans kept by all heaps (see [`KEPT_EMPTY_LIMIT`]).
+static KEPT_EMPTY_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// A `Sync` wrapper for read-only statics that contain raw pointers.
 #[repr(transparent)]
@@ -92,6 +107,7 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     next_in_thread: ptr::null_mut(),
     pool_next: ptr::null_mut(),
     sweep_class: 0,
+    kept_bytes: 0,
 });
 
 #[inline(always)]
@@ -366,7 +382,7 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
         SpanState::Full => {
             // SAFETY: a Full span is in its heap's full list.
             unsafe { heap.full[class].remove(span) };
-            if s.used() == 0 && !heap.avail[class].is_empty() {
+            if s.used() == 0 && !(heap.avail[class].is_empty() && heap.try_keep_empty(s)) {
                 heap.retire(span);
             } else {
                 s.set_state(SpanState::Available);
@@ -379,9 +395,12 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
         // allocates the next one would otherwise hand the span back and
         // take one again (a retire's walk, the arena lock, fresh blocks
         // carved) at every batch. As mimalloc keeps a class's only page.
-        // At most one a class; the purger gives it back once the heap idles.
+        // At most one a class, and `KEPT_EMPTY_LIMIT` bytes in all; the
+        // purger gives them back once the heap idles.
         SpanState::Available
-            if heap.avail[class].head == span && heap.avail[class].tail == span => {}
+            if heap.avail[class].head == span
+                && heap.avail[class].tail == span
+                && heap.try_keep_empty(s) => {}
         SpanState::Available => {
             // SAFETY: an Available span is in its heap's avail list.
             unsafe { heap.avail[class].remove(span) };
@@ -394,6 +413,28 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
 }
 
 impl Heap {
+    /// Counts the emptied span `s` as kept, if [`KEPT_EMPTY_LIMIT`] has
+    /// room for it (two heaps at once may go past it by a span each).
+    fn try_keep_empty(&mut self, s: &Span) -> bool {
+        let bytes = s.slice_count() * crate::segment::SLICE_SIZE;
+        if KEPT_EMPTY_BYTES.load(Ordering::Relaxed) + bytes > KEPT_EMPTY_LIMIT {
+            return false;
+        }
+        KEPT_EMPTY_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        self.kept_bytes += bytes;
+        true
+    }
+
+    /// A kept empty span of `bytes` was taken again or given back; all of
+    /// them with `usize::MAX`.
+    fn unkeep_empty(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.kept_bytes);
+        if bytes != 0 {
+            self.kept_bytes -= bytes;
+            KEPT_EMPTY_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Makes the heap an empty heap of `arena` for `thread_id`, keeping its
     /// place in its thread's chain.
     fn init(&mut self, arena: *const Arena, thread_id: usize, next_in_thread: *mut Heap) {
@@ -408,6 +449,7 @@ impl Heap {
         self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
         self.sweep_class = 0;
+        self.kept_bytes = 0;
     }
 
     /// The heap's arena is being destroyed, and with it every span: forget
@@ -419,6 +461,7 @@ impl Heap {
         self.clear_current();
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
+        self.unkeep_empty(usize::MAX);
         self.forget_arena();
     }
 
@@ -559,6 +602,11 @@ impl Heap {
         let mut reclaimed = false;
         loop {
             if let Some(span) = self.avail[class].pop_front() {
+                // SAFETY: a span of this heap's list.
+                let s = unsafe { &*span };
+                if s.used() == 0 {
+                    self.unkeep_empty(s.slice_count() * crate::segment::SLICE_SIZE);
+                }
                 return Some(span);
             }
             if let Some(span) = self.reclaim_full(class) {
@@ -722,6 +770,7 @@ impl Heap {
         };
         let mut span = list.head;
         let mut moved = SpanList::EMPTY;
+        let mut retired_empty_bytes = 0;
         while !span.is_null() {
             if budget.spent() {
                 break;
@@ -732,6 +781,7 @@ impl Heap {
             let s = unsafe { &*span };
             s.collect_remote();
             if s.used() == 0 {
+                retired_empty_bytes += s.slice_count() * crate::segment::SLICE_SIZE;
                 // SAFETY: a member; then empty and unlinked.
                 unsafe {
                     list.remove(span);
@@ -748,6 +798,9 @@ impl Heap {
                 purged += budget.released(s.purge_free_pages());
             }
             span = next;
+        }
+        if which == SpanState::Available {
+            self.unkeep_empty(retired_empty_bytes);
         }
         // Full spans that had blocks freed into them become available.
         while let Some(span) = moved.pop_front() {
@@ -783,6 +836,7 @@ impl Heap {
         }
         // SAFETY: this heap is in its arena's list; we hold the lock.
         unsafe { state.remove_heap(self) };
+        self.unkeep_empty(usize::MAX);
         for class in 0..CLASS_COUNT {
             let current = self.current(class);
             if current != empty_span() {
