@@ -438,18 +438,43 @@ unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
         let s = unsafe { &*span };
         let index = s.index_of(p);
         if s.state() == SpanState::Free || index >= s.capacity() {
-            let problem = if OWNERSHIP.region_of(p as usize).is_none() {
-                "pointer was not allocated by arenalloc"
-            } else {
-                "pointer is not a block in use"
-            };
-            diag::fatal_pointer("free", problem, p);
+            refuse_remote_free(p);
         }
         index
     };
+    if !secure::known_off() {
+        // SAFETY: forwarded.
+        return unsafe { free_remote_maybe_zeroed(span, p, index) };
+    }
     // SAFETY: a block start of the live span, given up by the caller;
-    // `free_remote` checks that it does not look freed already.
+    // `free_remote` checks that it does not look freed already. Calls
+    // nothing but tail calls and aborts, so this function saves no
+    // registers (the secure mode's `memset` is in a function of its own).
+    unsafe { span::free_remote(span, p, index, false) };
+}
+
+/// [`free_remote`] in secure mode (or before the setting was read): in
+/// secure mode the block's bytes are cleared first.
+///
+/// # Safety
+/// As for `span::free_remote`.
+#[cold]
+#[inline(never)]
+unsafe fn free_remote_maybe_zeroed(span: *mut span::Span, p: *mut u8, index: u64) {
+    // SAFETY: forwarded.
     unsafe { span::free_remote(span, p, index, secure::enabled()) };
+}
+
+/// A remote `free` of something that is not a block in use of its span.
+#[cold]
+#[inline(never)]
+fn refuse_remote_free(p: *mut u8) -> ! {
+    let problem = if OWNERSHIP.region_of(p as usize).is_none() {
+        "pointer was not allocated by arenalloc"
+    } else {
+        "pointer is not a block in use"
+    };
+    diag::fatal_pointer("free", problem, p)
 }
 
 /// Bytes usable in the block `p` (at least what was asked for).

@@ -36,6 +36,14 @@ pub fn enabled() -> bool {
     }
 }
 
+/// Whether the setting is known to be off (read already, and not `1`): a
+/// fast path's test that calls nothing; anything else takes the path that
+/// asks [`enabled`].
+#[inline(always)]
+pub fn known_off() -> bool {
+    SETTING.load(Ordering::Relaxed) == OFF
+}
+
 #[cold]
 fn read_setting() -> bool {
     let on = crate::os::env_var(c"ARENALLOC_SECURE").is_some_and(|v| v == b"1");

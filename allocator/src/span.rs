@@ -1003,7 +1003,9 @@ fn set_bit(words: &mut [u64], i: usize) -> bool {
 /// `span` is the live span that holds `p`, a block start of it (`index`)
 /// that the caller gives up. After the push the owner may recycle the span
 /// at any time, so nothing of it is touched once the CAS succeeds.
-#[inline]
+/// Inlined: a caller with `zero` false gets a copy that calls nothing (no
+/// registers to save).
+#[inline(always)]
 pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool) {
     // SAFETY: the span is live until our push lands (it holds `p`).
     let (code, end, list) = unsafe {
@@ -1032,7 +1034,11 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
         unsafe { link_slot(p).write(code.encode(head)) };
         // The first block pushed onto an empty list stays its last.
         let last = if head == end { index } else { last };
-        let pushed = remote_word(index, last, count + 1);
+        // `remote_word(index, last, count + 1)`, in shifts: `index` and
+        // `last` are below 2^16 already, and no 64-bit constant is needed
+        // (each took a register in the loop, and the registers ran out).
+        let pushed = ((count + 1) << 32) | (last << 16) | index;
+        debug_assert_eq!(pushed, remote_word(index, last, count + 1));
         match list.compare_exchange_weak(word, pushed, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
                 crate::race_hooks::pause(crate::race_hooks::Point::RemotePushed);
