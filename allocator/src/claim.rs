@@ -84,7 +84,11 @@ impl ThreadClaim {
     /// [`enter_unchecked`]: ThreadClaim::enter_unchecked
     #[inline(always)]
     pub fn owner_key(&self) -> usize {
-        self.owner_key.load(Ordering::Relaxed)
+        // Acquire, as `enter`'s look at `claimed`: an owner that sees the
+        // key its last claimer restored (a Release store) sees that
+        // claimer's writes to its spans too. (A plain load on x86;
+        // ThreadSanitizer reported the span fields as raced with Relaxed.)
+        self.owner_key.load(Ordering::Acquire)
     }
 
     /// Owner: marks the thread inside the allocator; waits first if a
