@@ -1535,6 +1535,74 @@ fn kept_spans_are_bounded() {
     unsafe { arena.destroy() }.unwrap();
 }
 
+#[test]
+fn a_fork_child_keeps_empty_spans_though_the_parents_other_threads_kept_the_bound() {
+    in_child_with(
+        "a_fork_child_keeps_empty_spans_though_the_parents_other_threads_kept_the_bound",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        kept_budget_after_fork,
+    );
+}
+
+/// 80 threads each keep an empty span (the 4 MiB bound is then used up)
+/// and wait; this thread forks. In the child, the only thread, the bound
+/// is counted again from its own heaps (the other threads' are gone), so a
+/// span it empties is kept. Fails if the child inherits the parent's count
+/// (its span then goes back at once: one span in use, not two).
+fn kept_budget_after_fork() {
+    const SPAN: usize = 64 * KIB;
+    const PER_SPAN: usize = SPAN / KIB;
+    const THREADS: usize = 80;
+    /// Fills two spans of 1 KiB blocks in `arena` and frees them all.
+    fn empty_a_span(arena: Arena) {
+        let mut blocks = Vec::with_capacity(2 * PER_SPAN);
+        let guard = arena.enter().unwrap();
+        for _ in 0..2 * PER_SPAN {
+            blocks.push(engine::malloc(KIB));
+        }
+        for &b in &blocks {
+            free(b);
+        }
+        drop(guard);
+        assert!(blocks.iter().all(|b| !b.is_null()));
+    }
+    let x = Arena::new().unwrap();
+    let y = Arena::new().unwrap();
+    let all_kept = Arc::new(Barrier::new(THREADS + 1));
+    let may_exit = Arc::new(Barrier::new(THREADS + 1));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (all_kept, may_exit) = (all_kept.clone(), may_exit.clone());
+            thread::spawn(move || {
+                empty_a_span(x);
+                all_kept.wait();
+                may_exit.wait();
+            })
+        })
+        .collect();
+    all_kept.wait();
+    // SAFETY: the child calls only the allocator and `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        empty_a_span(y);
+        let in_use = stats(y).in_use_bytes;
+        // SAFETY: ends the child at once, without the test harness.
+        unsafe { libc::_exit(if in_use == 2 * SPAN { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    may_exit.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "in the child, an emptied span was not kept (status {status:#x})"
+    );
+}
+
 /// A thread fills three spans of 1 KiB blocks in an arena (two full ones
 /// and its current one) and frees every block: the first span to empty
 /// stays, as its class's only available span, for the next batch; the

@@ -6,10 +6,11 @@
 //! paths) and then reads the `claimed` flag; the claimer sets `claimed` (a
 //! CAS: several claimers may race), makes every thread pass a full barrier
 //! with `membarrier`, and only then reads the owner's depth and flag. The
-//! barrier stands in for the fence the owner never executes: either the claimer sees the owner inside (and backs
-//! off), or the owner's next entry sees the claim (and waits in its slow
-//! path until the claimer releases). Without a working `membarrier` nothing
-//! is ever claimed.
+//! barrier stands in for the fence the owner never executes: either the
+//! claimer sees the owner inside (and backs off), or the owner's next entry
+//! sees the claim (`malloc` and the slow paths wait until the claimer
+//! releases; `free` takes the remote list, below). Without a working
+//! `membarrier` nothing is ever claimed.
 //!
 //! `free`'s fast path does not read `claimed`: it enters with
 //! [`ThreadClaim::enter_unchecked`] and then compares the span's owner with
@@ -57,8 +58,9 @@ pub struct ThreadClaim {
     /// What `free`'s fast path compares a span's owner with: the thread's
     /// id, or the id with [`CLAIMED_KEY_BIT`] while a claim is marked
     /// ([`CLAIMED_KEY_BIT`] alone until the thread's first heap exists: 0
-    /// would match a free span's owner). Written by the owner once, before
-    /// any heap of its is listed, and then only by the claimer.
+    /// would match a free span's owner). The owner writes its id when its
+    /// heap chain starts (always the same value, and before any heap of its
+    /// is listed); otherwise only a claimer writes it.
     pub(crate) owner_key: AtomicUsize,
 }
 
@@ -162,10 +164,11 @@ impl ThreadClaim {
         depth
     }
 
-    /// Owner: leaves a fast path entered with [`try_enter`] (its writes are
-    /// published to the next claimer).
+    /// Owner: leaves a fast path entered with [`try_enter`] or
+    /// [`enter_unchecked`] (its writes are published to the next claimer).
     ///
     /// [`try_enter`]: ThreadClaim::try_enter
+    /// [`enter_unchecked`]: ThreadClaim::enter_unchecked
     #[inline(always)]
     pub fn leave_fast(&self) {
         self.fast.store(0, Ordering::Release);

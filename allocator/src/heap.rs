@@ -425,6 +425,24 @@ impl Heap {
         true
     }
 
+    /// In a `fork` child, whose only thread is the caller: the budget in use
+    /// is what the heaps of that thread (the chain from `first`) keep; the
+    /// other threads' heaps are gone with their threads.
+    ///
+    /// # Safety
+    /// `first` is null or the calling thread's first heap.
+    pub unsafe fn recount_kept_after_fork(first: *mut Heap) {
+        let mut kept = 0;
+        let mut heap = first;
+        while !heap.is_null() {
+            // SAFETY: the caller's own chain.
+            let h = unsafe { &*heap };
+            kept += h.kept_bytes;
+            heap = h.next_in_thread;
+        }
+        KEPT_EMPTY_BYTES.store(kept, Ordering::Relaxed);
+    }
+
     /// A kept empty span of `bytes` was taken again or given back; all of
     /// them with `usize::MAX`.
     fn unkeep_empty(&mut self, bytes: usize) {
@@ -779,9 +797,14 @@ impl Heap {
             let next = unsafe { SpanList::next_of(span) };
             // SAFETY: as above.
             let s = unsafe { &*span };
+            // Empty before the collection: a kept span (blocks other
+            // threads freed can empty others, which were never counted).
+            let kept = which == SpanState::Available && s.used() == 0;
             s.collect_remote();
             if s.used() == 0 {
-                retired_empty_bytes += s.slice_count() * crate::segment::SLICE_SIZE;
+                if kept {
+                    retired_empty_bytes += s.slice_count() * crate::segment::SLICE_SIZE;
+                }
                 // SAFETY: a member; then empty and unlinked.
                 unsafe {
                     list.remove(span);
@@ -799,9 +822,7 @@ impl Heap {
             }
             span = next;
         }
-        if which == SpanState::Available {
-            self.unkeep_empty(retired_empty_bytes);
-        }
+        self.unkeep_empty(retired_empty_bytes);
         // Full spans that had blocks freed into them become available.
         while let Some(span) = moved.pop_front() {
             // SAFETY: unlinked spans of this heap.

@@ -350,9 +350,10 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
     // this thread's heaps (no separate look at the claim; see `claim`).
     let claim = thread::current_claim();
     claim.enter_unchecked();
-    // SAFETY: `span` is the live span that holds `p`. Its owner does not
-    // change while `p` is live (a purger retires only spans with no live
-    // block).
+    // SAFETY: `span` is the live span that holds `p` (a purger retires only
+    // spans with no live block). Its owner may change meanwhile (another
+    // heap adopts an abandoned span), but never to or from this thread's
+    // key while this thread is here.
     if unsafe { (*span).owner_thread() } != claim.owner_key() {
         claim.leave_fast();
         // SAFETY: as above: another thread's span, or this thread's while

@@ -393,4 +393,6 @@ extern "C" fn fork_child() {
         state.orphan_spans_of_other_threads(survivor);
         state.forget_heaps_of_other_threads(survivor);
     });
+    // SAFETY: this thread's own first heap (or null).
+    unsafe { Heap::recount_kept_after_fork(this_thread().heaps.load(Ordering::Relaxed)) };
 }
