@@ -1461,6 +1461,55 @@ fn guards_restore_the_previous_arena_when_a_closure_panics() {
 
 // ------------------------------------------------------------------- trim
 
+/// 1 KiB blocks fill a 64 KiB span (the kept-span tests below).
+const SPAN: usize = 64 * KIB;
+
+/// Fills `spans` spans of 1 KiB blocks in `arena` from the calling thread
+/// and frees every block; returns the arena's bytes in use once filled and
+/// once freed. The list of blocks is made outside the arena, so only the
+/// blocks go into it.
+fn fill_spans_then_free(arena: Arena, spans: usize) -> (usize, usize) {
+    let mut blocks = Vec::with_capacity(spans * SPAN / KIB);
+    let guard = arena.enter().unwrap();
+    for _ in 0..spans * SPAN / KIB {
+        blocks.push(engine::malloc(KIB));
+    }
+    let filled = stats(arena).in_use_bytes;
+    for &b in &blocks {
+        free(b);
+    }
+    let freed = stats(arena).in_use_bytes;
+    drop(guard);
+    assert!(blocks.iter().all(|b| !b.is_null()));
+    (filled, freed)
+}
+
+/// Runs `then` while `threads` threads wait, each having filled two spans
+/// in `arena` and freed them (so each holds its current span and offers
+/// the other as a kept empty span); returns what `then` returned, once the
+/// threads have exited.
+fn while_threads_emptied_a_span<R>(arena: Arena, threads: usize, then: impl FnOnce() -> R) -> R {
+    let all_freed = Arc::new(Barrier::new(threads + 1));
+    let may_exit = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (all_freed, may_exit) = (all_freed.clone(), may_exit.clone());
+            thread::spawn(move || {
+                fill_spans_then_free(arena, 2);
+                all_freed.wait();
+                may_exit.wait();
+            })
+        })
+        .collect();
+    all_freed.wait();
+    let result = then();
+    may_exit.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+    result
+}
+
 #[test]
 fn a_span_emptied_by_frees_stays_while_it_is_its_class_only_one_until_a_trim() {
     // No housekeeper: it would give the kept span back once the heap idles.
@@ -1469,6 +1518,36 @@ fn a_span_emptied_by_frees_stays_while_it_is_its_class_only_one_until_a_trim() {
         &[("ARENALLOC_BACKGROUND", "0")],
         keep_one_empty_span,
     );
+}
+
+/// A thread fills three spans of 1 KiB blocks in an arena (two full ones
+/// and its current one) and frees every block: the first span to empty
+/// stays, as its class's only available span, for the next batch; the
+/// second goes back to the arena; the current span stays pinned. A trim
+/// from another thread, while the owner waits outside the allocator, takes
+/// both. Fails where every emptied span goes back at once (in use: one
+/// span, not two).
+fn keep_one_empty_span() {
+    let arena = Arena::new().unwrap();
+    let (freed_tx, freed_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let owner = thread::spawn(move || {
+        freed_tx.send(fill_spans_then_free(arena, 3)).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let (filled, freed) = freed_rx.recv().unwrap();
+    assert_eq!(filled, 3 * SPAN, "three spans of 1 KiB blocks");
+    assert_eq!(
+        freed,
+        2 * SPAN,
+        "after the frees: the current span and one kept empty span"
+    );
+    let _ = arena.trim();
+    assert_eq!(stats(arena).in_use_bytes, 0, "the trim left a span");
+    done_tx.send(()).unwrap();
+    owner.join().unwrap();
+    // SAFETY: nothing of it is used again.
+    unsafe { arena.destroy() }.unwrap();
 }
 
 #[test]
@@ -1487,38 +1566,10 @@ fn threads_that_each_empty_a_span_keep_no_more_than_the_process_wide_bound() {
 /// a few. In use: each thread's current span, plus 4 MiB. Fails with a
 /// bound per heap (96 kept: 6 MiB), and with none kept (0).
 fn kept_spans_are_bounded() {
-    const SPAN: usize = 64 * KIB;
-    const PER_SPAN: usize = SPAN / KIB;
     const THREADS: usize = 96;
     const LIMIT: usize = 4 * MIB;
     let arena = Arena::new().unwrap();
-    let all_freed = Arc::new(Barrier::new(THREADS + 1));
-    let may_exit = Arc::new(Barrier::new(THREADS + 1));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let (all_freed, may_exit) = (all_freed.clone(), may_exit.clone());
-            thread::spawn(move || {
-                let mut blocks = Vec::with_capacity(2 * PER_SPAN);
-                let guard = arena.enter().unwrap();
-                for _ in 0..2 * PER_SPAN {
-                    blocks.push(engine::malloc(KIB));
-                }
-                for &b in &blocks {
-                    free(b);
-                }
-                drop(guard);
-                assert!(blocks.iter().all(|b| !b.is_null()));
-                all_freed.wait();
-                may_exit.wait();
-            })
-        })
-        .collect();
-    all_freed.wait();
-    let in_use = stats(arena).in_use_bytes;
-    may_exit.wait();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let in_use = while_threads_emptied_a_span(arena, THREADS, || stats(arena).in_use_bytes);
     let current = THREADS * SPAN;
     // Other heaps (the runtime's, in the default arena) may keep a span
     // or two of the bound; two heaps at once may each pass it by a span.
@@ -1550,103 +1601,26 @@ fn a_fork_child_keeps_empty_spans_though_the_parents_other_threads_kept_the_boun
 /// span it empties is kept. Fails if the child inherits the parent's count
 /// (its span then goes back at once: one span in use, not two).
 fn kept_budget_after_fork() {
-    const SPAN: usize = 64 * KIB;
-    const PER_SPAN: usize = SPAN / KIB;
-    const THREADS: usize = 80;
-    /// Fills two spans of 1 KiB blocks in `arena` and frees them all.
-    fn empty_a_span(arena: Arena) {
-        let mut blocks = Vec::with_capacity(2 * PER_SPAN);
-        let guard = arena.enter().unwrap();
-        for _ in 0..2 * PER_SPAN {
-            blocks.push(engine::malloc(KIB));
-        }
-        for &b in &blocks {
-            free(b);
-        }
-        drop(guard);
-        assert!(blocks.iter().all(|b| !b.is_null()));
-    }
     let x = Arena::new().unwrap();
     let y = Arena::new().unwrap();
-    let all_kept = Arc::new(Barrier::new(THREADS + 1));
-    let may_exit = Arc::new(Barrier::new(THREADS + 1));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let (all_kept, may_exit) = (all_kept.clone(), may_exit.clone());
-            thread::spawn(move || {
-                empty_a_span(x);
-                all_kept.wait();
-                may_exit.wait();
-            })
-        })
-        .collect();
-    all_kept.wait();
-    // SAFETY: the child calls only the allocator and `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        empty_a_span(y);
-        let in_use = stats(y).in_use_bytes;
-        // SAFETY: ends the child at once, without the test harness.
-        unsafe { libc::_exit(if in_use == 2 * SPAN { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    may_exit.wait();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let status = while_threads_emptied_a_span(x, 80, || {
+        // SAFETY: the child calls only the allocator and `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let (_, freed) = fill_spans_then_free(y, 2);
+            // SAFETY: ends the child at once, without the test harness.
+            unsafe { libc::_exit(if freed == 2 * SPAN { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    });
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "in the child, an emptied span was not kept (status {status:#x})"
     );
-}
-
-/// A thread fills three spans of 1 KiB blocks in an arena (two full ones
-/// and its current one) and frees every block: the first span to empty
-/// stays, as its class's only available span, for the next batch; the
-/// second goes back to the arena; the current span stays pinned. A trim
-/// from another thread, while the owner waits outside the allocator, takes
-/// both. Fails where every emptied span goes back at once (in use: one
-/// span, not two).
-fn keep_one_empty_span() {
-    /// 1 KiB blocks fill a 64 KiB span.
-    const SPAN: usize = 64 * KIB;
-    const PER_SPAN: usize = SPAN / KIB;
-    let arena = Arena::new().unwrap();
-    let (freed_tx, freed_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let owner = thread::spawn(move || {
-        // Made outside the arena: only the blocks below go into it.
-        let mut blocks = Vec::with_capacity(3 * PER_SPAN);
-        let guard = arena.enter().unwrap();
-        for _ in 0..3 * PER_SPAN {
-            blocks.push(engine::malloc(KIB));
-        }
-        let filled = stats(arena).in_use_bytes;
-        for &b in &blocks {
-            free(b);
-        }
-        let freed = stats(arena).in_use_bytes;
-        drop(guard);
-        assert!(blocks.iter().all(|b| !b.is_null()));
-        freed_tx.send((filled, freed)).unwrap();
-        done_rx.recv().unwrap();
-    });
-    let (filled, freed) = freed_rx.recv().unwrap();
-    assert_eq!(filled, 3 * SPAN, "three spans of 1 KiB blocks");
-    assert_eq!(
-        freed,
-        2 * SPAN,
-        "after the frees: the current span and one kept empty span"
-    );
-    let _ = arena.trim();
-    assert_eq!(stats(arena).in_use_bytes, 0, "the trim left a span");
-    done_tx.send(()).unwrap();
-    owner.join().unwrap();
-    // SAFETY: nothing of it is used again.
-    unsafe { arena.destroy() }.unwrap();
 }
 
 #[test]

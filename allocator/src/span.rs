@@ -1034,11 +1034,7 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
         unsafe { link_slot(p).write(code.encode(head)) };
         // The first block pushed onto an empty list stays its last.
         let last = if head == end { index } else { last };
-        // `remote_word(index, last, count + 1)`, in shifts: `index` and
-        // `last` are below 2^16 already, and no 64-bit constant is needed
-        // (each took a register in the loop, and the registers ran out).
-        let pushed = ((count + 1) << 32) | (last << 16) | index;
-        debug_assert_eq!(pushed, remote_word(index, last, count + 1));
+        let pushed = remote_word(index, last, count + 1);
         match list.compare_exchange_weak(word, pushed, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
                 crate::race_hooks::pause(crate::race_hooks::Point::RemotePushed);
@@ -1057,10 +1053,13 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
 /// holding `count` blocks: 16 bits for each index (every span's block
 /// count, and so its list end, fits: see below), 32 for the count. A count
 /// past 32 bits wraps into nonsense that `collect_remote` refuses. An empty
-/// list's word is the list end, `reserved`.
+/// list's word is the list end, `reserved`. `first` and `last` are block
+/// indexes, below 2^16, so they need no mask: without one the push's loop
+/// holds no 64-bit constant, each of which took a register there (the
+/// registers ran out, and the remote free saved two more).
 #[inline(always)]
 fn remote_word(first: u64, last: u64, count: u64) -> u64 {
-    (count << 32) | ((last & 0xffff) << 16) | (first & 0xffff)
+    (count << 32) | (last << 16) | first
 }
 
 /// The first block, the last block and the length of the list in
@@ -1172,6 +1171,18 @@ mod tests {
 
     use super::*;
     use crate::size_class::{class_size, span_slices, CLASS_COUNT};
+
+    #[test]
+    fn a_remote_word_gives_back_its_parts() {
+        for first in [0u64, 1, 255, 4095, 0xffff] {
+            for last in [0u64, 7, 1000, 0xffff] {
+                for count in [0u64, 1, 65_536, u32::MAX as u64] {
+                    let word = remote_word(first, last, count);
+                    assert_eq!(remote_parts(word), (first, last, count), "{word:#x}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn odd_inverses_are_inverses() {
