@@ -1109,6 +1109,68 @@ fn frees_in_purged_spans() {
 }
 
 #[test]
+fn frees_into_the_current_span_take_the_fast_path_again_after_a_trim_parked_its_blocks() {
+    in_child(
+        "frees_into_the_current_span_take_the_fast_path_again_after_a_trim_parked_its_blocks",
+        &[("ARENALLOC_BACKGROUND", "0")],
+        || thread::spawn(current_span_after_trim).join().unwrap(),
+    );
+}
+
+/// In a fresh thread (so its 64-byte span is new and current): 256 blocks
+/// of 64 B, the last 128 (two pages) freed; a trim gives those pages back
+/// and parks their blocks, so every free into the span takes the checked
+/// path. The owner then frees one block of the span and allocates again,
+/// as a loop resuming after an idle spell does: from then on its frees must
+/// take the fast path again (the span lets frees below its capacity
+/// through), not the checked one for as long as the blocks stay parked.
+fn current_span_after_trim() {
+    let blocks = alloc_filled(256, 64);
+    // SAFETY: the blocks are live, so their span is.
+    let span = unsafe { &*span_holding(blocks[0]) };
+    assert!(
+        blocks
+            .iter()
+            .all(|&b| span_holding(b) == span_holding(blocks[0])),
+        "the 256 blocks are not in one span"
+    );
+    free_where(&blocks, |i| i >= 128);
+    assert!(arenalloc::trim() > 0, "the trim gave nothing back");
+    assert!(
+        span.has_parked() && span.fast_free_below() == 0,
+        "the trim parked no block of the span"
+    );
+    free(blocks[1]);
+    let again = engine::malloc(64);
+    assert!(!again.is_null());
+    assert_eq!(
+        span.fast_free_below(),
+        span.capacity(),
+        "after its owner freed a block into it, the current span still sends every free \
+         to the checked path (parked blocks: {})",
+        span.has_parked()
+    );
+    // The blocks still live read back intact.
+    for &b in blocks[2..128].iter() {
+        // SAFETY: live blocks of 64 bytes, filled by `alloc_filled`.
+        let bytes = unsafe { std::slice::from_raw_parts(b as *const u8, 64) };
+        assert!(bytes.iter().all(|&x| x == 9), "a live block changed");
+    }
+    free(again as usize);
+    free(blocks[0]);
+    free_where(&blocks, |i| (2..128).contains(&i));
+}
+
+/// The span metadata of one of our small blocks.
+fn span_holding(p: usize) -> *mut engine::span::Span {
+    let segment = engine::segment::OWNERSHIP
+        .span_segment_of(p)
+        .expect("a small block of ours");
+    // SAFETY: `p` lies in this live span segment.
+    unsafe { engine::segment::span_of(segment, p as *mut u8) }
+}
+
+#[test]
 fn trim_counts_the_segments_it_unmaps() {
     in_child(
         "trim_counts_the_segments_it_unmaps",

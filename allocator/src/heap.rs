@@ -359,6 +359,15 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
     if s.is_parked(index) || (unsafe { s.looks_free(p) } && s.is_listed_free(index)) {
         diag::fatal_pointer("free", "double free", p);
     }
+    // The heap's current span with parked blocks: its owner is at work in
+    // it again after a purge, so the blocks go back on the list now (their
+    // pages fault back in as they are used). Else every free into it came
+    // here until an `extend` needed them, which a loop that reuses a few
+    // blocks never does: twice the fast path's cost, for good.
+    // SAFETY: the caller owns the span, so its heap is the caller's.
+    if s.has_parked() && unsafe { (*s.heap()).current(s.class()) } == span {
+        s.restore_parked();
+    }
     // The program's data only happened to decode to a link.
     // SAFETY: a block start of the caller's span, not on a free list.
     unsafe { release_local(span, p, index, s.link_code()) }

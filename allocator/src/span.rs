@@ -703,10 +703,16 @@ impl Span {
         }
     }
 
+    /// Whether a purge parked free blocks of this span (then every free
+    /// into it takes the checked path).
+    pub fn has_parked(&self) -> bool {
+        self.parked.get() != 0
+    }
+
     /// Puts the parked blocks of the last purge back on the free list (their
     /// pages fault back in, zeroed, as they are used). A parked block found
     /// on the free list too was freed twice. Owner only.
-    fn restore_parked(&self) -> bool {
+    pub fn restore_parked(&self) -> bool {
         let parked_below = self.purged_capacity.get() as usize;
         if parked_below == 0 {
             return false;
