@@ -358,7 +358,7 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
         claim.leave_fast();
         // SAFETY: as above: another thread's span, or this thread's while
         // a claimer holds it; either takes the remote list.
-        return unsafe { free_remote(span, p) };
+        return unsafe { free_remote(p, span) };
     }
     // SAFETY: this thread owns the span and is inside; `p` is its block.
     match unsafe { heap::try_free_local(span, p) } {
@@ -366,11 +366,11 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
         heap::LocalFree::Refused => {
             claim.leave_fast();
             // SAFETY: forwarded.
-            unsafe { free_local_slow(span, p) }
+            unsafe { free_local_slow(p, span) }
         }
         // Still inside (the fast flag is set): a tail call.
         // SAFETY: forwarded.
-        heap::LocalFree::Emptied => unsafe { span_emptied(span, p) },
+        heap::LocalFree::Emptied => unsafe { span_emptied(p, span) },
     }
 }
 
@@ -383,7 +383,7 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
 /// As for [`heap::span_emptied`], inside through the fast path's flag.
 #[cold]
 #[inline(never)]
-unsafe fn span_emptied(span: *mut span::Span, p: *mut u8) {
+unsafe fn span_emptied(p: *mut u8, span: *mut span::Span) {
     let claim = thread::current_claim();
     let depth = claim.enter_from_fast();
     race_hooks::pause(race_hooks::Point::SpanEmptied);
@@ -399,7 +399,7 @@ unsafe fn span_emptied(span: *mut span::Span, p: *mut u8) {
 /// As for [`free_in_span`], on the span's owner thread.
 #[cold]
 #[inline(never)]
-unsafe fn free_local_slow(span: *mut span::Span, p: *mut u8) {
+unsafe fn free_local_slow(p: *mut u8, span: *mut span::Span) {
     // SAFETY: this thread owns the span; `p` is its block.
     thread::inside_allocator(|| unsafe { heap::free_local(span, p) });
 }
@@ -431,7 +431,7 @@ unsafe fn free_found_late(p: *mut u8) {
 /// `span` is the live span that holds `p`, a block given up by the caller.
 #[cold]
 #[inline(never)]
-unsafe fn free_remote(span: *mut span::Span, p: *mut u8) {
+unsafe fn free_remote(p: *mut u8, span: *mut span::Span) {
     let index = {
         // SAFETY: the span metadata is live (its segment is mapped, and it
         // holds `p`); this reference ends before the push below, after which

@@ -1021,8 +1021,9 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
             &(*span).thread_free.0,
         )
     };
-    // SAFETY: as above; `p` is a block start of the span.
-    if unsafe { (*span).looks_free(p) } {
+    // SAFETY: as above; `p` is a block start of the span. (The key and the
+    // list end as read above: read again, they took two more loads.)
+    if unsafe { looks_like_link(p, code, end) } {
         crate::diag::fatal_pointer("free", "double free", p);
     }
     if zero {
