@@ -1120,10 +1120,11 @@ fn frees_into_the_current_span_take_the_fast_path_again_after_a_trim_parked_its_
 /// In a fresh thread (so its 64-byte span is new and current): 256 blocks
 /// of 64 B, the last 128 (two pages) freed; a trim gives those pages back
 /// and parks their blocks, so every free into the span takes the checked
-/// path. The owner then frees one block of the span and allocates again,
-/// as a loop resuming after an idle spell does: from then on its frees must
-/// take the fast path again (the span lets frees below its capacity
-/// through), not the checked one for as long as the blocks stay parked.
+/// path. The owner then frees blocks of the span and allocates again, as a
+/// loop resuming after an idle spell does: after 64 such frees its frees
+/// must take the fast path again (the span lets frees below its capacity
+/// through), not the checked one for as long as the blocks stay parked;
+/// after one, the blocks stay parked.
 fn current_span_after_trim() {
     let blocks = alloc_filled(256, 64);
     // SAFETY: the blocks are live, so their span is.
@@ -1140,13 +1141,26 @@ fn current_span_after_trim() {
         span.has_parked() && span.fast_free_below() == 0,
         "the trim parked no block of the span"
     );
+    // One free is not yet work in the span: a thread that frees a few
+    // blocks before it idles again or exits must not fault its pages back.
     free(blocks[1]);
+    assert!(
+        span.has_parked(),
+        "one free into the span brought its parked blocks back"
+    );
+    // A loop at work in the span: 63 more frees (each of a block allocated
+    // just before), and its frees must take the fast path again.
+    for _ in 0..63 {
+        let q = engine::malloc(64);
+        assert_eq!(span_holding(q as usize), span as *const _ as *mut _);
+        free(q as usize);
+    }
     let again = engine::malloc(64);
     assert!(!again.is_null());
     assert_eq!(
         span.fast_free_below(),
         span.capacity(),
-        "after its owner freed a block into it, the current span still sends every free \
+        "after 64 frees of its owner's into it, the current span still sends every free \
          to the checked path (parked blocks: {})",
         span.has_parked()
     );

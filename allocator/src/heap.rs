@@ -334,6 +334,10 @@ unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode)
     }
 }
 
+/// How many of its owner's frees a current span with parked blocks takes
+/// on the checked path before it puts them back on its list.
+const RESTORE_AFTER_FREES: u32 = 64;
+
 /// A local free whose pointer is not a block start of a block handed out,
 /// whose block looks freed already, or whose span has parked blocks: abort
 /// with a message if it is misuse, else free it.
@@ -359,13 +363,19 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
     if s.is_parked(index) || (unsafe { s.looks_free(p) } && s.is_listed_free(index)) {
         diag::fatal_pointer("free", "double free", p);
     }
-    // The heap's current span with parked blocks: its owner is at work in
-    // it again after a purge, so the blocks go back on the list now (their
-    // pages fault back in as they are used). Else every free into it came
-    // here until an `extend` needed them, which a loop that reuses a few
-    // blocks never does: twice the fast path's cost, for good.
+    // The heap's current span with parked blocks, freed into again and
+    // again: its owner is at work in it after a purge, so the blocks go
+    // back on the list (their pages fault back in as they are used). Else
+    // every free into it came here until an `extend` needed them, which a
+    // loop that reuses a few blocks never does: twice the fast path's cost,
+    // for good. Not at the first such free: a thread that frees a few
+    // blocks and idles again (or exits) would fault back the span's pages
+    // for nothing.
     // SAFETY: the caller owns the span, so its heap is the caller's.
-    if s.has_parked() && unsafe { (*s.heap()).current(s.class()) } == span {
+    if s.has_parked()
+        && s.count_free_while_parked() >= RESTORE_AFTER_FREES
+        && unsafe { (*s.heap()).current(s.class()) } == span
+    {
         s.restore_parked();
     }
     // The program's data only happened to decode to a link.

@@ -159,6 +159,9 @@ pub struct Span {
     /// `used` when the span was last looked at by a purge (`u32::MAX`:
     /// never): unchanged, there is nothing new to purge.
     used_at_purge: Cell<u32>,
+    /// The owner's frees into the span since blocks were last parked (each
+    /// took the checked path). Owner only.
+    frees_while_parked: Cell<u32>,
 }
 
 /// A value alone in its cache line.
@@ -210,6 +213,7 @@ impl Span {
             parked: Cell::new(0),
             freed_ms: Cell::new(0),
             used_at_purge: Cell::new(u32::MAX),
+            frees_while_parked: Cell::new(0),
         }
     }
 
@@ -565,6 +569,7 @@ impl Span {
         }
         self.purged_capacity.set(0);
         self.parked.set(0);
+        self.frees_while_parked.set(0);
         self.update_fast_free();
         self.used_at_purge.set(u32::MAX);
     }
@@ -660,6 +665,7 @@ impl Span {
             .filter(|&i| bit(&free_marks, i) && self.page_is_purged(i * size / PAGE_SIZE))
             .count();
         self.parked.set(parked as u32);
+        self.frees_while_parked.set(0);
         // Frees must now check for parked blocks.
         self.update_fast_free();
         // Discard the runs of pages that go.
@@ -707,6 +713,15 @@ impl Span {
     /// into it takes the checked path).
     pub fn has_parked(&self) -> bool {
         self.parked.get() != 0
+    }
+
+    /// Owner, on a checked free into the span while blocks are parked:
+    /// counts it, and returns how many there have been since the blocks
+    /// were parked.
+    pub fn count_free_while_parked(&self) -> u32 {
+        let n = self.frees_while_parked.get().saturating_add(1);
+        self.frees_while_parked.set(n);
+        n
     }
 
     /// Puts the parked blocks of the last purge back on the free list (their
