@@ -33,7 +33,10 @@
 //! types of their owner pointers (`segment` also counts mapped bytes in its
 //! arena, `large` takes its arena's lock); `arena` reads a heap's idle mark
 //! and claim, and whether a claim is its own thread's, when it purges
-//! (layer 5); `thread` restarts the housekeeper in a `fork` child (layer 6).
+//! (layer 5); `thread`, which also holds the process's one-time set-up and
+//! the `fork` handlers, reads the exit summary's setting and holds library
+//! routing's lock across `fork` (layer 7), and restarts the housekeeper in a
+//! `fork` child (layer 6).
 //!
 //! Nothing reachable from these functions allocates through `std`, formats
 //! or unwinds; misuse that would corrupt memory (a foreign or doubly freed

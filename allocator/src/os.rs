@@ -293,6 +293,13 @@ pub fn parse_decimal(digits: &[u8]) -> Option<usize> {
     Some(value)
 }
 
+/// The calling thread's pthread handle, as a number: an identity that
+/// needs no state of the allocator's.
+pub fn pthread_id() -> usize {
+    // SAFETY: pthread_self has no preconditions and always succeeds.
+    unsafe { libc::pthread_self() as usize }
+}
+
 /// Gives up the CPU to another runnable thread.
 pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.

@@ -72,7 +72,7 @@ mod armed {
     const PARKED: u8 = 2;
     const RELEASED: u8 = 3;
 
-    /// The thread (its `current_thread_id`) that parks at each point; 0: any.
+    /// The thread (its [`thread_id`](super::thread_id)) that parks at each point; 0: any.
     static TARGET: [AtomicUsize; POINTS] = [const { AtomicUsize::new(0) }; POINTS];
     static PHASE: [AtomicU8; POINTS] = [const { AtomicU8::new(IDLE) }; POINTS];
 
@@ -85,7 +85,7 @@ mod armed {
             return false;
         }
         let want = target.load(Ordering::Relaxed);
-        if want != 0 && want != crate::thread::current_thread_id() {
+        if want != 0 && want != super::thread_id() {
             return false;
         }
         if phase
@@ -156,7 +156,8 @@ pub fn release(point: Point) {
     armed::release(point)
 }
 
-/// The calling thread's id as the pause points compare it.
+/// The calling thread's id as the pause points compare it (its pthread
+/// handle: the hooks sit below the thread module, and need no heap).
 pub fn thread_id() -> usize {
-    crate::thread::current_thread_id()
+    crate::os::pthread_id()
 }

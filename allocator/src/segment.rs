@@ -27,8 +27,7 @@ use crate::span::Span;
 
 pub const SEGMENT_SHIFT: usize = 22;
 pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
-pub const SLICE_SHIFT: usize = 16;
-pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
+pub use crate::size_class::{SLICE_SHIFT, SLICE_SIZE};
 pub const SLICES_PER_SEGMENT: usize = SEGMENT_SIZE / SLICE_SIZE;
 /// Slice 0 holds the header.
 pub const FIRST_USABLE_SLICE: usize = 1;

@@ -6,7 +6,10 @@
 //! Larger requests are mapped directly (see `large`). Requests up to
 //! [`SMALL_TABLE_MAX`] find their class with one table load.
 
-use crate::segment::SLICE_SIZE;
+/// Spans are made of slices of this many bytes (`segment` cuts its
+/// segments into them): a class's span size is a count of slices.
+pub const SLICE_SHIFT: usize = 16;
+pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
 
 /// Largest request served from spans; anything larger gets its own mapping.
 /// Chosen by measurement: 128 KiB keeps medium spans at 1 MiB and matches
