@@ -268,9 +268,11 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
     if index >= fast_below || unsafe { crate::span::looks_like_link(p, code, reserved) } {
         return LocalFree::Refused;
     }
-    let used = s.used().wrapping_sub(1);
     // SAFETY: a block of the caller's own span, given up by the caller.
     unsafe { s.push_local(p, index, code) };
+    // After the push: the count's load, decrement and store then make one
+    // instruction, whose flags the test below reads.
+    let used = s.used().wrapping_sub(1);
     s.set_used(used);
     if used == 0 {
         return LocalFree::Emptied;
