@@ -802,6 +802,55 @@ fn free_of_a_block_never_handed_out_from_another_thread_aborts() {
     );
 }
 
+/// Another thread frees a block that a trim parked (its page given back,
+/// so its link word reads zero and the remote free's look passes it); the
+/// owner then works in the span, its current one, until its frees bring
+/// the parked blocks back (the 64th). The remote list must be collected,
+/// and the double free caught, before the parked blocks are relinked.
+#[test]
+fn a_remote_double_free_of_a_parked_block_aborts_when_the_owner_brings_the_parked_blocks_back() {
+    expect_abort(
+        "a_remote_double_free_of_a_parked_block_aborts_when_the_owner_brings_the_parked_blocks_back",
+        "double free",
+        || {
+            // Fresh thread, fresh span (as in the test below): the third
+            // page's blocks freed and parked by a trim; block 1 freed too,
+            // so the owner's list is not empty and its loop needs no refill
+            // (whose collection would catch the double free first).
+            let blocks: Vec<*mut u8> = (0..256).map(|_| engine::malloc(64)).collect();
+            let base = blocks[0] as usize;
+            let in_third_page: Vec<*mut u8> = blocks
+                .iter()
+                .copied()
+                .filter(|&b| (b as usize - base) / 4096 == 2)
+                .collect();
+            assert_eq!(in_third_page.len(), 64, "blocks not laid out in order");
+            for &b in &in_third_page {
+                // SAFETY: valid frees.
+                unsafe { engine::free(b) };
+            }
+            // SAFETY: a valid free.
+            unsafe { engine::free(blocks[1]) };
+            assert!(engine::trim() > 0, "the trim gave nothing back");
+            let p = in_third_page[5];
+            announce(p);
+            let q = p as usize;
+            thread::spawn(move || {
+                // SAFETY: deliberately invalid: a parked block freed again.
+                unsafe { engine::free(q as *mut u8) };
+            })
+            .join()
+            .unwrap();
+            for _ in 0..64 {
+                let b = engine::malloc(64);
+                // SAFETY: a valid pair.
+                unsafe { engine::free(b) };
+            }
+            p
+        },
+    );
+}
+
 #[test]
 fn double_free_of_a_block_whose_page_was_purged_aborts() {
     expect_abort(

@@ -342,7 +342,8 @@ const RESTORE_AFTER_FREES: u32 = 64;
 
 /// A local free whose pointer is not a block start of a block handed out,
 /// whose block looks freed already, or whose span has parked blocks: abort
-/// with a message if it is misuse, else free it.
+/// with a message if it is misuse, else free it (and, in a current span
+/// freed into often enough, put the parked blocks back on the list).
 #[cold]
 #[inline(never)]
 unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
@@ -367,18 +368,29 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
     }
     // The heap's current span with parked blocks, freed into again and
     // again: its owner is at work in it after a purge, so the blocks go
-    // back on the list (their pages fault back in as they are used). Else
-    // every free into it came here until an `extend` needed them, which a
-    // loop that reuses a few blocks never does: twice the fast path's cost,
-    // for good. Not at the first such free: a thread that frees a few
-    // blocks and idles again (or exits) would fault back the span's pages
-    // for nothing.
-    // SAFETY: the caller owns the span, so its heap is the caller's.
+    // back on the list. That writes a link into each, so their pages fault
+    // back in now: not at the first such free, or a thread that frees a
+    // few blocks and idles again (or exits) would bring back the span's
+    // pages for nothing. Else every free into it came here until an
+    // `extend` needed them, which a loop that reuses a few blocks never
+    // does: twice the fast path's cost, for good. Only frees into the
+    // current span count.
+    // SAFETY: the caller owns the span, so its heap is the caller's; the
+    // caller is inside the allocator (by depth), so no claimer holds it.
     if s.has_parked()
-        && s.count_free_while_parked() >= RESTORE_AFTER_FREES
         && unsafe { (*s.heap()).current(s.class()) } == span
+        && s.count_free_while_parked() >= RESTORE_AFTER_FREES
     {
-        s.restore_parked();
+        // Blocks other threads freed first: their collection checks each
+        // against the parked ones (a remote double free of a parked block
+        // aborts there), which the restore's relinking would otherwise cut
+        // short. The count stays above 0: the span is pinned, and `p` is out.
+        s.collect_remote();
+        let _ = s.restore_parked();
+        // At work: the next purge should not count this heap idle and give
+        // the pages back again at once (only slow paths mark activity).
+        // SAFETY: as above.
+        unsafe { note_activity(s.heap()) };
     }
     // The program's data only happened to decode to a link.
     // SAFETY: a block start of the caller's span, not on a free list.

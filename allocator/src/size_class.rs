@@ -9,6 +9,7 @@
 /// Spans are made of slices of this many bytes (`segment` cuts its
 /// segments into them): a class's span size is a count of slices.
 pub const SLICE_SHIFT: usize = 16;
+/// See [`SLICE_SHIFT`].
 pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
 
 /// Largest request served from spans; anything larger gets its own mapping.

@@ -159,8 +159,9 @@ pub struct Span {
     /// `used` when the span was last looked at by a purge (`u32::MAX`:
     /// never): unchanged, there is nothing new to purge.
     used_at_purge: Cell<u32>,
-    /// The owner's frees into the span since blocks were last parked (each
-    /// took the checked path). Owner only.
+    /// The owner's frees into the span, while it was its heap's current
+    /// span, since blocks were last parked (each took the checked path).
+    /// Owner; reset by a purge (claimer or arena-lock holder).
     frees_while_parked: Cell<u32>,
 }
 
@@ -724,10 +725,10 @@ impl Span {
         n
     }
 
-    /// Puts the parked blocks of the last purge back on the free list (their
-    /// pages fault back in, zeroed, as they are used). A parked block found
+    /// Puts the parked blocks of the last purge back on the free list (each
+    /// gets a link, so their pages fault back in, zeroed, now). A parked block found
     /// on the free list too was freed twice. Owner only.
-    pub fn restore_parked(&self) -> bool {
+    pub(crate) fn restore_parked(&self) -> bool {
         let parked_below = self.purged_capacity.get() as usize;
         if parked_below == 0 {
             return false;
