@@ -802,6 +802,31 @@ fn free_of_a_block_never_handed_out_from_another_thread_aborts() {
     );
 }
 
+/// 256 blocks of 64 B: four pages. Frees the third page's blocks (and
+/// block 1 too if `and_block_1`), keeps the rest; a trim gives that page
+/// back and parks its blocks (their link words are gone with it). Returns
+/// the third page's blocks, all free and parked.
+fn third_page_parked_by_a_trim(and_block_1: bool) -> Vec<*mut u8> {
+    let blocks: Vec<*mut u8> = (0..256).map(|_| engine::malloc(64)).collect();
+    let base = blocks[0] as usize;
+    let in_third_page: Vec<*mut u8> = blocks
+        .iter()
+        .copied()
+        .filter(|&b| (b as usize - base) / 4096 == 2)
+        .collect();
+    assert_eq!(in_third_page.len(), 64, "blocks not laid out in order");
+    for &b in &in_third_page {
+        // SAFETY: valid frees.
+        unsafe { engine::free(b) };
+    }
+    if and_block_1 {
+        // SAFETY: a valid free.
+        unsafe { engine::free(blocks[1]) };
+    }
+    assert!(engine::trim() > 0, "the trim gave nothing back");
+    in_third_page
+}
+
 /// Another thread frees a block that a trim parked (its page given back,
 /// so its link word reads zero and the remote free's look passes it); the
 /// owner then works in the span, its current one, until its frees bring
@@ -813,25 +838,10 @@ fn a_remote_double_free_of_a_parked_block_aborts_when_the_owner_brings_the_parke
         "a_remote_double_free_of_a_parked_block_aborts_when_the_owner_brings_the_parked_blocks_back",
         "double free",
         || {
-            // Fresh thread, fresh span (as in the test below): the third
-            // page's blocks freed and parked by a trim; block 1 freed too,
-            // so the owner's list is not empty and its loop needs no refill
-            // (whose collection would catch the double free first).
-            let blocks: Vec<*mut u8> = (0..256).map(|_| engine::malloc(64)).collect();
-            let base = blocks[0] as usize;
-            let in_third_page: Vec<*mut u8> = blocks
-                .iter()
-                .copied()
-                .filter(|&b| (b as usize - base) / 4096 == 2)
-                .collect();
-            assert_eq!(in_third_page.len(), 64, "blocks not laid out in order");
-            for &b in &in_third_page {
-                // SAFETY: valid frees.
-                unsafe { engine::free(b) };
-            }
-            // SAFETY: a valid free.
-            unsafe { engine::free(blocks[1]) };
-            assert!(engine::trim() > 0, "the trim gave nothing back");
+            // Block 1 freed too, so the owner's list is not empty and its
+            // loop needs no refill (whose collection would catch the double
+            // free first).
+            let in_third_page = third_page_parked_by_a_trim(true);
             let p = in_third_page[5];
             announce(p);
             let q = p as usize;
@@ -857,22 +867,7 @@ fn double_free_of_a_block_whose_page_was_purged_aborts() {
         "double_free_of_a_block_whose_page_was_purged_aborts",
         "double free",
         || {
-            // 256 blocks of 64 B: four pages. Free the third page's blocks,
-            // keep the rest; a trim gives that page back and parks its
-            // blocks (their link words are gone with it).
-            let blocks: Vec<*mut u8> = (0..256).map(|_| engine::malloc(64)).collect();
-            let base = blocks[0] as usize;
-            let in_third_page: Vec<*mut u8> = blocks
-                .iter()
-                .copied()
-                .filter(|&b| (b as usize - base) / 4096 == 2)
-                .collect();
-            assert_eq!(in_third_page.len(), 64, "blocks not laid out in order");
-            for &b in &in_third_page {
-                // SAFETY: valid frees.
-                unsafe { engine::free(b) };
-            }
-            assert!(engine::trim() > 0, "the trim gave nothing back");
+            let in_third_page = third_page_parked_by_a_trim(false);
             let p = in_third_page[5];
             announce(p);
             // SAFETY: deliberately invalid: the engine must abort.
