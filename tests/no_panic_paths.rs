@@ -54,7 +54,7 @@ const ENTRY_POINTS: &[&str] = &[
 /// through any symbol or `lea`), found by a part of their mangled name: the
 /// start-up initialisation and the `ARENALLOC_STATS` exit summary.
 const LOADER_ENTRY_POINTS: &[&str] = &[
-    "6thread12init_at_load",
+    "7process12init_at_load",
     "12exit_summary22print_summary_if_asked",
 ];
 

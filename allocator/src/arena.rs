@@ -131,8 +131,6 @@ impl Default for Arena {
     }
 }
 
-pub use crate::registry::{default_arena, for_each_arena};
-
 /// What one arena purge did.
 #[derive(Clone, Copy)]
 pub struct PurgeOutcome {

@@ -16,7 +16,6 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::claim::ThreadClaim;
-use crate::thread::ThreadState;
 
 use crate::arena::{Arena, ArenaState, PurgeKind};
 use crate::diag;
@@ -119,7 +118,8 @@ pub fn empty_heap() -> *mut Heap {
 /// (errno `ENOMEM`) if out of memory.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap or `empty_heap()`.
+/// `heap` is a live heap of the calling thread (`thread::own_heap`), not
+/// the empty heap or a dead one.
 #[inline(always)]
 pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: `class` < CLASS_COUNT (from the size-class functions); the
@@ -190,19 +190,7 @@ pub unsafe fn alloc(heap: *mut Heap, size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(heap: *mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: the thread's own heap or the read-only empty heap.
-    let dead = unsafe { (*heap).arena_ptr().is_null() };
-    // A thread without a heap yet, or whose preferred arena was destroyed,
-    // allocates in the default arena.
-    let heap = if dead {
-        match crate::thread::heap_for_current_thread() {
-            Some(h) => h,
-            None => return out_of_memory(),
-        }
-    } else {
-        heap
-    };
-    // SAFETY: `heap` is now the calling thread's own heap (a pool heap).
+    // SAFETY: the calling thread's own heap (a live pool heap).
     unsafe { note_activity(heap) };
     crate::race_hooks::pause(crate::race_hooks::Point::MallocSlowPath);
     // SAFETY: as above.
@@ -924,6 +912,48 @@ fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
     }
 }
 
+/// What a thread keeps in its TLS: its current heap, and its side of the
+/// purger's claim handshake (next to the heap pointer, so the fast path
+/// computes one TLS address for both). Laid out as `tls` initialises it.
+#[repr(C)]
+pub struct ThreadState {
+    /// The heap of the thread's preferred arena. Written only by the owner
+    /// (relaxed atomics are plain moves); read by statistics, which count
+    /// the threads that prefer an arena.
+    pub(crate) heap: AtomicPtr<Heap>,
+    /// The heap that was current before the last switch: a library call
+    /// wrapped in an arena switches back to it, found without a walk. Only
+    /// this thread touches it; atomic (relaxed, plain moves) so that the
+    /// state stays `Sync` for the purger, which reads other fields.
+    pub(crate) previous_heap: AtomicPtr<Heap>,
+    pub(crate) claim: ThreadClaim,
+    /// The thread's first heap; the others hang off it (`next_in_thread`).
+    /// Only this thread touches it.
+    pub(crate) heaps: AtomicPtr<Heap>,
+}
+
+impl ThreadState {
+    /// A new thread's state: no heap yet (the empty heap's slow path makes
+    /// one), no claim.
+    pub const fn initial() -> ThreadState {
+        ThreadState {
+            heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            previous_heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
+            claim: ThreadClaim::new(),
+            heaps: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    pub fn claim(&self) -> &ThreadClaim {
+        &self.claim
+    }
+
+    /// Whether `heap` is this thread's current heap (a racy read).
+    pub fn prefers(&self, heap: *mut Heap) -> bool {
+        self.heap.load(Ordering::Relaxed) == heap
+    }
+}
+
 /// What an arena needs of each of its heaps, kept beside the heap (not in it)
 /// so that the owner's `&mut Heap` never covers what other threads touch.
 pub struct HeapLinks {
@@ -1139,10 +1169,16 @@ pub(crate) static POOL: Mutex<HeapPool> = Mutex::new(HeapPool {
 
 const POOL_CHUNK: usize = 256 * 1024;
 
-/// A fresh heap for `thread_id` in `arena`, registered with the arena, or
+/// A fresh heap of `thread` in `arena`, registered with the arena, or
 /// `None` if out of memory, or the arena is closed or not in the life the
 /// raw handle `life` names (0: any).
-pub fn new_heap(arena: &'static Arena, thread_id: usize, life: u64) -> Option<*mut Heap> {
+pub fn new_heap(
+    arena: &'static Arena,
+    thread: &'static ThreadState,
+    life: u64,
+) -> Option<*mut Heap> {
+    // A thread's id is the address of its state (`thread::current_thread_id`).
+    let thread_id = thread as *const ThreadState as usize;
     let heap = {
         let mut pool = POOL.lock();
         if !pool.free.is_null() {
@@ -1167,6 +1203,8 @@ pub fn new_heap(arena: &'static Arena, thread_id: usize, life: u64) -> Option<*m
     // writable memory that nothing else references; all-zero links are
     // valid ones).
     unsafe { (*heap).init(arena.as_ptr(), thread_id, ptr::null_mut()) };
+    // SAFETY: as above; the lock in `join_arena` publishes it to the purger.
+    unsafe { links(heap) }.thread.set(thread);
     if join_arena(arena, heap, life) {
         Some(heap)
     } else {
@@ -1199,10 +1237,6 @@ pub unsafe fn revive_heap(heap: *mut Heap, arena: &'static Arena, life: u64) -> 
 /// closed, or not in the life the raw handle `life` names (0: any), so a
 /// handle that went stale since it was checked is refused.
 fn join_arena(arena: &'static Arena, heap: *mut Heap, life: u64) -> bool {
-    // SAFETY: a pool heap that no other thread sees yet; the lock below
-    // publishes the pointer to the purger.
-    let l = unsafe { links(heap) };
-    l.thread.set(crate::thread::current_thread_state());
     crate::race_hooks::pause(crate::race_hooks::Point::JoinBeforeLock);
     let mut state = arena.state.lock();
     if !state.is_open() || (life != 0 && state.life() != life) {

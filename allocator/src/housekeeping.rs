@@ -6,7 +6,7 @@
 //! hold ([`Budget`]) is here too, for the arena's and heaps' purge steps.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::os;
 use crate::sync::futex_wake_one;
@@ -27,6 +27,23 @@ static DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
 /// Whether the settings were read (0: no, 1: yes).
 static SETTINGS_READ: AtomicU8 = AtomicU8::new(0);
 static BACKGROUND_ENABLED: AtomicU8 = AtomicU8::new(1);
+/// What the housekeeper runs after each pass, if set: library routing's
+/// rescan for objects loaded behind the C ABI's back. A function pointer, so
+/// that the purger does not reach up into the module that sets it.
+static AFTER_PASS: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Asks the housekeeper to call `task` after every pass (the last call wins).
+pub fn set_after_pass(task: fn()) {
+    AFTER_PASS.store(task as *mut (), Ordering::Release);
+}
+
+/// The task set with [`set_after_pass`], if any.
+pub fn after_pass() -> Option<fn()> {
+    let task = AFTER_PASS.load(Ordering::Acquire);
+    // SAFETY: only `set_after_pass` stores here, and it stores a `fn()`.
+    (!task.is_null()).then(|| unsafe { core::mem::transmute::<*mut (), fn()>(task) })
+}
+
 /// Whether the housekeeper runs now (started, and not switched off): only
 /// then may the data structures keep memory for it to give back later.
 pub fn housekeeper_running() -> bool {

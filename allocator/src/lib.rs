@@ -53,6 +53,7 @@ pub mod housekeeping;
 pub mod large;
 pub mod library_routing;
 pub mod os;
+pub mod process;
 pub mod purger;
 pub mod race_hooks;
 pub mod registry;
@@ -136,9 +137,10 @@ fn malloc_by_class(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn malloc_small_slow(size: usize) -> *mut u8 {
-    // SAFETY: the current heap belongs to this thread.
-    small_slow(thread::preferred_arena(), || unsafe {
-        heap::alloc(thread::current_heap(), size)
+    small_slow(thread::preferred_arena(), || match thread::own_heap() {
+        // SAFETY: the calling thread's own heap.
+        Some(heap) => unsafe { heap::alloc(heap, size) },
+        None => ptr::null_mut(),
     })
 }
 
@@ -152,6 +154,9 @@ fn malloc_small_slow(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn small_slow(arena: &'static Arena, alloc: impl Fn() -> *mut u8) -> *mut u8 {
+    // The fork handlers and the thread-exit key must be in place before the
+    // thread's first heap joins an arena (under its lock).
+    process::ensure_init();
     purger::maybe_start();
     let p = thread::inside_allocator(&alloc);
     if !p.is_null() {
@@ -174,7 +179,7 @@ fn alloc_large(arena: &'static Arena, size: usize, align: usize, zero: bool) -> 
     }
     // The fork handlers must be in place before any arena lock is taken,
     // even in a program whose first allocation is large.
-    thread::ensure_init();
+    process::ensure_init();
     purger::maybe_start();
     // A zero-byte block still needs a byte of its own, or it would point
     // just past its mapping.
@@ -220,9 +225,10 @@ fn malloc_aligned_slow(size: usize, align: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     if let Some(class) = class_of_aligned(size, align) {
-        // SAFETY: the current heap belongs to this thread.
-        return small_slow(thread::preferred_arena(), || unsafe {
-            heap::alloc_small(thread::current_heap(), class)
+        return small_slow(thread::preferred_arena(), || match thread::own_heap() {
+            // SAFETY: the calling thread's own heap.
+            Some(heap) => unsafe { heap::alloc_small(heap, class) },
+            None => ptr::null_mut(),
         });
     }
     alloc_large(thread::preferred_arena(), size, align, false)
@@ -699,6 +705,7 @@ fn arena_set_slow(
     handle: ArenaHandle,
     previous: u64,
 ) -> Option<ArenaHandle> {
+    process::ensure_init();
     if thread::set_preferred_arena(arena, handle.to_raw()).is_none() {
         // Stale since it was checked, or no memory for a heap.
         let stale = registry::resolve(handle).is_none();
@@ -735,7 +742,7 @@ fn lock_live_arena(
 /// No block of the arena is used after this call, and no thread allocates
 /// in, frees to or switches to the arena while it runs.
 pub unsafe fn arena_destroy(handle: ArenaHandle) -> bool {
-    thread::ensure_init();
+    process::ensure_init();
     if library_routing::is_routed_arena(handle) {
         // A routed library keeps allocating in it.
         os::set_errno(libc::EBUSY);
@@ -752,7 +759,7 @@ pub unsafe fn arena_destroy(handle: ArenaHandle) -> bool {
 /// Returns the free memory of one arena to the OS now; the bytes released,
 /// or `None` (errno `EINVAL`) for a stale or foreign handle.
 pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
-    thread::ensure_init();
+    process::ensure_init();
     let arena = refused(registry::resolve(handle))?;
     refused(purger::purge_arena_now(arena, handle.to_raw()))
 }
@@ -760,7 +767,7 @@ pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
 /// One arena's figures; `None` (errno `EINVAL`) for a stale or foreign
 /// handle.
 pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
-    thread::ensure_init();
+    process::ensure_init();
     let (arena, state) = lock_live_arena(handle)?;
     Some(state.stats(arena))
 }
@@ -771,7 +778,7 @@ pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
 /// holds now only stops it from growing. False (errno `EINVAL`) for a stale
 /// or foreign handle.
 pub fn arena_set_limit(handle: ArenaHandle, bytes: usize) -> bool {
-    thread::ensure_init();
+    process::ensure_init();
     let Some((_, mut state)) = lock_live_arena(handle) else {
         return false;
     };
@@ -805,14 +812,14 @@ pub fn arena_of(p: *const u8) -> Option<ArenaHandle> {
 /// spans that still hold live blocks, free slices, empty segments and cached
 /// large blocks. Returns the number of bytes released (0: nothing).
 pub fn trim() -> usize {
-    thread::ensure_init();
+    process::ensure_init();
     purger::purge_all_now()
 }
 
 /// The allocator's figures now.
 pub fn stats() -> Stats {
-    thread::ensure_init();
-    stats::snapshot()
+    process::ensure_init();
+    registry::gather_stats()
 }
 
 /// Whether `p` lies in memory this allocator manages (a segment or a large

@@ -26,13 +26,14 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::arena::{for_each_arena, Arena, PurgeCursor, PurgeKind};
+use crate::arena::{Arena, PurgeCursor, PurgeKind};
 pub use crate::housekeeping::{
     background_enabled, note_pending, purge_delay_ms, set_background, set_purge_delay_ms, Budget,
     DEFAULT_PURGE_DELAY_MS, DEFAULT_SLICE_US,
 };
 use crate::housekeeping::{read_settings, NOT_STARTED, OFF, PENDING, RUNNING, STARTING, STATE};
 use crate::os;
+use crate::registry::for_each_arena;
 use crate::sync::{futex_wait, futex_wake_one};
 
 /// The housekeeper starts once this much has been mapped: small, short
@@ -112,8 +113,11 @@ extern "C" fn housekeeper_main(_: *mut libc::c_void) -> *mut libc::c_void {
         PENDING.store(0, Ordering::Release);
         let more = pass(os::now_ms().saturating_sub(delay));
         PASSES.fetch_add(1, Ordering::Relaxed);
-        // Objects loaded by a dlopen the C ABI did not see get routed here.
-        crate::library_routing::poll();
+        // Library routing's rescan, if routing is on (objects loaded by a
+        // `dlopen` the C ABI did not see get routed here).
+        if let Some(task) = crate::housekeeping::after_pass() {
+            task();
+        }
         if more {
             PENDING.store(1, Ordering::Release);
         }

@@ -19,6 +19,7 @@ use core::num::NonZeroU64;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::arena::{Arena, ArenaState};
+use crate::stats::Stats;
 use crate::sync::{Mutex, MutexGuard};
 
 /// Arenas that can exist at once, besides the default one.
@@ -249,6 +250,21 @@ pub fn skip_lives(n: u64) {
 /// Fork support: creation must not be under way across `fork`.
 pub fn create_lock() -> &'static Mutex<impl Sized> {
     &CREATE_LOCK
+}
+
+/// The allocator's figures now. Takes each arena's lock in turn.
+pub fn gather_stats() -> Stats {
+    let mut stats = Stats::from_counters();
+    for_each_arena(|arena| {
+        arena.state.lock().for_each_segment(|segment| {
+            stats.segments += 1;
+            segment.for_each_span(|span| {
+                let (blocks, bytes) = span.live();
+                stats.add_small_live(blocks, bytes);
+            });
+        });
+    });
+    stats
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::arena::for_each_arena;
-
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 static PEAK_MAPPED: AtomicUsize = AtomicUsize::new(0);
 static LARGE_LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -70,29 +68,27 @@ pub struct Stats {
     pub resident_bytes: usize,
 }
 
-/// Gathers the current figures. Takes each arena's lock in turn.
-pub fn snapshot() -> Stats {
-    let mut s = Stats {
-        mapped_bytes: MAPPED.load(Ordering::Relaxed),
-        peak_mapped_bytes: PEAK_MAPPED.load(Ordering::Relaxed),
-        large_live_bytes: LARGE_LIVE.load(Ordering::Relaxed),
-        live_blocks: LARGE_LIVE_BLOCKS.load(Ordering::Relaxed),
-        resident_bytes: crate::os::resident_bytes().unwrap_or(0),
-        ..Stats::default()
-    };
-    s.live_bytes = s.large_live_bytes;
-    for_each_arena(|arena| {
-        let state = arena.state.lock();
-        state.for_each_segment(|segment| {
-            s.segments += 1;
-            segment.for_each_span(|span| {
-                let (blocks, bytes) = span.live();
-                s.live_blocks += blocks;
-                s.live_bytes += bytes;
-            });
-        });
-    });
-    s
+impl Stats {
+    /// The process-wide counters; the small blocks and segments, which only
+    /// the arenas know, are left at 0 for the caller to count.
+    pub fn from_counters() -> Stats {
+        let large_live_bytes = LARGE_LIVE.load(Ordering::Relaxed);
+        Stats {
+            mapped_bytes: MAPPED.load(Ordering::Relaxed),
+            peak_mapped_bytes: PEAK_MAPPED.load(Ordering::Relaxed),
+            live_bytes: large_live_bytes,
+            large_live_bytes,
+            live_blocks: LARGE_LIVE_BLOCKS.load(Ordering::Relaxed),
+            resident_bytes: crate::os::resident_bytes().unwrap_or(0),
+            segments: 0,
+        }
+    }
+
+    /// Counts live small blocks (`blocks` of `bytes` in all).
+    pub fn add_small_live(&mut self, blocks: usize, bytes: usize) {
+        self.live_blocks += blocks;
+        self.live_bytes += bytes;
+    }
 }
 
 /// What one arena holds, kept under its lock (slow paths only: spans taken

@@ -1,58 +1,18 @@
 //! Threads: which heap the calling thread uses, who the calling thread is,
 //! what happens when it exits, and `fork`.
 //!
-//! The heap pointer lives in the thread's [`ThreadState`] (see `tls`), which
+//! The heap pointer lives in the thread's [`ThreadState`] (defined in `heap`,
+//! placed by `tls`), which
 //! has no destructor (no registration, so no `calloc` from glibc). Thread
 //! exit is seen through a pthread key destructor, created once at start-up
 //! while few keys exist.
 
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::arena::{default_arena, for_each_arena, Arena};
+use crate::arena::Arena;
 use crate::claim::ThreadClaim;
-use crate::heap::{self, Heap, EMPTY_HEAP};
-
-/// What a thread keeps in its TLS: its current heap, and its side of the
-/// purger's claim handshake (next to the heap pointer, so the fast path
-/// computes one TLS address for both). Laid out as `tls` initialises it.
-#[repr(C)]
-pub struct ThreadState {
-    /// The heap of the thread's preferred arena. Written only by the owner
-    /// (relaxed atomics are plain moves); read by statistics, which count
-    /// the threads that prefer an arena.
-    pub(crate) heap: AtomicPtr<Heap>,
-    /// The heap that was current before the last switch: a library call
-    /// wrapped in an arena switches back to it, found without a walk. Only
-    /// this thread touches it; atomic (relaxed, plain moves) so that the
-    /// state stays `Sync` for the purger, which reads other fields.
-    pub(crate) previous_heap: AtomicPtr<Heap>,
-    pub(crate) claim: ThreadClaim,
-    /// The thread's first heap; the others hang off it (`next_in_thread`).
-    /// Only this thread touches it.
-    pub(crate) heaps: AtomicPtr<Heap>,
-}
-
-impl ThreadState {
-    /// A new thread's state: no heap yet (the empty heap's slow path makes
-    /// one), no claim.
-    pub const fn initial() -> ThreadState {
-        ThreadState {
-            heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
-            previous_heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
-            claim: ThreadClaim::new(),
-            heaps: AtomicPtr::new(core::ptr::null_mut()),
-        }
-    }
-
-    pub fn claim(&self) -> &ThreadClaim {
-        &self.claim
-    }
-
-    /// Whether `heap` is this thread's current heap (a racy read).
-    pub fn prefers(&self, heap: *mut Heap) -> bool {
-        self.heap.load(Ordering::Relaxed) == heap
-    }
-}
+use crate::heap::{self, Heap, ThreadState};
+use crate::registry::{default_arena, for_each_arena};
 
 /// The calling thread's state.
 #[inline(always)]
@@ -141,69 +101,38 @@ pub fn current_thread_id() -> usize {
     crate::tls::state() as usize
 }
 
-const UNINIT: u8 = 0;
-const RUNNING: u8 = 1;
-const READY: u8 = 2;
-static INIT_STATE: AtomicU8 = AtomicU8::new(UNINIT);
-/// The thread running the one-time set-up, so that an allocation it makes
-/// from inside `pthread_atfork` (musl's does) proceeds instead of waiting for
-/// itself.
-static INIT_THREAD: AtomicUsize = AtomicUsize::new(0);
 static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
 
-/// Initialises when the program is loaded (a constructor, before `main`):
-/// `pthread_atfork` must not first be called from inside a `malloc` that
-/// glibc's own `pthread_atfork` makes while it holds its lock (its 49th
-/// registration allocates), or the process deadlocks. Lazy initialisation
-/// still covers allocations made before this runs.
-#[used]
-#[link_section = ".init_array"]
-static INIT_AT_LOAD: extern "C" fn() = init_at_load;
-
-extern "C" fn init_at_load() {
-    ensure_init();
+/// Creates the key whose destructor sees each thread exit. Called once, by
+/// the process's one-time set-up (`process::ensure_init`), before any heap
+/// exists; `pthread_key_create` does not allocate.
+pub fn create_exit_key() {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; the destructor is an
+    // `extern "C"` function that lives forever.
+    let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+    if rc != 0 {
+        crate::diag::fatal("pthread_key_create failed");
+    }
+    THREAD_KEY.store(key, Ordering::Relaxed);
 }
 
-/// One-time set-up: the thread-exit key, then the fork handlers, before any
-/// thread allocates. Safe to re-enter from the set-up thread itself. Called
-/// before the first use of any allocator lock.
-pub fn ensure_init() {
-    if INIT_STATE.load(Ordering::Acquire) == READY {
-        return;
+/// The calling thread's heap for its preferred arena. A thread without a
+/// heap yet, or whose preferred arena was destroyed, gets (and from now on
+/// prefers) its heap in the default arena. `None` if out of memory.
+#[inline]
+pub fn own_heap() -> Option<*mut Heap> {
+    let heap = current_heap();
+    // SAFETY: the current heap is the thread's own or the read-only empty
+    // heap; a destroyed arena's heap is dead (null arena).
+    if unsafe { (*heap).arena_ptr().is_null() } {
+        return heap_in_default_arena();
     }
-    let me = current_thread_id();
-    if INIT_STATE
-        .compare_exchange(UNINIT, RUNNING, Ordering::Acquire, Ordering::Acquire)
-        .is_ok()
-    {
-        INIT_THREAD.store(me, Ordering::Relaxed);
-        let mut key: libc::pthread_key_t = 0;
-        // SAFETY: `key` is a valid out-pointer; the destructor is an
-        // `extern "C"` function that lives forever.
-        let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
-        if rc != 0 {
-            crate::diag::fatal("pthread_key_create failed");
-        }
-        THREAD_KEY.store(key, Ordering::Relaxed);
-        // SAFETY: the handlers are `extern "C"` functions that live forever.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-        crate::exit_summary::read_setting();
-        INIT_STATE.store(READY, Ordering::Release);
-        return;
-    }
-    if INIT_THREAD.load(Ordering::Relaxed) == me {
-        // Re-entered from pthread_atfork: the key already exists.
-        return;
-    }
-    while INIT_STATE.load(Ordering::Acquire) != READY {
-        crate::os::yield_now();
-    }
+    Some(heap)
 }
 
-/// Sets up the calling thread's heap in the default arena and makes it the
-/// current one.
 #[cold]
-pub fn heap_for_current_thread() -> Option<*mut Heap> {
+fn heap_in_default_arena() -> Option<*mut Heap> {
     let heap = heap_in(default_arena(), 0)?;
     set_current_heap(heap);
     Some(heap)
@@ -242,22 +171,17 @@ pub fn heap_in(arena: &'static Arena, life: u64) -> Option<*mut Heap> {
 
 #[cold]
 fn new_heap_in(arena: &'static Arena, first: *mut Heap, life: u64) -> Option<*mut Heap> {
-    ensure_init();
-    // The set-up may have allocated (re-entrantly) and so created a heap.
-    if first.is_null() && !this_thread().heaps.load(Ordering::Relaxed).is_null() {
-        return heap_in(arena, life);
-    }
     if first.is_null() {
         // Before the heap is listed: no claimer can see this claim yet.
         current_claim().set_owner_key(current_thread_id());
     }
-    let heap = heap::new_heap(arena, current_thread_id(), life)?;
+    let heap = heap::new_heap(arena, this_thread(), life)?;
     if first.is_null() {
         this_thread().heaps.store(heap, Ordering::Relaxed);
         // Register for thread exit after the heap is in place: this call may
         // allocate (glibc calloc's key blocks past the first 32 keys), and
         // that allocation must find the heap.
-        // SAFETY: the key was created in `ensure_init`.
+        // SAFETY: the key was created by `create_exit_key`.
         let rc =
             unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
         if rc != 0 {
@@ -346,47 +270,11 @@ fn abandon_heaps(first: *mut Heap) {
     }
 }
 
-/// Fork: hold every allocator lock across `fork` so the child never inherits
-/// one held by a thread that does not exist there.
-#[link_section = "arenalloc_cold"]
-extern "C" fn fork_prepare() {
-    // First: a rescan holds it while it creates arenas (the create lock).
-    crate::library_routing::lock_for_fork();
-    crate::registry::create_lock().raw_lock();
-    // Every slot ever used, not only live arenas: a purge may hold the lock
-    // of an arena destroyed while it was between slices.
-    crate::registry::for_each_slot(|arena| arena.state.raw_lock());
-    heap::POOL.raw_lock();
-}
-
-#[link_section = "arenalloc_cold"]
-extern "C" fn fork_parent() {
-    // SAFETY: fork_prepare took these locks on this thread.
-    unsafe { heap::POOL.force_unlock() };
-    // SAFETY: as above.
-    crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
-    // SAFETY: as above.
-    unsafe { crate::registry::create_lock().force_unlock() };
-    // SAFETY: as above.
-    unsafe { crate::library_routing::unlock_after_fork() };
-}
-
-#[link_section = "arenalloc_cold"]
-extern "C" fn fork_child() {
-    // SAFETY: fork_prepare took these locks on this thread, which is the only
-    // thread of the child.
-    unsafe { heap::POOL.force_unlock() };
-    // SAFETY: as above.
-    crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
-    // SAFETY: as above.
-    unsafe { crate::registry::create_lock().force_unlock() };
-    // SAFETY: as above.
-    unsafe { crate::library_routing::unlock_after_fork() };
-    // The other threads' heaps may have been caught mid-update: leave them
-    // alone (their memory stays with the child, as glibc's does), but make
-    // sure no new thread can take their spans for its own.
-    crate::purger::after_fork_child();
-    crate::segment::OWNERSHIP.after_fork_child();
+/// In the child after `fork`, on its only thread: the other threads' heaps
+/// may have been caught mid-update: leave them alone (their memory stays
+/// with the child, as glibc's does), but make sure no new thread can take
+/// their spans for its own.
+pub fn after_fork_child() {
     let survivor = current_thread_id();
     for_each_arena(|arena| {
         let mut state = arena.state.lock();

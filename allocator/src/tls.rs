@@ -15,7 +15,7 @@
 //! `dlopen` after start-up works while glibc's surplus static TLS (hundreds
 //! of bytes) has room for these 40 bytes (tests/c_dlopen.rs).
 
-use crate::thread::ThreadState;
+use crate::heap::ThreadState;
 
 #[cfg(all(
     feature = "initial-exec-tls",
@@ -107,7 +107,7 @@ mod tests {
     use super::state;
     use crate::claim::{ThreadClaim, NO_HEAP_KEY};
     use crate::heap::empty_heap;
-    use crate::thread::ThreadState;
+    use crate::heap::ThreadState;
 
     /// A new thread starts from the image `tls` defines, which must say what
     /// `ThreadState::initial()` says (the empty heap twice, a claim at rest, no

@@ -511,6 +511,7 @@ impl Routes {
         free.from_environment = from_environment;
         self.pattern_count += 1;
         ACTIVE.store(true, Ordering::Release);
+        crate::housekeeping::set_after_pass(poll);
         Ok(())
     }
 
