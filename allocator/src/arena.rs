@@ -16,9 +16,9 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::heap::{Heap, HeapList};
 use crate::housekeeping::Budget;
 use crate::large::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
+use crate::roster::{HeapLinks, Roster};
 use crate::segment::{Segment, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
@@ -52,7 +52,7 @@ pub struct ArenaState {
     /// Live large blocks.
     pub large_blocks: LargeList,
     /// Heaps of the threads that use the arena.
-    heaps: HeapList,
+    heaps: Roster,
     pub accounts: ArenaAccounts,
     /// Destroyed (or not yet created): refuses new spans, blocks and heaps.
     closed: bool,
@@ -78,7 +78,7 @@ impl Arena {
                 abandoned: [SpanList::EMPTY; CLASS_COUNT],
                 large_cache: LargeCache::EMPTY,
                 large_blocks: LargeList::EMPTY,
-                heaps: HeapList::EMPTY,
+                heaps: Roster::EMPTY,
                 accounts: ArenaAccounts::EMPTY,
                 closed: false,
                 life: 0,
@@ -131,6 +131,9 @@ impl Default for Arena {
     }
 }
 
+/// The raw handle of the default arena, which has one life.
+pub const DEFAULT_LIFE: u64 = 1;
+
 /// What one arena purge did.
 #[derive(Clone, Copy)]
 pub struct PurgeOutcome {
@@ -178,7 +181,7 @@ pub enum PurgeKind {
 
 impl PurgeKind {
     /// Free slices and cached blocks free since this time or earlier go.
-    fn freed_by_ms(self) -> u64 {
+    pub fn freed_by_ms(self) -> u64 {
         match self {
             PurgeKind::Decay { freed_by_ms } => freed_by_ms,
             PurgeKind::Trim => u64::MAX,
@@ -187,80 +190,13 @@ impl PurgeKind {
     }
 
     /// Heaps that had a slow path since the last pass are claimed too.
-    fn claims_busy_heaps(self) -> bool {
+    pub fn claims_busy_heaps(self) -> bool {
         !matches!(self, PurgeKind::Decay { .. })
     }
 
     /// Free pages of spans in use go back to the OS.
     pub fn gives_back_pages(self) -> bool {
         self != PurgeKind::Reclaim
-    }
-}
-
-/// Where a purge of one arena goes on after its budget ran out.
-#[derive(Clone, Copy)]
-pub struct PurgeCursor {
-    /// The purge pass (never 0): heaps are judged idle once per pass.
-    pass: u64,
-    stage: PurgeStage,
-    /// Within the stage: heaps or segments done, or the class of abandoned
-    /// spans to go on with.
-    position: usize,
-    /// Heap stage: the size class to go on with in the heap at `position`.
-    class: usize,
-    /// The arena's `changes` when the purge let go of the lock.
-    changes_seen: u64,
-    /// Times the stage started again because its list changed.
-    restarts: u32,
-}
-
-/// A stage whose list keeps changing starts again this often, then goes on
-/// by position (and asks for another pass, since it may skip an item).
-const MAX_RESTARTS: u32 = 4;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PurgeStage {
-    Heaps,
-    Abandoned,
-    Segments,
-    LargeCache,
-    Done,
-}
-
-impl PurgeCursor {
-    /// The start of pass `pass` (not 0).
-    pub fn new(pass: u64) -> PurgeCursor {
-        PurgeCursor {
-            pass,
-            stage: PurgeStage::Heaps,
-            position: 0,
-            class: 0,
-            changes_seen: 0,
-            restarts: 0,
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.stage == PurgeStage::Done
-    }
-
-    fn next_stage(&mut self) {
-        self.stage = match self.stage {
-            PurgeStage::Heaps => PurgeStage::Abandoned,
-            PurgeStage::Abandoned => PurgeStage::Segments,
-            PurgeStage::Segments => PurgeStage::LargeCache,
-            PurgeStage::LargeCache | PurgeStage::Done => PurgeStage::Done,
-        };
-        self.position = 0;
-        self.class = 0;
-        self.restarts = 0;
-    }
-
-    /// Back at the start of the stage (its list changed while unlocked).
-    fn restart_stage(&mut self) {
-        self.position = 0;
-        self.class = 0;
-        self.restarts += 1;
     }
 }
 
@@ -293,7 +229,7 @@ impl ArenaState {
     pub fn life(&self) -> u64 {
         match (self.closed, self.life) {
             (true, _) => 0,
-            (false, 0) => 1,
+            (false, 0) => DEFAULT_LIFE,
             (false, life) => life,
         }
     }
@@ -303,29 +239,51 @@ impl ArenaState {
         handle != 0 && self.life() == handle
     }
 
-    /// Registers a heap of a thread that uses the arena. False if closed.
+    /// Registers a heap of a thread that uses the arena, by its roster
+    /// links. False if closed.
     ///
     /// # Safety
-    /// `heap` came from the heap pool and is in no arena's list.
-    pub unsafe fn add_heap(&mut self, heap: *mut Heap) -> bool {
+    /// As for [`Roster::push`].
+    pub unsafe fn add_heap(&mut self, links: *const HeapLinks) -> bool {
         if self.closed {
             return false;
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.heaps.push(heap) };
+        unsafe { self.heaps.push(links) };
         self.changes += 1;
         true
     }
 
     /// # Safety
-    /// `heap` is in this arena's heap list.
-    pub unsafe fn remove_heap(&mut self, heap: *mut Heap) {
+    /// `links` are in this arena's roster.
+    pub unsafe fn remove_heap(&mut self, links: *const HeapLinks) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.heaps.remove(heap) };
+        unsafe { self.heaps.remove(links) };
         self.changes += 1;
     }
 
-    /// The arena's figures (walks its spans; `mincore` on its mappings).
+    /// The arena's heaps.
+    pub fn heaps(&self) -> &Roster {
+        &self.heaps
+    }
+
+    /// Counts every change to the arena's lists: a purge that let go of the
+    /// lock starts its stage again if it moved.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// The large-cache stage of a purge: cached blocks free since
+    /// `freed_by_ms` or earlier leave the cache, into `outcome`, for the
+    /// caller to unmap once the lock is released.
+    pub fn evict_cached(&mut self, freed_by_ms: u64, outcome: &mut PurgeOutcome) {
+        outcome.evicted = self.large_cache.take_freed_by(freed_by_ms);
+        outcome.evicted_chain = self.large_cache.take_retained_freed_by(freed_by_ms);
+        outcome.more |= !self.large_cache.is_empty();
+    }
+
+    /// The arena's figures (walks its spans; `mincore` on its mappings);
+    /// `threads`, which only the heaps know, is the caller's to fill in.
     #[link_section = "arenalloc_cold"]
     pub fn stats(&self, arena: &Arena) -> ArenaStats {
         let mut s = ArenaStats {
@@ -336,7 +294,7 @@ impl ArenaState {
             in_use_bytes: self.accounts.in_use_bytes,
             peak_in_use_bytes: self.accounts.peak_in_use_bytes,
             limit_bytes: self.accounts.limit_bytes,
-            threads: self.heaps.count_preferred(),
+            threads: 0,
             pending_remote_spans: 0,
         };
         self.for_each_segment(|segment| {
@@ -376,13 +334,15 @@ impl ArenaState {
     ///
     /// # Safety
     /// No thread is inside the allocator for this arena, and no block of it
-    /// is used again.
+    /// is used again; its heaps were detached (`heap::detach_all`) under
+    /// this lock hold.
     pub unsafe fn destroy_contents(&mut self) {
+        if !self.heaps.first().is_null() {
+            crate::diag::fatal("arena destroyed with heaps still in its roster");
+        }
         self.closed = true;
         self.life = 0;
         self.changes += 1;
-        // SAFETY: forwarded from the caller.
-        unsafe { self.heaps.detach_all() };
         let mut segment = self.segments;
         while !segment.is_null() {
             // SAFETY: list members are live under the lock.
@@ -404,10 +364,9 @@ impl ArenaState {
     /// survive (their memory is left alone, see
     /// [`ArenaState::orphan_spans_of_other_threads`]).
     pub fn forget_heaps_of_other_threads(&mut self, survivor: usize) {
-        // SAFETY: heaps in the list are pool heaps; `thread_id` is fixed for
-        // a heap's life in the list.
+        // A thread's id is the address of its state.
         self.heaps
-            .retain(|heap| unsafe { (*heap).thread_id } == survivor);
+            .retain(|links| links.thread() as usize == survivor);
     }
 
     /// A fresh span of `class` from this arena's segments, mapping a new
@@ -568,67 +527,10 @@ impl ArenaState {
         }
     }
 
-    /// One purge of this arena (see `purger` and [`PurgeKind`]), from
-    /// `cursor` on, until it is done or `budget` is spent (then `cursor`
-    /// says where to go on after the lock has been released and taken
-    /// again): spans of claimed heaps and abandoned spans that emptied go
-    /// back as free slices, and their free pages to the OS; old enough free
-    /// slices are discarded, and such cached large blocks are handed back
-    /// in the outcome for the caller to unmap once the lock is released.
-    #[link_section = "arenalloc_cold"]
-    pub fn purge(
-        &mut self,
-        kind: PurgeKind,
-        cursor: &mut PurgeCursor,
-        budget: &Budget,
-    ) -> PurgeOutcome {
-        let freed_by_ms = kind.freed_by_ms();
-        let force = kind == PurgeKind::Trim;
-        let mut outcome = PurgeOutcome::default();
-        let resumed = cursor.position != 0 || cursor.class != 0;
-        if resumed && cursor.changes_seen != self.changes {
-            if cursor.restarts < MAX_RESTARTS {
-                cursor.restart_stage();
-            } else {
-                // Going on by position may skip an item: look again later.
-                outcome.more = true;
-            }
-        }
-        loop {
-            let finished = match cursor.stage {
-                PurgeStage::Heaps => self.purge_heaps(kind, &mut outcome, cursor, budget),
-                PurgeStage::Abandoned => {
-                    self.purge_abandoned(kind, &mut outcome, &mut cursor.position, budget)
-                }
-                PurgeStage::Segments if kind == PurgeKind::Reclaim => true,
-                PurgeStage::Segments => self.purge_segments(
-                    freed_by_ms,
-                    force,
-                    &mut outcome,
-                    &mut cursor.position,
-                    budget,
-                ),
-                PurgeStage::LargeCache => {
-                    outcome.evicted = self.large_cache.take_freed_by(freed_by_ms);
-                    outcome.evicted_chain = self.large_cache.take_retained_freed_by(freed_by_ms);
-                    outcome.more |= !self.large_cache.is_empty();
-                    true
-                }
-                PurgeStage::Done => return outcome,
-            };
-            if !finished {
-                // The caller lets go of the lock and calls again.
-                cursor.changes_seen = self.changes;
-                return outcome;
-            }
-            cursor.next_stage();
-        }
-    }
-
-    /// The segment stage of [`ArenaState::purge`]: discards old free
+    /// The segment stage of a purge (see `purger`): discards old free
     /// slices; with `force`, unmaps empty segments. `position` counts the
     /// segments already done. False if the budget ran out first.
-    fn purge_segments(
+    pub fn purge_segments(
         &mut self,
         freed_by_ms: u64,
         force: bool,
@@ -673,104 +575,10 @@ impl ArenaState {
         true
     }
 
-    /// The heap stage of [`ArenaState::purge`]: claims the arena's idle
-    /// heaps in batches (one `membarrier` each) and purges them. With
-    /// `force`, busy-looking heaps are claimed too (the claim still fails on
-    /// a thread that is inside the allocator). The cursor's position counts
-    /// the heaps already done; its class is where to go on in the next one.
-    /// False if the budget ran out first.
-    fn purge_heaps(
-        &mut self,
-        kind: PurgeKind,
-        outcome: &mut PurgeOutcome,
-        cursor: &mut PurgeCursor,
-        budget: &Budget,
-    ) -> bool {
-        const BATCH: usize = 32;
-        loop {
-            if budget.spent() {
-                return false;
-            }
-            let mut batch = [ptr::null_mut::<Heap>(); BATCH];
-            let n = self.heaps.members(cursor.position, &mut batch);
-            // Claimed heaps, with their place in the list.
-            let mut claimed = [(ptr::null_mut::<Heap>(), 0usize); BATCH];
-            let mut count = 0;
-            for (offset, &heap) in batch.iter().take(n).enumerate() {
-                // SAFETY: members of the locked arena's list.
-                let idle = kind.claims_busy_heaps()
-                    || unsafe { crate::heap::is_idle_since_last_pass(heap, cursor.pass) };
-                if !idle {
-                    outcome.more = true;
-                    continue;
-                }
-                // SAFETY: as above.
-                let claim = unsafe { crate::heap::claim_of(heap) };
-                if claim.try_claim() {
-                    if let Some(slot) = claimed.get_mut(count) {
-                        *slot = (heap, cursor.position + offset);
-                        count += 1;
-                    }
-                } else {
-                    outcome.more = true;
-                    outcome.busy_heaps += usize::from(!crate::thread::is_own_claim(claim));
-                }
-            }
-            let mut stopped_at = None;
-            if count > 0 {
-                let barrier = crate::claim::barrier();
-                for &(heap, place) in claimed.iter().take(count) {
-                    // SAFETY: listed heaps (their threads are alive).
-                    let claim = unsafe { crate::heap::claim_of(heap) };
-                    if stopped_at.is_some() {
-                        // Out of time: let go of the claims not used.
-                        claim.release();
-                    } else if barrier && claim.confirm() {
-                        crate::race_hooks::pause(crate::race_hooks::Point::ClaimConfirmed);
-                        let first_class = if place == cursor.position {
-                            cursor.class
-                        } else {
-                            0
-                        };
-                        // SAFETY: confirmed claim; the lock is ours.
-                        let (purged, stopped) =
-                            unsafe { (*heap).purge_idle(self, first_class, kind, budget) };
-                        outcome.purged += purged;
-                        claim.release();
-                        if let Some(class) = stopped {
-                            stopped_at = Some((place, class));
-                        }
-                    } else {
-                        // A failed `confirm` has dropped the claim already.
-                        if !barrier {
-                            claim.release();
-                        }
-                        outcome.more = true;
-                        // Without the barrier no claim is ever confirmed:
-                        // waiting for the owner would not help.
-                        outcome.busy_heaps +=
-                            usize::from(barrier && !crate::thread::is_own_claim(claim));
-                    }
-                }
-            }
-            if let Some((place, class)) = stopped_at {
-                // Go on with the heap that was not finished.
-                cursor.position = place;
-                cursor.class = class;
-                return false;
-            }
-            cursor.position += n;
-            cursor.class = 0;
-            if n < BATCH {
-                return true;
-            }
-        }
-    }
-
-    /// The abandoned stage of [`ArenaState::purge`]: emptied spans become
+    /// The abandoned stage of a purge (see `purger`): emptied spans become
     /// free slices, the others give back their free pages. `position` is
     /// the class to go on with. False if the budget ran out first.
-    fn purge_abandoned(
+    pub fn purge_abandoned(
         &mut self,
         kind: PurgeKind,
         outcome: &mut PurgeOutcome,

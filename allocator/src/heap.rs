@@ -11,15 +11,15 @@
 //! Slow paths (refill, a span becoming empty or un-full, thread exit) take
 //! the arena's lock only when they exchange spans with the arena.
 
-use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::claim::ThreadClaim;
 
 use crate::arena::{Arena, ArenaState, PurgeKind};
 use crate::diag;
 use crate::housekeeping::Budget;
+use crate::roster::{HeapLinks, Roster};
 use crate::size_class::{class_of, direct_entries_of, direct_index, CLASS_COUNT, DIRECT_ENTRIES};
 use crate::span::{LinkCode, Span, SpanList, SpanState};
 use crate::sync::Mutex;
@@ -483,7 +483,7 @@ impl Heap {
         self.arena.store(arena.cast_mut(), Ordering::Relaxed);
         self.thread_id = thread_id;
         // Set under the arena's lock when the heap joins it.
-        let default = crate::registry::default_handle().to_raw();
+        let default = crate::arena::DEFAULT_LIFE;
         self.arena_handle.store(default, Ordering::Relaxed);
         self.next_in_thread = next_in_thread;
         self.pool_next = ptr::null_mut();
@@ -507,7 +507,7 @@ impl Heap {
     /// Makes the heap dead: no arena, the default arena's handle.
     fn forget_arena(&self) {
         self.arena.store(ptr::null_mut(), Ordering::Relaxed);
-        let default = crate::registry::default_handle().to_raw();
+        let default = crate::arena::DEFAULT_LIFE;
         self.arena_handle.store(default, Ordering::Relaxed);
     }
 
@@ -877,7 +877,7 @@ impl Heap {
             return;
         }
         // SAFETY: this heap is in its arena's list; we hold the lock.
-        unsafe { state.remove_heap(self) };
+        unsafe { state.remove_heap(links_ptr(self)) };
         self.unkeep_empty(usize::MAX);
         for class in 0..CLASS_COUNT {
             let current = self.current(class);
@@ -954,48 +954,48 @@ impl ThreadState {
     }
 }
 
-/// What an arena needs of each of its heaps, kept beside the heap (not in it)
-/// so that the owner's `&mut Heap` never covers what other threads touch.
-pub struct HeapLinks {
-    /// Links in the arena's heap list. Arena lock.
-    next: Cell<*mut Heap>,
-    prev: Cell<*mut Heap>,
-    /// The owner thread's TLS state: its current heap (for the arena's
-    /// thread count) and its side of the purger's claim handshake.
-    thread: Cell<*const ThreadState>,
-    /// Bumped by the owner on every slow path (plain load and store): a
-    /// heap whose count did not move between two purger passes is idle.
-    activity: AtomicU32,
-    /// `activity` as the purger last saw it. Arena lock.
-    seen_activity: Cell<u32>,
-    /// The purge pass that last looked (0: none) and what it decided: one
-    /// decision per pass, also when the pass lets go of the lock between
-    /// slices (a second look 1 ms later would call a busy heap idle).
-    looked_in_pass: Cell<u64>,
-    idle_in_pass: Cell<bool>,
-}
-
-// SAFETY: the `Cell`s are only touched under the arena lock (`thread` is
-// set by the owner before the heap joins its arena's list under that lock);
-// `activity` is atomic.
-unsafe impl Sync for HeapLinks {}
-
-/// A heap and its links, as the pool hands them out (`*mut Heap` points at
-/// the start, `repr(C)`).
+/// A heap and its roster links, as the pool hands them out (`*mut Heap`
+/// points at the start, `repr(C)`).
 #[repr(C)]
 struct HeapSlot {
     heap: Heap,
     links: HeapLinks,
 }
 
-/// The links of a heap from the pool.
+/// The roster links of a heap from the pool, as a raw pointer that keeps the
+/// heap's provenance (so [`heap_of`] can turn it back).
 ///
 /// # Safety
 /// `heap` came from [`new_heap`] (never the empty heap).
-unsafe fn links<'a>(heap: *mut Heap) -> &'a HeapLinks {
+pub unsafe fn links_ptr(heap: *mut Heap) -> *const HeapLinks {
     // SAFETY: pool heaps are the first field of a `HeapSlot`, which is never
-    // unmapped; only shared references to the links are ever made.
-    unsafe { &*ptr::addr_of!((*heap.cast::<HeapSlot>()).links) }
+    // unmapped.
+    unsafe { ptr::addr_of!((*heap.cast::<HeapSlot>()).links) }
+}
+
+/// The roster links of a heap from the pool.
+///
+/// # Safety
+/// As for [`links_ptr`].
+unsafe fn links<'a>(heap: *mut Heap) -> &'a HeapLinks {
+    // SAFETY: forwarded; only shared references to the links are ever made.
+    unsafe { &*links_ptr(heap) }
+}
+
+/// The heap whose links are `links`.
+///
+/// # Safety
+/// `links` came from [`links_ptr`] (so they are a member of some roster,
+/// which only ever holds such pointers).
+pub unsafe fn heap_of(links: *const HeapLinks) -> *mut Heap {
+    // SAFETY: the links are a field of a `HeapSlot` whose first field is the
+    // heap, and the pointer carries the whole slot's provenance.
+    unsafe {
+        links
+            .byte_sub(core::mem::offset_of!(HeapSlot, links))
+            .cast::<Heap>()
+            .cast_mut()
+    }
 }
 
 /// Owner, on a slow path: the heap is in use.
@@ -1004,148 +1004,39 @@ unsafe fn links<'a>(heap: *mut Heap) -> &'a HeapLinks {
 /// `heap` came from [`new_heap`].
 unsafe fn note_activity(heap: *mut Heap) {
     // SAFETY: forwarded.
-    let activity = unsafe { &links(heap).activity };
-    activity.store(
-        activity.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
+    unsafe { links(heap) }.note_activity();
 }
 
-/// Purger, under the arena lock: whether the heap had no slow path since
-/// the previous pass looked (and remembers what it saw). Pass `pass` (never
-/// 0) gets the same answer however often it asks.
+/// Threads whose current heap is in `roster`.
+pub fn count_preferring(roster: &Roster) -> usize {
+    let mut count = 0;
+    roster.for_each(|links| {
+        // SAFETY: rosters hold links of pool heaps (`links_ptr`); a listed
+        // heap's thread is alive, and its TLS with it.
+        let (heap, thread) = unsafe { (heap_of(links), (*links).thread()) };
+        // SAFETY: as above; `thread` is the owner's `ThreadState`.
+        count += usize::from(unsafe { (*thread.cast::<ThreadState>()).prefers(heap) });
+    });
+    count
+}
+
+/// The arena is being destroyed: every heap in its roster forgets its
+/// spans and dies; the roster ends empty.
 ///
 /// # Safety
-/// `heap` is in the locked arena's heap list.
-pub unsafe fn is_idle_since_last_pass(heap: *mut Heap, pass: u64) -> bool {
-    // SAFETY: forwarded; the list holds pool heaps.
-    let l = unsafe { links(heap) };
-    if l.looked_in_pass.get() == pass {
-        return l.idle_in_pass.get();
-    }
-    let now = l.activity.load(Ordering::Relaxed);
-    let idle = now == l.seen_activity.get();
-    l.seen_activity.set(now);
-    l.looked_in_pass.set(pass);
-    l.idle_in_pass.set(idle);
-    idle
-}
-
-/// The claim handshake of the heap's thread.
-///
-/// # Safety
-/// `heap` is in the locked arena's heap list (so its thread has not exited).
-pub unsafe fn claim_of<'a>(heap: *mut Heap) -> &'a ThreadClaim {
-    // SAFETY: forwarded; a listed heap's thread is alive and its TLS with it.
-    unsafe { (*links(heap).thread.get()).claim() }
-}
-
-/// The heaps of one arena, linked through their [`HeapLinks`]. Arena lock.
-pub struct HeapList {
-    head: *mut Heap,
-}
-
-impl HeapList {
-    pub const EMPTY: HeapList = HeapList {
-        head: ptr::null_mut(),
-    };
-
-    /// # Safety
-    /// `heap` came from the pool and is in no arena's list.
-    pub unsafe fn push(&mut self, heap: *mut Heap) {
-        // SAFETY: pool heaps; members of this list are pool heaps.
+/// The owner threads of the heaps are not inside the allocator for this
+/// arena (see [`Heap::detach`]).
+pub unsafe fn detach_all(state: &mut ArenaState) {
+    loop {
+        let first = state.heaps().first();
+        if first.is_null() {
+            return;
+        }
+        // SAFETY: a member; rosters hold links of pool heaps.
         unsafe {
-            let l = links(heap);
-            l.prev.set(ptr::null_mut());
-            l.next.set(self.head);
-            if !self.head.is_null() {
-                links(self.head).prev.set(heap);
-            }
-        }
-        self.head = heap;
-    }
-
-    /// # Safety
-    /// `heap` is a member of this list.
-    pub unsafe fn remove(&mut self, heap: *mut Heap) {
-        // SAFETY: members and their neighbours are pool heaps.
-        unsafe {
-            let l = links(heap);
-            let (prev, next) = (l.prev.get(), l.next.get());
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                links(prev).next.set(next);
-            }
-            if !next.is_null() {
-                links(next).prev.set(prev);
-            }
-            l.next.set(ptr::null_mut());
-            l.prev.set(ptr::null_mut());
-        }
-    }
-
-    /// Threads whose current heap is in the list.
-    pub fn count_preferred(&self) -> usize {
-        let mut count = 0;
-        let mut heap = self.head;
-        while !heap.is_null() {
-            // SAFETY: members are pool heaps.
-            let l = unsafe { links(heap) };
-            // SAFETY: a listed heap's thread is alive, and its TLS with it.
-            count += usize::from(unsafe { (*l.thread.get()).prefers(heap) });
-            heap = l.next.get();
-        }
-        count
-    }
-
-    /// Copies up to `out.len()` members, from the `skip`-th on, into `out`;
-    /// returns how many.
-    pub fn members(&self, skip: usize, out: &mut [*mut Heap]) -> usize {
-        let mut heap = self.head;
-        let mut index = 0;
-        let mut n = 0;
-        while !heap.is_null() && n < out.len() {
-            if index >= skip {
-                if let Some(slot) = out.get_mut(n) {
-                    *slot = heap;
-                }
-                n += 1;
-            }
-            index += 1;
-            // SAFETY: members are pool heaps.
-            heap = unsafe { links(heap) }.next.get();
-        }
-        n
-    }
-
-    /// Removes the heaps for which `f` says so, calling `f` on every member.
-    pub fn retain(&mut self, mut keep: impl FnMut(*mut Heap) -> bool) {
-        let mut heap = self.head;
-        while !heap.is_null() {
-            // SAFETY: members are pool heaps.
-            let next = unsafe { links(heap) }.next.get();
-            if !keep(heap) {
-                // SAFETY: a member.
-                unsafe { self.remove(heap) };
-            }
-            heap = next;
-        }
-    }
-
-    /// The arena is being destroyed: every heap forgets its spans and dies;
-    /// the list ends empty.
-    ///
-    /// # Safety
-    /// The owner threads of the heaps are not inside the allocator for this
-    /// arena (see [`Heap::detach`]).
-    pub unsafe fn detach_all(&mut self) {
-        while !self.head.is_null() {
-            let heap = self.head;
-            // SAFETY: the head is a member.
-            unsafe { self.remove(heap) };
-            // SAFETY: the caller's guarantee: nobody else uses the heap now.
-            unsafe { (*heap).detach() };
+            state.remove_heap(first);
+            // The caller's guarantee: nobody else uses the heap now.
+            (*heap_of(first)).detach();
         }
     }
 }
@@ -1204,7 +1095,7 @@ pub fn new_heap(
     // valid ones).
     unsafe { (*heap).init(arena.as_ptr(), thread_id, ptr::null_mut()) };
     // SAFETY: as above; the lock in `join_arena` publishes it to the purger.
-    unsafe { links(heap) }.thread.set(thread);
+    unsafe { links(heap) }.set_thread(thread as *const ThreadState as *const (), &thread.claim);
     if join_arena(arena, heap, life) {
         Some(heap)
     } else {
@@ -1245,7 +1136,7 @@ fn join_arena(arena: &'static Arena, heap: *mut Heap, life: u64) -> bool {
     // SAFETY: the caller's own heap, not yet in any list.
     unsafe { (*heap).arena_handle.store(state.life(), Ordering::Relaxed) };
     // SAFETY: a pool heap in no list.
-    unsafe { state.add_heap(heap) }
+    unsafe { state.add_heap(links_ptr(heap)) }
 }
 
 /// Returns a heap whose spans were all handed back.

@@ -57,6 +57,7 @@ pub mod process;
 pub mod purger;
 pub mod race_hooks;
 pub mod registry;
+pub mod roster;
 pub mod secure;
 pub mod segment;
 pub mod size_class;
@@ -769,7 +770,7 @@ pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
 pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
     process::ensure_init();
     let (arena, state) = lock_live_arena(handle)?;
-    Some(state.stats(arena))
+    Some(registry::arena_stats(arena, &state))
 }
 
 /// Caps the bytes an arena may hold in use (spans and large blocks; see

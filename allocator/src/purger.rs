@@ -24,9 +24,10 @@
 //! lock before it lets the arena's threads in (0: after every step, for
 //! tests).
 
+use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::arena::{Arena, PurgeCursor, PurgeKind};
+use crate::arena::{Arena, ArenaState, PurgeKind, PurgeOutcome};
 pub use crate::housekeeping::{
     background_enabled, note_pending, purge_delay_ms, set_background, set_purge_delay_ms, Budget,
     DEFAULT_PURGE_DELAY_MS, DEFAULT_SLICE_US,
@@ -34,6 +35,7 @@ pub use crate::housekeeping::{
 use crate::housekeeping::{read_settings, NOT_STARTED, OFF, PENDING, RUNNING, STARTING, STATE};
 use crate::os;
 use crate::registry::for_each_arena;
+use crate::roster::HeapLinks;
 use crate::sync::{futex_wait, futex_wake_one};
 
 /// The housekeeper starts once this much has been mapped: small, short
@@ -173,7 +175,7 @@ fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<PurgeTotals>
         }
         first = false;
         let started = os::now_us();
-        let outcome = state.purge(kind, &mut cursor, &Budget::starting_now());
+        let outcome = purge_slice(&mut state, kind, &mut cursor, &Budget::starting_now());
         let held = os::now_us().saturating_sub(started);
         drop(state);
         LONGEST_HOLD_US.fetch_max(held, Ordering::Relaxed);
@@ -190,6 +192,225 @@ fn purge_arena(arena: &Arena, life: u64, kind: PurgeKind) -> Option<PurgeTotals>
     PURGED_BYTES.fetch_add(totals.released, Ordering::Relaxed);
     arena.purged_add(totals.released);
     Some(totals)
+}
+
+// ---- One arena purge, in slices: the stages and where to go on ----
+
+/// Where a purge of one arena goes on after its budget ran out.
+#[derive(Clone, Copy)]
+pub struct PurgeCursor {
+    /// The purge pass (never 0): heaps are judged idle once per pass.
+    pass: u64,
+    stage: PurgeStage,
+    /// Within the stage: heaps or segments done, or the class of abandoned
+    /// spans to go on with.
+    position: usize,
+    /// Heap stage: the size class to go on with in the heap at `position`.
+    class: usize,
+    /// The arena's `changes` when the purge let go of the lock.
+    changes_seen: u64,
+    /// Times the stage started again because its list changed.
+    restarts: u32,
+}
+
+/// A stage whose list keeps changing starts again this often, then goes on
+/// by position (and asks for another pass, since it may skip an item).
+const MAX_RESTARTS: u32 = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PurgeStage {
+    Heaps,
+    Abandoned,
+    Segments,
+    LargeCache,
+    Done,
+}
+
+impl PurgeCursor {
+    /// The start of pass `pass` (not 0).
+    pub fn new(pass: u64) -> PurgeCursor {
+        PurgeCursor {
+            pass,
+            stage: PurgeStage::Heaps,
+            position: 0,
+            class: 0,
+            changes_seen: 0,
+            restarts: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.stage == PurgeStage::Done
+    }
+
+    fn next_stage(&mut self) {
+        self.stage = match self.stage {
+            PurgeStage::Heaps => PurgeStage::Abandoned,
+            PurgeStage::Abandoned => PurgeStage::Segments,
+            PurgeStage::Segments => PurgeStage::LargeCache,
+            PurgeStage::LargeCache | PurgeStage::Done => PurgeStage::Done,
+        };
+        self.position = 0;
+        self.class = 0;
+        self.restarts = 0;
+    }
+
+    /// Back at the start of the stage (its list changed while unlocked).
+    fn restart_stage(&mut self) {
+        self.position = 0;
+        self.class = 0;
+        self.restarts += 1;
+    }
+}
+
+/// One slice of a purge of the arena whose lock is `state` (see
+/// [`PurgeKind`]), from
+/// `cursor` on, until it is done or `budget` is spent (then `cursor`
+/// says where to go on after the lock has been released and taken
+/// again): spans of claimed heaps and abandoned spans that emptied go
+/// back as free slices, and their free pages to the OS; old enough free
+/// slices are discarded, and such cached large blocks are handed back
+/// in the outcome for the caller to unmap once the lock is released.
+#[link_section = "arenalloc_cold"]
+fn purge_slice(
+    state: &mut ArenaState,
+    kind: PurgeKind,
+    cursor: &mut PurgeCursor,
+    budget: &Budget,
+) -> PurgeOutcome {
+    let freed_by_ms = kind.freed_by_ms();
+    let force = kind == PurgeKind::Trim;
+    let mut outcome = PurgeOutcome::default();
+    let resumed = cursor.position != 0 || cursor.class != 0;
+    if resumed && cursor.changes_seen != state.changes() {
+        if cursor.restarts < MAX_RESTARTS {
+            cursor.restart_stage();
+        } else {
+            // Going on by position may skip an item: look again later.
+            outcome.more = true;
+        }
+    }
+    loop {
+        let finished = match cursor.stage {
+            PurgeStage::Heaps => purge_heaps(state, kind, &mut outcome, cursor, budget),
+            PurgeStage::Abandoned => {
+                state.purge_abandoned(kind, &mut outcome, &mut cursor.position, budget)
+            }
+            PurgeStage::Segments if kind == PurgeKind::Reclaim => true,
+            PurgeStage::Segments => state.purge_segments(
+                freed_by_ms,
+                force,
+                &mut outcome,
+                &mut cursor.position,
+                budget,
+            ),
+            PurgeStage::LargeCache => {
+                state.evict_cached(freed_by_ms, &mut outcome);
+                true
+            }
+            PurgeStage::Done => return outcome,
+        };
+        if !finished {
+            // The caller lets go of the lock and calls again.
+            cursor.changes_seen = state.changes();
+            return outcome;
+        }
+        cursor.next_stage();
+    }
+}
+
+/// The heap stage of [`purge_slice`]: claims the arena's idle
+/// heaps in batches (one `membarrier` each) and purges them. With
+/// `force`, busy-looking heaps are claimed too (the claim still fails on
+/// a thread that is inside the allocator). The cursor's position counts
+/// the heaps already done; its class is where to go on in the next one.
+/// False if the budget ran out first.
+fn purge_heaps(
+    state: &mut ArenaState,
+    kind: PurgeKind,
+    outcome: &mut PurgeOutcome,
+    cursor: &mut PurgeCursor,
+    budget: &Budget,
+) -> bool {
+    const BATCH: usize = 32;
+    loop {
+        if budget.spent() {
+            return false;
+        }
+        let mut batch = [ptr::null::<HeapLinks>(); BATCH];
+        let n = state.heaps().members(cursor.position, &mut batch);
+        // Claimed heaps, with their place in the list.
+        let mut claimed = [(ptr::null::<HeapLinks>(), 0usize); BATCH];
+        let mut count = 0;
+        for (offset, &links) in batch.iter().take(n).enumerate() {
+            // SAFETY: members of the locked arena's roster.
+            let l = unsafe { &*links };
+            if !kind.claims_busy_heaps() && !l.is_idle_since_last_pass(cursor.pass) {
+                outcome.more = true;
+                continue;
+            }
+            let claim = l.claim();
+            if claim.try_claim() {
+                if let Some(slot) = claimed.get_mut(count) {
+                    *slot = (links, cursor.position + offset);
+                    count += 1;
+                }
+            } else {
+                outcome.more = true;
+                outcome.busy_heaps += usize::from(!crate::thread::is_own_claim(claim));
+            }
+        }
+        let mut stopped_at = None;
+        if count > 0 {
+            let barrier = crate::claim::barrier();
+            for &(links, place) in claimed.iter().take(count) {
+                // SAFETY: members of the locked arena's roster.
+                let claim = unsafe { &*links }.claim();
+                if stopped_at.is_some() {
+                    // Out of time: let go of the claims not used.
+                    claim.release();
+                } else if barrier && claim.confirm() {
+                    crate::race_hooks::pause(crate::race_hooks::Point::ClaimConfirmed);
+                    let first_class = if place == cursor.position {
+                        cursor.class
+                    } else {
+                        0
+                    };
+                    // SAFETY: confirmed claim; the lock is ours; rosters hold
+                    // the links of pool heaps.
+                    let (purged, stopped) = unsafe {
+                        (*crate::heap::heap_of(links)).purge_idle(state, first_class, kind, budget)
+                    };
+                    outcome.purged += purged;
+                    claim.release();
+                    if let Some(class) = stopped {
+                        stopped_at = Some((place, class));
+                    }
+                } else {
+                    // A failed `confirm` has dropped the claim already.
+                    if !barrier {
+                        claim.release();
+                    }
+                    outcome.more = true;
+                    // Without the barrier no claim is ever confirmed:
+                    // waiting for the owner would not help.
+                    outcome.busy_heaps +=
+                        usize::from(barrier && !crate::thread::is_own_claim(claim));
+                }
+            }
+        }
+        if let Some((place, class)) = stopped_at {
+            // Go on with the heap that was not finished.
+            cursor.position = place;
+            cursor.class = class;
+            return false;
+        }
+        cursor.position += n;
+        cursor.class = 0;
+        if n < BATCH {
+            return true;
+        }
+    }
 }
 
 /// What one purge of an arena did, over all its lock holds.

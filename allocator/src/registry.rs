@@ -19,7 +19,7 @@ use core::num::NonZeroU64;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::arena::{Arena, ArenaState};
-use crate::stats::Stats;
+use crate::stats::{ArenaStats, Stats};
 use crate::sync::{Mutex, MutexGuard};
 
 /// Arenas that can exist at once, besides the default one.
@@ -181,8 +181,14 @@ pub unsafe fn destroy(handle: ArenaHandle) -> bool {
     // Free. The slot cannot be reused before we are done (creation takes
     // the lock we hold).
     entry.handle.store(0, Ordering::Release);
-    // SAFETY: forwarded from the caller.
-    unsafe { arena.state.lock().destroy_contents() };
+    let mut state = arena.state.lock();
+    // SAFETY: forwarded from the caller; the heaps go first, under the same
+    // lock hold, as `destroy_contents` requires.
+    unsafe {
+        crate::heap::detach_all(&mut state);
+        state.destroy_contents();
+    }
+    drop(state);
     // The heaps of other threads were reset with plain stores; make every
     // thread see that before its next allocation.
     let _ = crate::os::membarrier();
@@ -252,6 +258,15 @@ pub fn create_lock() -> &'static Mutex<impl Sized> {
     &CREATE_LOCK
 }
 
+/// One arena's figures, with the threads that prefer it (which only their
+/// heaps know). Arena lock.
+pub fn arena_stats(arena: &Arena, state: &ArenaState) -> ArenaStats {
+    ArenaStats {
+        threads: crate::heap::count_preferring(state.heaps()),
+        ..state.stats(arena)
+    }
+}
+
 /// The allocator's figures now. Takes each arena's lock in turn.
 pub fn gather_stats() -> Stats {
     let mut stats = Stats::from_counters();
@@ -308,6 +323,7 @@ mod tests {
             default_arena()
         ));
         assert_eq!(handle_of(default_arena()), Some(default_handle()));
+        assert_eq!(default_handle().to_raw(), crate::arena::DEFAULT_LIFE);
         // Out of range, and a free slot.
         assert!(resolve(ArenaHandle::new(SLOTS + 5, 1)).is_none());
         assert!(resolve(ArenaHandle::new(SLOTS - 1, 2)).is_none());
