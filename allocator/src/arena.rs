@@ -17,9 +17,9 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::housekeeping::Budget;
-use crate::large::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
+use crate::large_block::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
 use crate::roster::{HeapLinks, Roster};
-use crate::segment::{Segment, SLICE_SIZE};
+use crate::segment::{Segment, SegmentHeader, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};
 use crate::span::{Span, SpanList, SpanState, DEAD_OWNER};
 use crate::stats::{ArenaAccounts, ArenaStats};
@@ -32,9 +32,6 @@ const ADOPT_SCAN_LIMIT: usize = 8;
 
 pub struct Arena {
     pub state: Mutex<ArenaState>,
-    /// Bytes mapped for the arena. Atomic because large blocks are unmapped
-    /// outside the lock.
-    mapped: AtomicUsize,
     /// Bytes the purger gave back to the OS from this life of the arena
     /// (statistics; large blocks are unmapped outside the lock).
     purged: AtomicUsize,
@@ -84,7 +81,6 @@ impl Arena {
                 life: 0,
                 changes: 0,
             }),
-            mapped: AtomicUsize::new(0),
             purged: AtomicUsize::new(0),
         }
     }
@@ -93,20 +89,19 @@ impl Arena {
         self as *const Arena
     }
 
-    /// Counts `bytes` newly mapped for this arena (and for the process).
-    pub fn mapped_add(&self, bytes: usize) {
-        self.mapped.fetch_add(bytes, Ordering::Relaxed);
-        crate::stats::mapped_add(bytes);
+    /// The arena as its regions name it (see `segment::SegmentHeader`).
+    pub fn as_owner(&self) -> *const () {
+        self.as_ptr().cast()
     }
 
-    /// Counts `bytes` of this arena's mappings returned to the OS.
-    pub fn mapped_sub(&self, bytes: usize) {
-        self.mapped.fetch_sub(bytes, Ordering::Relaxed);
-        crate::stats::mapped_sub(bytes);
-    }
-
-    pub fn mapped_bytes(&self) -> usize {
-        self.mapped.load(Ordering::Relaxed)
+    /// The arena that owns the region `header` starts.
+    ///
+    /// # Safety
+    /// `header` is a live region of ours: its owner was set from
+    /// [`Arena::as_owner`], and arenas are static.
+    pub unsafe fn owning(header: &SegmentHeader) -> &'static Arena {
+        // SAFETY: the caller's promise.
+        unsafe { &*header.arena.cast::<Arena>() }
     }
 
     /// Counts `bytes` given back to the OS by a purge of this arena.
@@ -205,8 +200,8 @@ impl PurgeOutcome {
     /// purge released.
     pub fn finish(self) -> usize {
         self.purged
-            + crate::large::unmap_all(self.evicted)
-            + crate::large::unmap_chain(self.evicted_chain)
+            + crate::large_block::unmap_all(self.evicted)
+            + crate::large_block::unmap_chain(self.evicted_chain)
     }
 }
 
@@ -285,12 +280,12 @@ impl ArenaState {
     /// The arena's figures (walks its spans; `mincore` on its mappings);
     /// `threads`, which only the heaps know, is the caller's to fill in.
     #[link_section = "arenalloc_cold"]
-    pub fn stats(&self, arena: &Arena) -> ArenaStats {
+    pub fn stats(&self) -> ArenaStats {
         let mut s = ArenaStats {
             live_bytes: self.accounts.large_live_bytes,
             live_blocks: self.accounts.large_live_blocks,
             resident_bytes: self.large_blocks.resident_bytes() + self.large_cache.resident_bytes(),
-            mapped_bytes: arena.mapped_bytes(),
+            mapped_bytes: self.large_blocks.mapped_bytes() + self.large_cache.mapped_bytes(),
             in_use_bytes: self.accounts.in_use_bytes,
             peak_in_use_bytes: self.accounts.peak_in_use_bytes,
             limit_bytes: self.accounts.limit_bytes,
@@ -299,6 +294,7 @@ impl ArenaState {
         };
         self.for_each_segment(|segment| {
             s.resident_bytes += segment.resident_bytes();
+            s.mapped_bytes += segment.mapped_bytes();
             segment.for_each_span(|span| {
                 let (blocks, bytes) = span.live();
                 s.live_blocks += blocks;
@@ -406,7 +402,7 @@ impl ArenaState {
             }
             segment = seg.next.get();
         }
-        let segment = Segment::create(arena)?;
+        let segment = Segment::create(arena.as_owner())?;
         // SAFETY: a freshly created segment, not yet shared.
         let seg = unsafe { &*segment };
         seg.next.set(self.segments);

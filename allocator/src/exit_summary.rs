@@ -227,7 +227,7 @@ fn write_json(fd: i32) {
 fn arena_stats(arena: &Arena) -> Option<ArenaStats> {
     for _ in 0..LOCK_TRIES {
         if let Some(state) = arena.state.try_lock() {
-            return Some(registry::arena_stats(arena, &state));
+            return Some(registry::arena_stats(&state));
         }
         os::yield_now();
     }

@@ -366,7 +366,7 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
     // SAFETY: the caller owns the span, so its heap is the caller's; the
     // caller is inside the allocator (by depth), so no claimer holds it.
     if s.has_parked()
-        && unsafe { (*s.heap()).current(s.class()) } == span
+        && unsafe { (*s.heap().cast::<Heap>()).current(s.class()) } == span
         && s.count_free_while_parked() >= RESTORE_AFTER_FREES
     {
         // Blocks other threads freed first: their collection checks each
@@ -378,7 +378,7 @@ unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
         // At work: the next purge should not count this heap idle and give
         // the pages back again at once (only slow paths mark activity).
         // SAFETY: as above.
-        unsafe { note_activity(s.heap()) };
+        unsafe { note_activity(s.heap().cast()) };
     }
     // The program's data only happened to decode to a link.
     // SAFETY: a block start of the caller's span, not on a free list.
@@ -393,11 +393,11 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
     // SAFETY: the caller owns `span`, so its heap is the caller's.
     let s = unsafe { &*span };
     // SAFETY: the span's heap is the caller's own pool heap.
-    unsafe { note_activity(s.heap()) };
+    unsafe { note_activity(s.heap().cast()) };
     // Free blocks that the purger may give back later.
     crate::housekeeping::note_pending();
     // SAFETY: as above.
-    let heap = unsafe { &mut *s.heap() };
+    let heap = unsafe { &mut *s.heap().cast::<Heap>() };
     let class = s.class().min(CLASS_COUNT - 1);
     match s.state() {
         SpanState::Full => {
@@ -725,7 +725,10 @@ impl Heap {
         // SAFETY: the span was handed over under the arena lock; no other
         // thread owns it.
         let s = unsafe { &*span };
-        s.set_owner(self as *mut Heap, crate::secure::owner_tag(self.thread_id));
+        s.set_owner(
+            (self as *mut Heap).cast(),
+            crate::secure::owner_tag(self.thread_id),
+        );
         s.set_state(SpanState::Available);
     }
 

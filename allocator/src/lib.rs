@@ -51,6 +51,7 @@ pub mod exit_summary;
 pub mod heap;
 pub mod housekeeping;
 pub mod large;
+pub mod large_block;
 pub mod library_routing;
 pub mod os;
 pub mod process;
@@ -256,7 +257,7 @@ pub fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
 /// What `free`-like operations need to know about a pointer.
 enum Owner {
     Span(*mut span::Span),
-    Large(*mut large::LargeBlock),
+    Large(*mut large_block::LargeBlock),
 }
 
 /// Finds the owner of `p`, aborting with a message if `p` is not ours.
@@ -534,7 +535,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     };
     // SAFETY: the ownership map only holds live headers of ours, which name
     // their arena, in the static registry.
-    let arena: &'static Arena = unsafe { &*(*header).arena };
+    let arena: &'static Arena = unsafe { Arena::owning(&*header) };
     // SAFETY: as above.
     let owner = unsafe { owner_in(header, p) };
     let old_usable = match owner {
@@ -769,8 +770,8 @@ pub fn arena_trim(handle: ArenaHandle) -> Option<usize> {
 /// handle.
 pub fn arena_stats(handle: ArenaHandle) -> Option<ArenaStats> {
     process::ensure_init();
-    let (arena, state) = lock_live_arena(handle)?;
-    Some(registry::arena_stats(arena, &state))
+    let (_, state) = lock_live_arena(handle)?;
+    Some(registry::arena_stats(&state))
 }
 
 /// Caps the bytes an arena may hold in use (spans and large blocks; see
@@ -803,7 +804,7 @@ pub fn arena_alloc(handle: ArenaHandle, size: usize, align: usize, zero: bool) -
 pub fn arena_of(p: *const u8) -> Option<ArenaHandle> {
     // SAFETY: `inspect` keeps the header mapped; live headers of ours name
     // their arena, in the static registry.
-    let arena = OWNERSHIP.inspect(p as usize, |header| unsafe { &*(*header).arena })?;
+    let arena = OWNERSHIP.inspect(p as usize, |header| unsafe { Arena::owning(&*header) })?;
     registry::handle_of(arena)
 }
 

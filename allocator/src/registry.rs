@@ -260,10 +260,10 @@ pub fn create_lock() -> &'static Mutex<impl Sized> {
 
 /// One arena's figures, with the threads that prefer it (which only their
 /// heaps know). Arena lock.
-pub fn arena_stats(arena: &Arena, state: &ArenaState) -> ArenaStats {
+pub fn arena_stats(state: &ArenaState) -> ArenaStats {
     ArenaStats {
         threads: crate::heap::count_preferring(state.heaps()),
-        ..state.stats(arena)
+        ..state.stats()
     }
 }
 

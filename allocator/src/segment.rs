@@ -21,7 +21,6 @@ use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use crate::arena::Arena;
 use crate::os;
 use crate::span::Span;
 
@@ -47,7 +46,10 @@ pub enum SegmentKind {
 #[repr(C)]
 pub struct SegmentHeader {
     pub kind: SegmentKind,
-    pub arena: *const Arena,
+    /// The arena that owns the region, type-erased: segments and large
+    /// blocks sit below arenas and never look at it (`arena::Arena::owning`
+    /// turns it back).
+    pub arena: *const (),
 }
 
 /// A segment of spans. Lives at the start of its own slice 0. Reached only
@@ -87,8 +89,9 @@ pub struct Segment {
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLICE_SIZE);
 
 impl Segment {
-    /// Maps and initialises a segment for `arena`.
-    pub fn create(arena: &'static Arena) -> Option<*mut Segment> {
+    /// Maps and initialises a segment for `arena` (see
+    /// [`SegmentHeader::arena`]).
+    pub fn create(arena: *const ()) -> Option<*mut Segment> {
         let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE)?;
         os::no_huge_pages(base, SEGMENT_SIZE);
         let segment = base.cast::<Segment>();
@@ -99,7 +102,7 @@ impl Segment {
         unsafe {
             ptr::addr_of_mut!((*segment).header).write(SegmentHeader {
                 kind: SegmentKind::Spans,
-                arena: arena.as_ptr(),
+                arena,
             });
             ptr::addr_of_mut!((*segment).free_slices).write(Cell::new(USABLE_SLICES));
         }
@@ -115,7 +118,7 @@ impl Segment {
         // SAFETY: initialised above; shared references only from here on.
         unsafe { &*segment }.created_ms.set(os::now_ms());
         OWNERSHIP.insert(base as usize, RegionMark::SpanSegment);
-        arena.mapped_add(SEGMENT_SIZE);
+        crate::stats::mapped_add(SEGMENT_SIZE);
         Some(segment)
     }
 
@@ -126,8 +129,8 @@ impl Segment {
     /// No block of the segment is live and no list links to it.
     /// Returns the bytes unmapped.
     pub unsafe fn destroy(segment: *mut Segment) -> usize {
-        // SAFETY: the caller passes a live segment; its arena is static.
-        let (arena, unmapped) = unsafe { (&*(*segment).header.arena, (*segment).unmapped()) };
+        // SAFETY: the caller passes a live segment.
+        let unmapped = unsafe { (*segment).unmapped() };
         OWNERSHIP.remove(segment as usize, RegionMark::SpanSegment);
         let base = segment as usize;
         let mut mapped = 0;
@@ -135,7 +138,7 @@ impl Segment {
             os::unmap((base + first * SLICE_SIZE) as *mut u8, count * SLICE_SIZE);
             mapped += count * SLICE_SIZE;
         });
-        arena.mapped_sub(mapped);
+        crate::stats::mapped_sub(mapped);
         mapped
     }
 
@@ -175,7 +178,6 @@ impl Segment {
         }
         let old = self.free_since(candidates, freed_by_ms);
         let young = candidates & !old;
-        let arena = self.arena();
         let mut unmapped = self.unmapped();
         let mut released = 0;
         let mut refused = false;
@@ -201,7 +203,7 @@ impl Segment {
             released += count * SLICE_SIZE;
         });
         self.dirty_slices.set(self.dirty_slices.get() & !unmapped);
-        arena.mapped_sub(released);
+        crate::stats::mapped_sub(released);
         (released, young != 0)
     }
 
@@ -231,7 +233,6 @@ impl Segment {
     /// segment), `Failed` if the kernel refused for want of memory (nothing
     /// is lost: it may work later).
     fn map_again(&self, run: u64) -> os::FixedMap {
-        let arena = self.arena();
         let mut unmapped = self.unmapped();
         let mut outcome = os::FixedMap::Mapped;
         for_each_run(unmapped & run, |first, count| {
@@ -243,7 +244,7 @@ impl Segment {
                 os::FixedMap::Mapped => {
                     os::no_huge_pages(self.slice_start(first), count * SLICE_SIZE);
                     unmapped &= !run_mask(first, count);
-                    arena.mapped_add(count * SLICE_SIZE);
+                    crate::stats::mapped_add(count * SLICE_SIZE);
                 }
                 os::FixedMap::Taken => {
                     let hole = run_containing(unmapped, first);
@@ -263,9 +264,10 @@ impl Segment {
         self.unmapped() & (1u64 << (slice % SLICES_PER_SEGMENT)) != 0
     }
 
-    fn arena(&self) -> &'static Arena {
-        // SAFETY: a live segment names its arena, which is static.
-        unsafe { &*self.header.arena }
+    /// Bytes of the segment mapped now (its slices less the holes it gave
+    /// back).
+    pub fn mapped_bytes(&self) -> usize {
+        (SLICES_PER_SEGMENT - self.unmapped().count_ones() as usize) * SLICE_SIZE
     }
 
     pub fn is_empty(&self) -> bool {

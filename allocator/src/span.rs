@@ -42,9 +42,8 @@ use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use crate::heap::Heap;
 use crate::os::PAGE_SIZE;
-use crate::segment::SLICE_SIZE;
+use crate::size_class::SLICE_SIZE;
 use crate::size_class::{MAX_BLOCKS_PER_SPAN, MAX_SPAN_SLICES};
 
 /// The link word of a block, its second 8 bytes: in a free block, the
@@ -132,8 +131,10 @@ pub struct Span {
     /// not survive a fork). Compared on every free to tell a local free from
     /// a remote one.
     owner_thread: AtomicUsize,
-    /// Owning heap (null when free or abandoned). Owner and arena lock only.
-    heap: Cell<*mut Heap>,
+    /// Owning heap (null when free or abandoned), type-erased: the span
+    /// never looks at it; the `heap` module turns it back into its `Heap`
+    /// (so spans sit below heaps). Owner and arena lock only.
+    heap: Cell<*mut ()>,
     /// Blocks freed by threads other than the owner: the indexes of the
     /// list's first block (`reserved`: none) and last block, and how many
     /// blocks it holds, in one word (see [`remote_word`]; an empty list's
@@ -542,12 +543,13 @@ impl Span {
     }
 
     /// Hands the span to a heap of thread `thread_id` (arena lock or owner).
-    pub fn set_owner(&self, heap: *mut Heap, thread_id: usize) {
+    pub fn set_owner(&self, heap: *mut (), thread_id: usize) {
         self.heap.set(heap);
         self.owner_thread.store(thread_id, Ordering::Relaxed);
     }
 
-    pub fn heap(&self) -> *mut Heap {
+    /// The owning heap, as given to [`Span::set_owner`].
+    pub fn heap(&self) -> *mut () {
         self.heap.get()
     }
 
@@ -1221,7 +1223,7 @@ mod tests {
         let start = 0x7f12_3450_0000usize as *mut u8;
         for class in 0..CLASS_COUNT {
             let size = class_size(class);
-            let bytes = span_slices(class) * crate::segment::SLICE_SIZE;
+            let bytes = span_slices(class) * SLICE_SIZE;
             let span = Span::empty();
             span.init(start, span_slices(class), bytes, class as u8, size);
             let reserved = span.reserved();
