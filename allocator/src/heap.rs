@@ -1028,7 +1028,7 @@ pub fn count_preferring(roster: &Roster) -> usize {
 ///
 /// # Safety
 /// The owner threads of the heaps are not inside the allocator for this
-/// arena (see [`Heap::detach`]).
+/// arena (see `Heap::detach`).
 pub unsafe fn detach_all(state: &mut ArenaState) {
     loop {
         let first = state.heaps().first();

@@ -1,4 +1,6 @@
-//! Large blocks (over `MEDIUM_MAX`): one mapping each, straight from the OS.
+//! Large blocks (over `MEDIUM_MAX`): one mapping each, straight from the OS;
+//! allocated, freed and resized here under their arena's lock (the headers,
+//! the live list and the cache are `large_block`'s).
 //!
 //! ```text
 //!  mapping (segment-aligned)
@@ -14,7 +16,7 @@
 //! Mapping sizes are rounded up to four steps per doubling, so `realloc`
 //! growth usually fits in place; otherwise `mremap` grows the mapping in
 //! place or moves its pages without copying. Freed blocks wait in their
-//! arena's [`LargeCache`] for a bounded time: a program that allocates and
+//! arena's `LargeCache` for a bounded time: a program that allocates and
 //! frees big buffers in a loop reuses warm pages instead of paying
 //! mmap + munmap + page faults each time. While the housekeeper runs, the
 //! cache's bounds do not unmap anything on `free`: blocks beyond them are

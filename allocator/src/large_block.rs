@@ -450,7 +450,7 @@ impl LargeCache {
     }
 
     /// Takes the retained blocks freed at `freed_by_ms` or earlier out of
-    /// the list, as a chain for [`unmap_chain`] (outside the lock).
+    /// the list, as a chain for `unmap_chain` (outside the lock).
     pub fn take_retained_freed_by(&mut self, freed_by_ms: u64) -> *mut LargeBlock {
         let mut old = ptr::null_mut::<LargeBlock>();
         let mut link: *mut *mut LargeBlock = &mut self.retained;
@@ -541,7 +541,7 @@ impl LargeCache {
     }
 
     /// Takes out the cached blocks freed at `freed_by_ms` or earlier; the
-    /// caller unmaps them outside the lock ([`unmap_all`]).
+    /// caller unmaps them outside the lock (`unmap_all`).
     pub fn take_freed_by(&mut self, freed_by_ms: u64) -> [Option<*mut LargeBlock>; CACHE_SLOTS] {
         let mut out = [None; CACHE_SLOTS];
         if self.earliest_freed_ms == 0 || self.earliest_freed_ms > freed_by_ms {

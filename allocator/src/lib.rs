@@ -10,33 +10,36 @@
 //!              └─ large-block cache ── large blocks (own mapping each)
 //! ```
 //!
-//! Modules in layers, bottom up; a module calls into its own layer and the
-//! ones below, never up (the exceptions are listed after):
-//! 1. `os` (every system call), `sync` (the futex lock), `diag` (messages
-//!    without allocation), `secure` (the `ARENALLOC_SECURE` setting),
-//!    `race_hooks` (test-only pauses), `housekeeping` (what the data
-//!    structures tell the housekeeper: a pending flag, the delay, budgets).
-//! 2. `size_class` (which block size serves a request), `claim` (the
-//!    owner/purger handshake).
-//! 3. `span` (blocks of one class, free lists), `segment` (slices, the
-//!    ownership map), `large` (direct mappings and their cache): they record
-//!    what became free and when, and never call the purger.
-//! 4. `arena` (ownership of memory, under one lock), `registry` (arena
-//!    slots and handles), `stats`.
-//! 5. `heap` (a thread's spans in one arena: the fast and slow paths),
-//!    `tls` and `thread` (the thread's state, exit, fork).
-//! 6. `purger` (the housekeeper: reads the records, claims idle heaps,
+//! Modules in layers, bottom up; a module uses its own layer and the ones
+//! below, never one above (no module imports another in a circle):
+//! 1. `os` (every system call), `sync` (the futex lock), `size_class`
+//!    (which block size serves a request, slice and span sizes).
+//! 2. `diag` (messages without allocation), `secure` (the
+//!    `ARENALLOC_SECURE` setting), `race_hooks` (test-only pauses),
+//!    `housekeeping` (what the data structures tell the housekeeper: a
+//!    pending flag, the delay, budgets), `stats` (process-wide counters and
+//!    the figures' types), `claim` (the owner/purger handshake).
+//! 3. `span` (blocks of one class, free lists), `roster` (an arena's heaps
+//!    as the purger sees them: a claim and an activity count each).
+//! 4. `segment` (slices of spans, the ownership map), `large_block` (large
+//!    blocks' headers, an arena's live list and cache of them). Spans and
+//!    regions record what became free and when; they name their owner heap
+//!    or arena type-erased and never call up.
+//! 5. `arena` (ownership of memory under one lock: segments, abandoned
+//!    spans, large lists, the roster; the purge steps on them).
+//! 6. `heap` (a thread's spans in one arena: the fast and slow paths; a
+//!    thread's `ThreadState`).
+//! 7. `registry` (arena slots and handles, creation and destruction),
+//!    `large` (allocating, freeing and resizing large blocks under their
+//!    arena's lock).
+//! 8. `tls` (where a thread's state lives), `thread` (which heap a thread
+//!    uses, its exit).
+//! 9. `purger` (the housekeeper: reads the records, claims idle heaps,
 //!    gives memory back).
-//! 7. This file (the API), `c_contract`, `library_routing`, `exit_summary`.
-//!
-//! Edges up that remain: `span` and `segment` name the `Heap` and `Arena`
-//! types of their owner pointers (`segment` also counts mapped bytes in its
-//! arena, `large` takes its arena's lock); `arena` reads a heap's idle mark
-//! and claim, and whether a claim is its own thread's, when it purges
-//! (layer 5); `thread`, which also holds the process's one-time set-up and
-//! the `fork` handlers, reads the exit summary's setting and holds library
-//! routing's lock across `fork` (layer 7), and restarts the housekeeper in a
-//! `fork` child (layer 6).
+//! 10. This file (the API), `c_contract`, `library_routing`,
+//!     `exit_summary`, and `process` (the one-time set-up and the `fork`
+//!     handlers, which take every lock below in one order). The housekeeper
+//!     reaches library routing's rescan only through a hook it is given.
 //!
 //! Nothing reachable from these functions allocates through `std`, formats
 //! or unwinds; misuse that would corrupt memory (a foreign or doubly freed

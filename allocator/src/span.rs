@@ -463,7 +463,7 @@ impl Span {
     }
 
     /// Puts the block `p`, of index `index`, on the owner's free list;
-    /// `key` is [`Span::key`]. Owner only.
+    /// `key` is `Span::key`. Owner only.
     ///
     /// # Safety
     /// `p` is the block of index `index` of this span, given up by the
