@@ -250,7 +250,8 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
     // Read before the block is written, which the compiler cannot tell
     // apart from the span's fields.
     let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
-    let index = s.index_of(p);
+    // SAFETY: the caller owns the span.
+    let index = unsafe { s.index_of_owned(p) };
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
     // `fast_below` is 0 for a span in the `full` list (see `Span`).
     if index >= fast_below || unsafe { crate::span::looks_like_link(p, code, reserved) } {
@@ -258,11 +259,8 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
     }
     // SAFETY: a block of the caller's own span, given up by the caller.
     unsafe { s.push_local(p, index, code) };
-    // After the push: the count's load, decrement and store then make one
-    // instruction, whose flags the test below reads.
-    let used = s.used().wrapping_sub(1);
-    s.set_used(used);
-    if used == 0 {
+    // After the push: the decrement's flags are the branch's.
+    if s.count_in_is_last() {
         return LocalFree::Emptied;
     }
     LocalFree::Done
@@ -293,7 +291,8 @@ pub unsafe fn free_local(span: *mut Span, p: *mut u8) {
     // Read before the block is written, which the compiler cannot tell
     // apart from the span's fields.
     let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
-    let index = s.index_of(p);
+    // SAFETY: the caller owns the span.
+    let index = unsafe { s.index_of_owned(p) };
     // Below `fast_below`: a block start that was handed out, in a span with
     // no parked blocks.
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.

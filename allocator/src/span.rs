@@ -114,12 +114,6 @@ pub struct Span {
     /// handed out). Written by the owner; read by any thread that frees a
     /// block (it got the block after it was carved).
     capacity: AtomicU32,
-    /// Blocks below this index take the owner's fast free path: `capacity`,
-    /// or 0 while blocks are parked (so that every free checks whether its
-    /// block is a parked, free one) or while the span is in the `full` list
-    /// (whose first free moves it). One compare on the fast path for all
-    /// three. Owner (or arena-lock holder) only.
-    fast_free_below: AtomicU32,
     /// Trailing zero bits of `block_size`.
     shift: AtomicU8,
     /// A `SpanState`.
@@ -135,6 +129,17 @@ pub struct Span {
     /// never looks at it; the `heap` module turns it back into its `Heap`
     /// (so spans sit below heaps). Owner and arena lock only.
     heap: Cell<*mut ()>,
+    /// `start` times `inverse` (wrapping): [`Span::index_of`] multiplies the
+    /// block's address and subtracts this, one multiply and one subtraction
+    /// from memory, without computing the offset first.
+    start_scaled: AtomicU64,
+    /// Blocks below this index take the owner's fast free path: `capacity`,
+    /// or 0 while blocks are parked (so that every free checks whether its
+    /// block is a parked, free one) or while the span is in the `full` list
+    /// (whose first free moves it). One compare on the fast path for all
+    /// three; 64 bits and a `Cell`, so that the compare reads it from
+    /// memory. Owner (or arena-lock holder) only.
+    fast_free_below: Cell<u64>,
     /// Blocks freed by threads other than the owner: the indexes of the
     /// list's first block (`reserved`: none) and last block, and how many
     /// blocks it holds, in one word (see [`remote_word`]; an empty list's
@@ -200,7 +205,8 @@ impl Span {
             block_size: AtomicU32::new(0),
             reserved: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
-            fast_free_below: AtomicU32::new(0),
+            fast_free_below: Cell::new(0),
+            start_scaled: AtomicU64::new(0),
             shift: AtomicU8::new(0),
             state: AtomicU8::new(SpanState::Free as u8),
             class: Cell::new(0),
@@ -236,10 +242,10 @@ impl Span {
         self.used.store(0, Ordering::Relaxed);
         self.block_size.store(block_size as u32, Ordering::Relaxed);
         self.shift.store(shift as u8, Ordering::Relaxed);
-        self.inverse.store(
-            odd_inverse(((block_size >> shift) as u64) | 1),
-            Ordering::Relaxed,
-        );
+        let inverse = odd_inverse(((block_size >> shift) as u64) | 1);
+        self.inverse.store(inverse, Ordering::Relaxed);
+        self.start_scaled
+            .store((start as u64).wrapping_mul(inverse), Ordering::Relaxed);
         self.capacity.store(0, Ordering::Relaxed);
         self.reserved.store(reserved as u32, Ordering::Relaxed);
         self.class.set(class);
@@ -313,14 +319,47 @@ impl Span {
         let below = if self.parked.get() != 0 || self.is_full() {
             0
         } else {
-            self.capacity.load(Ordering::Relaxed)
+            u64::from(self.capacity.load(Ordering::Relaxed))
         };
-        self.fast_free_below.store(below, Ordering::Relaxed);
+        self.fast_free_below.set(below);
     }
 
     #[inline(always)]
     pub fn used(&self) -> u32 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Owner-only: counts one block back in; true if none is out now. One
+    /// unlocked `sub` whose flags the caller's branch reads (a relaxed load,
+    /// decrement and store compile to four instructions: the compiler does
+    /// not merge atomic accesses).
+    #[inline(always)]
+    pub fn count_in_is_last(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `used` is a live, aligned `u32`. Only the owner writes
+            // it (the caller is the owner), so an unlocked read-modify-write
+            // loses nothing, as the relaxed load and store it replaces; other
+            // threads' racy reads see the old or the new value (an aligned
+            // 4-byte access is single-copy atomic on x86).
+            unsafe {
+                core::arch::asm!(
+                    "sub dword ptr [{span} + {used}], 1",
+                    "jz {last}",
+                    span = in(reg) self,
+                    used = const core::mem::offset_of!(Span, used),
+                    last = label { return true; },
+                    options(nostack),
+                );
+            }
+            false
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let used = self.used().wrapping_sub(1);
+            self.set_used(used);
+            used == 0
+        }
     }
 
     /// Owner-only: a plain store, no read-modify-write.
@@ -405,7 +444,7 @@ impl Span {
     /// `fast_free_below`).
     #[inline(always)]
     pub fn fast_free_below(&self) -> u64 {
-        u64::from(self.fast_free_below.load(Ordering::Relaxed))
+        self.fast_free_below.get()
     }
 
     /// Whether block `index` is parked (free, off the list, its page given
@@ -435,10 +474,33 @@ impl Span {
     /// fixed while the span is in use, so any thread may ask.
     #[inline(always)]
     pub fn index_of(&self, p: *mut u8) -> u64 {
-        let start = self.start.load(Ordering::Relaxed) as u64;
-        let offset = (p as u64).wrapping_sub(start);
-        offset
+        // (p - start) * inverse, as p * inverse - start * inverse.
+        (p as u64)
             .wrapping_mul(self.inverse.load(Ordering::Relaxed))
+            .wrapping_sub(self.start_scaled.load(Ordering::Relaxed))
+            .rotate_right(u32::from(self.shift.load(Ordering::Relaxed)))
+    }
+
+    /// [`Span::index_of`] for the span's owner, whose reads of the fixed
+    /// fields are plain loads, so that the multiply and the subtraction
+    /// take them straight from memory (atomic loads are never merged into
+    /// other instructions).
+    ///
+    /// # Safety
+    /// The caller owns the span (which is in use): nothing writes these
+    /// fields until it is given back, so plain reads race with no write.
+    #[inline(always)]
+    pub unsafe fn index_of_owned(&self, p: *mut u8) -> u64 {
+        // SAFETY: the caller's promise; both are live, aligned `u64`s.
+        let (inverse, start_scaled) = unsafe {
+            (
+                self.inverse.as_ptr().read(),
+                self.start_scaled.as_ptr().read(),
+            )
+        };
+        (p as u64)
+            .wrapping_mul(inverse)
+            .wrapping_sub(start_scaled)
             .rotate_right(u32::from(self.shift.load(Ordering::Relaxed)))
     }
 
@@ -1242,6 +1304,8 @@ mod tests {
             for offset in offsets {
                 let p = start.wrapping_add(offset);
                 let index = span.index_of(p);
+                // SAFETY: nothing writes the span meanwhile.
+                assert_eq!(unsafe { span.index_of_owned(p) }, index);
                 let expected = offset % size == 0 && offset / size < reserved as usize;
                 assert_eq!(
                     index < reserved,
