@@ -919,6 +919,10 @@ fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
 /// computes one TLS address for both). Laid out as `tls` initialises it.
 #[repr(C)]
 pub struct ThreadState {
+    /// First, so that the claim's address is the state's: the fast paths
+    /// test its flags at fixed offsets from the one TLS address they
+    /// compute (see `ThreadClaim::try_enter`).
+    pub(crate) claim: ThreadClaim,
     /// The heap of the thread's preferred arena. Written only by the owner
     /// (relaxed atomics are plain moves); read by statistics, which count
     /// the threads that prefer an arena.
@@ -928,7 +932,6 @@ pub struct ThreadState {
     /// this thread touches it; atomic (relaxed, plain moves) so that the
     /// state stays `Sync` for the purger, which reads other fields.
     pub(crate) previous_heap: AtomicPtr<Heap>,
-    pub(crate) claim: ThreadClaim,
     /// The thread's first heap; the others hang off it (`next_in_thread`).
     /// Only this thread touches it.
     pub(crate) heaps: AtomicPtr<Heap>,
@@ -939,9 +942,9 @@ impl ThreadState {
     /// one), no claim.
     pub const fn initial() -> ThreadState {
         ThreadState {
+            claim: ThreadClaim::new(),
             heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
             previous_heap: AtomicPtr::new(&EMPTY_HEAP.0 as *const Heap as *mut Heap),
-            claim: ThreadClaim::new(),
             heaps: AtomicPtr::new(core::ptr::null_mut()),
         }
     }

@@ -629,7 +629,8 @@ impl OwnershipMap {
             // SAFETY: `marks` is a live array of `MAP_SLOTS` bytes and the
             // index is tested against that first; the byte is read once, an
             // aligned single-byte load (single-copy atomic, as the acquire
-            // load it replaces, which is a plain load on x86).
+            // load it replaces, which is a plain load on x86). Not
+            // `readonly`: no read of the segment may move before it.
             unsafe {
                 core::arch::asm!(
                     "mov {slot}, {p}",
@@ -645,7 +646,7 @@ impl OwnershipMap {
                     slots = const MAP_SLOTS,
                     span = const RegionMark::SpanSegment as u8,
                     not_ours = label { return None; },
-                    options(nostack, readonly),
+                    options(nostack),
                 );
             }
             Some(segment_base(p) as *mut Segment)

@@ -100,13 +100,14 @@ pub struct Span {
     /// `block_size >> shift`'s inverse modulo 2^64: turns a block's offset
     /// into its index with one multiply (see [`Span::index_of`]).
     inverse: AtomicU64,
+    /// Block size; set while the span has no live block, read by any thread
+    /// holding one of its blocks.
+    /// 64 bits, so that the owner's multiply reads it from memory.
+    block_size: AtomicU64,
     /// Blocks out (including remote frees not yet collected; plus one while
     /// the span is its heap's current span, so the owner's free path never
     /// sees zero for it).
     used: AtomicU32,
-    /// Block size; set while the span has no live block, read by any thread
-    /// holding one of its blocks.
-    block_size: AtomicU32,
     /// Blocks that fit in the span (fixed while the span is in use); also
     /// the index that ends a list.
     reserved: AtomicU32,
@@ -202,7 +203,7 @@ impl Span {
             start: AtomicPtr::new(ptr::null_mut()),
             inverse: AtomicU64::new(0),
             used: AtomicU32::new(0),
-            block_size: AtomicU32::new(0),
+            block_size: AtomicU64::new(0),
             reserved: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
             fast_free_below: Cell::new(0),
@@ -240,7 +241,7 @@ impl Span {
         self.set_free(reserved);
         self.key.store(new_span_key(start), Ordering::Relaxed);
         self.used.store(0, Ordering::Relaxed);
-        self.block_size.store(block_size as u32, Ordering::Relaxed);
+        self.block_size.store(block_size as u64, Ordering::Relaxed);
         self.shift.store(shift as u8, Ordering::Relaxed);
         let inverse = odd_inverse(((block_size >> shift) as u64) | 1);
         self.inverse.store(inverse, Ordering::Relaxed);
@@ -390,11 +391,20 @@ impl Span {
         start.wrapping_add((index as usize).wrapping_mul(self.block_size()))
     }
 
-    /// Makes block `index` the head of the owner's free list.
+    /// Makes block `index` the head of the owner's free list. Owner (or
+    /// arena-lock holder) only: the address comes from plain reads of the
+    /// fields fixed while the span is in use (only the arena-lock holder
+    /// writes them, while the span has no owner), which the multiply and
+    /// the addition take straight from memory.
     #[inline(always)]
     fn set_free(&self, index: u64) {
         self.free.set(index);
-        self.free_block.set(self.block_at(index));
+        // SAFETY: both are live, aligned fields, and nobody writes them
+        // while the caller owns the span (see above).
+        let (start, block_size) =
+            unsafe { (self.start.as_ptr().read(), self.block_size.as_ptr().read()) };
+        self.free_block
+            .set(start.wrapping_add(index.wrapping_mul(block_size) as usize));
     }
 
     /// Takes the first block of the owner's free list and clears its link

@@ -26,9 +26,9 @@ mod model {
     use super::ThreadState;
 
     // The state's initial image, copied into every new thread's TLS: the
+    // claim is at rest with the owner key of a thread without heaps, the
     // current and previous heap point at the empty heap (relocated at load
-    // like any pointer in data), the claim is at rest with the owner key of
-    // a thread without heaps, the heap chain is empty. It must match
+    // like any pointer in data), the heap chain is empty. It must match
     // `ThreadState::initial()` (checked by a test).
     core::arch::global_asm!(
         ".pushsection .tdata.arenalloc_thread_state,\"awT\",@progbits",
@@ -38,10 +38,10 @@ mod model {
         ".type arenalloc_thread_state, @tls_object",
         ".size arenalloc_thread_state, 40",
         "arenalloc_thread_state:",
-        ".quad {empty}",
-        ".quad {empty}",
         ".quad 0",
         ".quad {no_heap_key}",
+        ".quad {empty}",
+        ".quad {empty}",
         ".quad 0",
         ".popsection",
         empty = sym crate::heap::EMPTY_HEAP,
@@ -114,10 +114,10 @@ mod tests {
     /// heap chain); and each thread has a slot of its own.
     #[test]
     fn a_new_thread_starts_from_the_initial_state_in_a_slot_of_its_own() {
-        assert_eq!(offset_of!(ThreadState, heap), 0);
-        assert_eq!(offset_of!(ThreadState, previous_heap), 8);
-        assert_eq!(offset_of!(ThreadState, claim), 16);
+        assert_eq!(offset_of!(ThreadState, claim), 0);
         assert_eq!(offset_of!(ThreadClaim, owner_key), 8);
+        assert_eq!(offset_of!(ThreadState, heap), 16);
+        assert_eq!(offset_of!(ThreadState, previous_heap), 24);
         assert_eq!(offset_of!(ThreadState, heaps), 32);
         let initial = ThreadState::initial();
         assert_eq!(initial.heap.load(Relaxed), empty_heap());
