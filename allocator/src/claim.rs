@@ -123,7 +123,7 @@ impl ThreadClaim {
         self.fast.store(1, Ordering::Relaxed);
         // As in `enter`.
         compiler_fence(Ordering::SeqCst);
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(arenalloc_tsan)))]
         {
             // One compare of the flag in memory (the compiler never merges
             // an atomic load into a compare). Not `readonly`: like the
@@ -146,7 +146,7 @@ impl ThreadClaim {
             }
             true
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(any(not(target_arch = "x86_64"), arenalloc_tsan))]
         {
             if self.claimed.load(Ordering::Acquire) {
                 self.fast.store(0, Ordering::Release);

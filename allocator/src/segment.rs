@@ -620,7 +620,7 @@ impl OwnershipMap {
     /// [`header_of`]: OwnershipMap::header_of
     #[inline(always)]
     pub fn span_segment_of(&self, p: usize) -> Option<*mut Segment> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(arenalloc_tsan)))]
         {
             // The compiler turns the bounds test of `slot` into a test of the
             // top bits and then shifts again, and it never merges an atomic
@@ -651,7 +651,7 @@ impl OwnershipMap {
             }
             Some(segment_base(p) as *mut Segment)
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(any(not(target_arch = "x86_64"), arenalloc_tsan))]
         {
             self.marked(segment_base(p), RegionMark::SpanSegment)
                 .then(|| segment_base(p) as *mut Segment)

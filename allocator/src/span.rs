@@ -336,7 +336,7 @@ impl Span {
     /// not merge atomic accesses).
     #[inline(always)]
     pub fn count_in_is_last(&self) -> bool {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(arenalloc_tsan)))]
         {
             // SAFETY: `used` is a live, aligned `u32`. Only the owner writes
             // it (the caller is the owner), so an unlocked read-modify-write
@@ -355,7 +355,7 @@ impl Span {
             }
             false
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(any(not(target_arch = "x86_64"), arenalloc_tsan))]
         {
             let used = self.used().wrapping_sub(1);
             self.set_used(used);
