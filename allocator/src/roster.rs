@@ -54,9 +54,14 @@ impl HeapLinks {
     /// The claim handshake of the heap's thread. A listed heap's thread is
     /// alive (it leaves every roster before it exits), and its TLS with it.
     pub fn claim(&self) -> &ThreadClaim {
+        let claim = self.claim.get();
+        if claim.is_null() {
+            // Links that never went through `set_thread` are in no roster.
+            crate::diag::fatal("a heap in an arena's roster without its thread");
+        }
         // SAFETY: set before the heap was listed, to the owner's TLS claim,
-        // which outlives the heap's membership (see above).
-        unsafe { &*self.claim.get() }
+        // which outlives the heap's membership (see above); not null.
+        unsafe { &*claim }
     }
 
     /// Owner, on a slow path: the heap is in use.

@@ -7,7 +7,7 @@
 //! exit is seen through a pthread key destructor, created once at start-up
 //! while few keys exist.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arena::Arena;
 use crate::claim::ThreadClaim;
@@ -101,7 +101,18 @@ pub fn current_thread_id() -> usize {
     crate::tls::state() as usize
 }
 
-static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
+/// The thread-exit key plus one (0: not created yet; key 0 is a valid key,
+/// and usually another library's).
+static THREAD_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// The thread-exit key. A heap made before the process's set-up created it
+/// would never be handed back at thread exit: that is a bug here, reported.
+fn exit_key() -> libc::pthread_key_t {
+    match THREAD_KEY.load(Ordering::Relaxed).checked_sub(1) {
+        Some(key) => key as libc::pthread_key_t,
+        None => crate::diag::fatal("a thread heap made before the process set-up"),
+    }
+}
 
 /// Creates the key whose destructor sees each thread exit. Called once, by
 /// the process's one-time set-up (`process::ensure_init`), before any heap
@@ -114,7 +125,7 @@ pub fn create_exit_key() {
     if rc != 0 {
         crate::diag::fatal("pthread_key_create failed");
     }
-    THREAD_KEY.store(key, Ordering::Relaxed);
+    THREAD_KEY.store(u64::from(key) + 1, Ordering::Relaxed);
 }
 
 /// The calling thread's heap for its preferred arena. A thread without a
@@ -175,15 +186,17 @@ fn new_heap_in(arena: &'static Arena, first: *mut Heap, life: u64) -> Option<*mu
         // Before the heap is listed: no claimer can see this claim yet.
         current_claim().set_owner_key(current_thread_id());
     }
+    // Before the heap exists: checked here, not only where it is used.
+    let key = if first.is_null() { exit_key() } else { 0 };
     let heap = heap::new_heap(arena, this_thread(), life)?;
     if first.is_null() {
         this_thread().heaps.store(heap, Ordering::Relaxed);
         // Register for thread exit after the heap is in place: this call may
         // allocate (glibc calloc's key blocks past the first 32 keys), and
         // that allocation must find the heap.
-        // SAFETY: the key was created by `create_exit_key`.
-        let rc =
-            unsafe { libc::pthread_setspecific(THREAD_KEY.load(Ordering::Relaxed), heap.cast()) };
+        // SAFETY: the key was created by `create_exit_key` (`exit_key`
+        // checked).
+        let rc = unsafe { libc::pthread_setspecific(key, heap.cast()) };
         if rc != 0 {
             // Without the key the heap would outlive its thread unnoticed.
             crate::diag::fatal("pthread_setspecific failed");
