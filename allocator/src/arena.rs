@@ -17,7 +17,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::housekeeping::Budget;
-use crate::large_block::{LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
+use crate::large_block::{BlockSet, LargeBlock, LargeCache, LargeList, CACHE_SLOTS};
 use crate::roster::{HeapLinks, Roster};
 use crate::segment::{Segment, SegmentHeader, SLICE_SIZE};
 use crate::size_class::{class_size, span_slices, CLASS_COUNT};

@@ -95,23 +95,61 @@ pub(crate) fn round_map_size(bytes: usize) -> Option<usize> {
     pages.checked_add(step - 1).map(|v| v & !(step - 1))
 }
 
-pub(crate) fn register(header: *mut LargeBlock) {
+/// Where the ownership map marks a block, and how: at the block for one
+/// aligned to a segment or more (its header one segment below), else at
+/// the mapping's base.
+fn map_entry(header: *mut LargeBlock) -> (usize, RegionMark) {
     // SAFETY: a live header of ours.
     let b = unsafe { &*header };
     if b.shifted {
-        OWNERSHIP.insert(b.block as usize, RegionMark::LargeShifted);
+        (b.block as usize, RegionMark::LargeShifted)
     } else {
-        OWNERSHIP.insert(b.map_base as usize, RegionMark::Large);
+        (b.map_base as usize, RegionMark::Large)
     }
 }
 
+pub(crate) fn register(header: *mut LargeBlock) {
+    let (base, mark) = map_entry(header);
+    OWNERSHIP.insert(base, mark);
+}
+
 pub(crate) fn unregister(header: *mut LargeBlock) {
-    // SAFETY: a live header of ours.
-    let b = unsafe { &*header };
-    if b.shifted {
-        OWNERSHIP.remove(b.block as usize, RegionMark::LargeShifted);
-    } else {
-        OWNERSHIP.remove(b.map_base as usize, RegionMark::Large);
+    let (base, mark) = map_entry(header);
+    OWNERSHIP.remove(base, mark);
+}
+
+/// A set of large blocks an arena holds: what its figures sum over them.
+/// Arena lock.
+pub trait BlockSet {
+    /// Calls `f` on every block of the set.
+    fn for_each(&self, f: impl FnMut(&LargeBlock));
+
+    /// Bytes of the blocks resident now.
+    fn resident_bytes(&self) -> usize {
+        let mut resident = 0;
+        self.for_each(|b| resident += b.resident_bytes());
+        resident
+    }
+
+    /// Bytes the blocks map.
+    fn mapped_bytes(&self) -> usize {
+        let mut mapped = 0;
+        self.for_each(|b| mapped += b.map_size);
+        mapped
+    }
+}
+
+/// Calls `f` on `first` and the blocks chained after it through `next`.
+///
+/// # Safety
+/// The chain holds live headers (arena lock, or taken out of every list).
+unsafe fn for_each_chained(first: *mut LargeBlock, mut f: impl FnMut(&LargeBlock)) {
+    let mut block = first;
+    while !block.is_null() {
+        // SAFETY: the caller's promise.
+        let b = unsafe { &*block };
+        f(b);
+        block = b.next;
     }
 }
 
@@ -208,30 +246,12 @@ impl LargeList {
         }
         released
     }
+}
 
-    /// Calls `f` on every listed block.
-    fn for_each(&self, mut f: impl FnMut(&LargeBlock)) {
-        let mut block = self.head;
-        while !block.is_null() {
-            // SAFETY: members are live headers.
-            let b = unsafe { &*block };
-            f(b);
-            block = b.next;
-        }
-    }
-
-    /// Bytes of the listed blocks resident now.
-    pub fn resident_bytes(&self) -> usize {
-        let mut resident = 0;
-        self.for_each(|b| resident += b.resident_bytes());
-        resident
-    }
-
-    /// Bytes the listed blocks map.
-    pub fn mapped_bytes(&self) -> usize {
-        let mut mapped = 0;
-        self.for_each(|b| mapped += b.map_size);
-        mapped
+impl BlockSet for LargeList {
+    fn for_each(&self, f: impl FnMut(&LargeBlock)) {
+        // SAFETY: members are live headers, linked through `next`.
+        unsafe { for_each_chained(self.head, f) }
     }
 }
 
@@ -583,37 +603,6 @@ impl LargeCache {
         block
     }
 
-    /// Calls `f` on every cached block, retained ones too.
-    fn for_each(&self, mut f: impl FnMut(&LargeBlock)) {
-        let mut block = self.retained;
-        while !block.is_null() {
-            // SAFETY: retained blocks are live cached headers.
-            let b = unsafe { &*block };
-            f(b);
-            block = b.next;
-        }
-        for &slot in &self.slots {
-            // SAFETY: non-null slots are live cached headers.
-            if let Some(b) = unsafe { slot.as_ref() } {
-                f(b);
-            }
-        }
-    }
-
-    /// Bytes of the cached blocks resident now.
-    pub fn resident_bytes(&self) -> usize {
-        let mut resident = 0;
-        self.for_each(|b| resident += b.resident_bytes());
-        resident
-    }
-
-    /// Bytes the cached blocks map.
-    pub fn mapped_bytes(&self) -> usize {
-        let mut mapped = 0;
-        self.for_each(|b| mapped += b.map_size);
-        mapped
-    }
-
     /// Unmaps every cached block; returns the bytes unmapped.
     pub fn release_all(&mut self) -> usize {
         let mut released = unmap_chain(self.take_retained_freed_by(u64::MAX));
@@ -626,6 +615,21 @@ impl LargeCache {
             }
         }
         released
+    }
+}
+
+impl BlockSet for LargeCache {
+    /// Every cached block, retained ones too.
+    fn for_each(&self, mut f: impl FnMut(&LargeBlock)) {
+        // SAFETY: retained blocks are live cached headers, linked through
+        // `next`.
+        unsafe { for_each_chained(self.retained, &mut f) };
+        for &slot in &self.slots {
+            // SAFETY: non-null slots are live cached headers.
+            if let Some(b) = unsafe { slot.as_ref() } {
+                f(b);
+            }
+        }
     }
 }
 
