@@ -108,6 +108,50 @@ fn destroy_returns_the_arenas_memory_to_the_os() {
     );
 }
 
+/// An arena's mapped bytes are summed from what it holds under its lock:
+/// its segments, its live large blocks and the freed ones its cache keeps
+/// (mapped, for reuse) until a trim unmaps them.
+#[test]
+fn an_arenas_mapped_bytes_count_its_live_and_cached_large_blocks_and_its_segments() {
+    in_child_with(
+        "an_arenas_mapped_bytes_count_its_live_and_cached_large_blocks_and_its_segments",
+        // No housekeeper: nothing leaves the cache behind the test's back.
+        &[("ARENALLOC_BACKGROUND", "0")],
+        mapped_bytes_of_an_arena,
+    );
+}
+
+fn mapped_bytes_of_an_arena() {
+    let arena = Arena::new().unwrap();
+    assert_eq!(stats(arena).mapped_bytes, 0, "a new arena maps nothing");
+    let large = alloc_in(arena, 3 * MIB);
+    let live = stats(arena).mapped_bytes;
+    assert!(
+        (3 * MIB..4 * MIB).contains(&live),
+        "one live 3 MiB block: {live} bytes mapped"
+    );
+    free(large);
+    assert_eq!(
+        stats(arena).mapped_bytes,
+        live,
+        "the freed block waits in the cache, still mapped"
+    );
+    let small = alloc_in(arena, 64);
+    let with_segment = stats(arena).mapped_bytes;
+    assert_eq!(
+        with_segment,
+        live + 4 * MIB,
+        "a small block maps one 4 MiB segment"
+    );
+    free(small);
+    arena.trim().expect("a live arena trims");
+    assert!(
+        stats(arena).mapped_bytes < 4 * MIB,
+        "after a trim the cached block and the empty segment are gone: {} bytes mapped",
+        stats(arena).mapped_bytes
+    );
+}
+
 /// In the child process, alone: 64 MiB and more in an arena, destroyed.
 fn destroy_and_measure() {
     let arena = Arena::new().unwrap();

@@ -369,7 +369,7 @@ fn owns_racing_the_unmap_of_a_segment_reads_no_unmapped_header() {
 }
 
 /// Thread R asks `owns(p)` for a block of arena X and parks after the
-/// ownership bit said yes, before the header read; thread D destroys X
+/// ownership map said yes, before the header read; thread D destroys X
 /// (unmapping its segment). Before the fix D unmapped at once and R's
 /// header read then faulted (SIGSEGV); now D waits for R.
 fn owns_during_unmap() {
@@ -382,15 +382,15 @@ fn owns_during_unmap() {
             assert!(engine::owns(p as *const u8));
         },
     );
-    race_hooks::arm(Point::OwnershipBitSeen, r_id);
+    race_hooks::arm(Point::OwnershipMarkSeen, r_id);
     r_go.send(()).unwrap();
-    wait_parked(Point::OwnershipBitSeen);
+    wait_parked(Point::OwnershipMarkSeen);
     // SAFETY: X's one block is never used again (R only asks about its
     // address).
     let d = thread::spawn(move || assert!(unsafe { engine::arena_destroy(x) }));
     thread::sleep(Duration::from_millis(300));
     let d_waited = !d.is_finished();
-    race_hooks::release(Point::OwnershipBitSeen);
+    race_hooks::release(Point::OwnershipMarkSeen);
     r.join().expect("thread R");
     d.join().expect("thread D");
     assert!(d_waited, "the destroy did not wait for the reader");
@@ -480,9 +480,9 @@ fn unmap_not_held_up_by_new_inspections() {
             engine::owns(p as *const u8);
         },
     );
-    race_hooks::arm(Point::OwnershipBitSeen, r1_id);
+    race_hooks::arm(Point::OwnershipMarkSeen, r1_id);
     r1_go.send(()).unwrap();
-    wait_parked(Point::OwnershipBitSeen);
+    wait_parked(Point::OwnershipMarkSeen);
     // SAFETY: X's one block is never used again.
     let d = thread::spawn(move || assert!(unsafe { engine::arena_destroy(x) }));
     thread::sleep(Duration::from_millis(100));
@@ -496,7 +496,7 @@ fn unmap_not_held_up_by_new_inspections() {
     race_hooks::arm(Point::InspectCounted, r2_id);
     r2_go.send(()).unwrap();
     wait_parked(Point::InspectCounted);
-    race_hooks::release(Point::OwnershipBitSeen);
+    race_hooks::release(Point::OwnershipMarkSeen);
     r1.join().expect("R1");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !d.is_finished() && Instant::now() < deadline {

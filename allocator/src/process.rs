@@ -71,9 +71,13 @@ extern "C" fn fork_prepare() {
     heap::POOL.raw_lock();
 }
 
-#[link_section = "arenalloc_cold"]
-extern "C" fn fork_parent() {
-    // SAFETY: fork_prepare took these locks on this thread.
+/// Releases the locks [`fork_prepare`] took, in the reverse order.
+///
+/// # Safety
+/// After `fork_prepare` on this thread, in the parent or the child (whose
+/// only thread it is).
+unsafe fn unlock_after_fork() {
+    // SAFETY: the caller's promise: this thread holds these locks.
     unsafe { heap::POOL.force_unlock() };
     // SAFETY: as above.
     crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
@@ -84,16 +88,16 @@ extern "C" fn fork_parent() {
 }
 
 #[link_section = "arenalloc_cold"]
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare took the locks on this thread.
+    unsafe { unlock_after_fork() };
+}
+
+#[link_section = "arenalloc_cold"]
 extern "C" fn fork_child() {
-    // SAFETY: fork_prepare took these locks on this thread, which is the only
-    // thread of the child.
-    unsafe { heap::POOL.force_unlock() };
-    // SAFETY: as above.
-    crate::registry::for_each_slot(|arena| unsafe { arena.state.force_unlock() });
-    // SAFETY: as above.
-    unsafe { crate::registry::create_lock().force_unlock() };
-    // SAFETY: as above.
-    unsafe { crate::library_routing::unlock_after_fork() };
+    // SAFETY: fork_prepare took the locks on this thread, the child's only
+    // thread.
+    unsafe { unlock_after_fork() };
     crate::purger::after_fork_child();
     crate::segment::OWNERSHIP.after_fork_child();
     thread::after_fork_child();

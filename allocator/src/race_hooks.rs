@@ -28,8 +28,8 @@ pub enum Point {
     HoleUnmapped = 3,
     /// The ownership map said an address is ours; its header is about to be
     /// read (`owns`, `arena_of`).
-    OwnershipBitSeen = 4,
-    /// A segment is about to be unmapped (its ownership bit is clear).
+    OwnershipMarkSeen = 4,
+    /// A segment is about to be unmapped (its ownership mark is clear).
     SegmentBeforeUnmap = 5,
     /// A purge of one arena has just taken the arena's lock (again) and not
     /// yet looked at the arena's life.

@@ -33,7 +33,7 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const _: () = assert!(SLOTS as u64 <= SLOT_MASK);
 
 /// The default arena's handle.
-const DEFAULT_RAW: u64 = 1;
+const DEFAULT_RAW: u64 = crate::arena::DEFAULT_LIFE;
 
 struct Slot {
     arena: Arena,

@@ -14,7 +14,7 @@
 //!
 //! Large blocks get a mapping of their own with the same [`SegmentHeader`]
 //! in its first page (see `large`), so one mask finds the owner of any block.
-//! The [`OwnershipMap`] (one bit per 4 MiB of address space) says whether an
+//! The [`OwnershipMap`] (one byte per 4 MiB of address space) says whether an
 //! address is in a segment of ours before anything is read from it.
 
 use core::cell::Cell;
@@ -498,9 +498,9 @@ const MAP_SLOTS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT);
 ///
 /// `free` and `realloc` look a live block up without more ado: its region
 /// cannot go meanwhile. [`OwnershipMap::inspect`] takes any address, where
-/// the region may be unmapped between the look at the bit and the read of
+/// the region may be unmapped between the look at the mark and the read of
 /// its header; so inspectors count themselves in, and removing a region
-/// waits until the inspectors that might have seen its bit are out before
+/// waits until the inspectors that might have seen its mark are out before
 /// the caller unmaps it. Two counters and an epoch (as in sleepable RCU): an
 /// inspector counts itself in the current epoch's counter; a remover flips
 /// the epoch and waits only for the old counter, so a stream of inspectors
@@ -558,12 +558,12 @@ impl OwnershipMap {
             slot.store(0, Ordering::SeqCst);
         }
         crate::race_hooks::pause(crate::race_hooks::Point::SegmentBeforeUnmap);
-        // Dekker with `inspect`: it counts itself in, then reads the bit;
-        // we cleared the bit, then flip the epoch and read the old count
-        // (all SeqCst). Either it saw the bit clear, or we see it counted:
+        // Dekker with `inspect`: it counts itself in, then reads the mark;
+        // we cleared the mark, then flip the epoch and read the old count
+        // (all SeqCst). Either it saw the mark clear, or we see it counted:
         // an inspector that read the old epoch before our flip counts in
         // the old counter; one that read the new epoch comes after our
-        // flip, so after our clear, and sees the bit clear.
+        // flip, so after our clear, and sees the mark clear.
         let _one = self.removers.lock();
         let old = self.epoch.fetch_add(1, Ordering::SeqCst) % 2;
         while self.inspectors[old].load(Ordering::SeqCst) != 0 {
@@ -579,12 +579,12 @@ impl OwnershipMap {
     pub fn inspect<R>(&self, p: usize, f: impl FnOnce(*mut SegmentHeader) -> R) -> Option<R> {
         let epoch = self.epoch.load(Ordering::SeqCst) % 2;
         self.inspectors[epoch].fetch_add(1, Ordering::SeqCst);
-        // The bit is read with SeqCst ordering after the count (the look-up
+        // The mark is read with SeqCst ordering after the count (the look-up
         // below loads with Acquire, which alone may move before it).
         core::sync::atomic::fence(Ordering::SeqCst);
         crate::race_hooks::pause(crate::race_hooks::Point::InspectCounted);
         let result = self.header_of(p).and_then(|header| {
-            crate::race_hooks::pause(crate::race_hooks::Point::OwnershipBitSeen);
+            crate::race_hooks::pause(crate::race_hooks::Point::OwnershipMarkSeen);
             // SAFETY: the region is mapped until our count leaves.
             let in_hole = unsafe { Self::header_in_hole(header, p) };
             (!in_hole).then(|| f(header))
@@ -768,6 +768,17 @@ mod tests {
         assert!(OWNERSHIP.span_segment_of(base + 100).is_none());
         OWNERSHIP.remove(base, RegionMark::LargeShifted);
         assert!(OWNERSHIP.header_of(usize::MAX - 5).is_none());
+        // Past the map's range `free`'s look-up answers without reading
+        // past the map (its bounds test is assembly of its own).
+        for p in [1usize << ADDRESS_BITS, usize::MAX - 5, usize::MAX] {
+            assert!(OWNERSHIP.span_segment_of(p).is_none(), "{p:#x}");
+        }
+        // The last piece in range.
+        let last = (1usize << ADDRESS_BITS) - SEGMENT_SIZE;
+        OWNERSHIP.insert(last, RegionMark::SpanSegment);
+        assert_eq!(OWNERSHIP.span_segment_of(last + 100), Some(last as *mut _));
+        OWNERSHIP.remove(last, RegionMark::SpanSegment);
+        assert!(OWNERSHIP.span_segment_of(last + 100).is_none());
     }
 
     #[test]
