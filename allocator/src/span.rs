@@ -79,10 +79,16 @@ pub enum SpanState {
 /// Span metadata. Shared between threads through `&Span` only: fields that
 /// only the owner (or the arena-lock holder) writes are `Cell`s, fields that
 /// other threads read or write are atomics (relaxed loads and stores compile
-/// to plain moves). The fields the fast paths touch come first, in one cache
-/// line; `thread_free`, which other threads write, starts the next one.
+/// to plain moves). Three cache lines by who writes them: the owner's (line
+/// 0, written on every operation, touched by no other thread), the fixed
+/// fields every freeing thread reads (line 1: remote frees never pull the
+/// owner's line away from it, and the owner's stores never invalidate the
+/// readers' copies), and `thread_free`, which other threads write.
 #[repr(C, align(64))]
 pub struct Span {
+    // Line 0: what the owner writes on every operation, and its other
+    // fields. Other threads never touch this line, so the owner's stores
+    // stay in its own cache.
     /// Index of the first block of the owner's free list (`reserved`: none;
     /// more: the list was corrupted). 64 bits so that a corrupted link is
     /// kept whole until it is checked.
@@ -92,6 +98,31 @@ pub struct Span {
     /// address first, and `free` sets it to the pointer it has, so a block
     /// freed and allocated again costs no multiply on that path.
     free_block: Cell<*mut u8>,
+    /// Blocks below this index take the owner's fast free path: `capacity`,
+    /// or 0 while blocks are parked (so that every free checks whether its
+    /// block is a parked, free one) or while the span is in the `full` list
+    /// (whose first free moves it). One compare on the fast path for all
+    /// three; 64 bits and a `Cell`, so that the compare reads it from
+    /// memory. Owner (or arena-lock holder) only.
+    fast_free_below: Cell<u64>,
+    /// Owning heap (null when free or abandoned), type-erased: the span
+    /// never looks at it; the `heap` module turns it back into its `Heap`
+    /// (so spans sit below heaps). Owner and arena lock only.
+    heap: Cell<*mut ()>,
+    /// Links in a heap list or the arena's abandoned list.
+    next: Cell<*mut Span>,
+    prev: Cell<*mut Span>,
+    /// Blocks out (including remote frees not yet collected; plus one while
+    /// the span is its heap's current span, so the owner's free path never
+    /// sees zero for it).
+    used: AtomicU32,
+    class: Cell<u8>,
+    /// Slices in this span (valid in the head slice). Arena lock.
+    slice_count: Cell<u8>,
+    _owner_line_end: [u8; OWNER_LINE_PAD],
+    // Line 1: fixed while the span is in use (or written rarely: on a
+    // state change, when blocks are carved), read by every thread that
+    // frees one of its blocks: it stays shared in every reader's cache.
     /// Key of this span life's links (bit 0 set, so a zero word never
     /// decodes to a link).
     key: AtomicU64,
@@ -100,14 +131,18 @@ pub struct Span {
     /// `block_size >> shift`'s inverse modulo 2^64: turns a block's offset
     /// into its index with one multiply (see [`Span::index_of`]).
     inverse: AtomicU64,
+    /// `start` times `inverse` (wrapping): [`Span::index_of`] multiplies the
+    /// block's address and subtracts this, one multiply and one subtraction
+    /// from memory, without computing the offset first.
+    start_scaled: AtomicU64,
     /// Block size; set while the span has no live block, read by any thread
     /// holding one of its blocks.
     /// 64 bits, so that the owner's multiply reads it from memory.
     block_size: AtomicU64,
-    /// Blocks out (including remote frees not yet collected; plus one while
-    /// the span is its heap's current span, so the owner's free path never
-    /// sees zero for it).
-    used: AtomicU32,
+    /// Thread that owns the span (0: none; `DEAD_OWNER`: a thread that did
+    /// not survive a fork). Compared on every free to tell a local free from
+    /// a remote one.
+    owner_thread: AtomicUsize,
     /// Blocks that fit in the span (fixed while the span is in use); also
     /// the index that ends a list.
     reserved: AtomicU32,
@@ -119,36 +154,11 @@ pub struct Span {
     shift: AtomicU8,
     /// A `SpanState`.
     state: AtomicU8,
-    class: Cell<u8>,
-    /// Slices in this span (valid in the head slice). Arena lock.
-    slice_count: Cell<u8>,
-    /// Thread that owns the span (0: none; `DEAD_OWNER`: a thread that did
-    /// not survive a fork). Compared on every free to tell a local free from
-    /// a remote one.
-    owner_thread: AtomicUsize,
-    /// Owning heap (null when free or abandoned), type-erased: the span
-    /// never looks at it; the `heap` module turns it back into its `Heap`
-    /// (so spans sit below heaps). Owner and arena lock only.
-    heap: Cell<*mut ()>,
-    /// `start` times `inverse` (wrapping): [`Span::index_of`] multiplies the
-    /// block's address and subtracts this, one multiply and one subtraction
-    /// from memory, without computing the offset first.
-    start_scaled: AtomicU64,
-    /// Blocks below this index take the owner's fast free path: `capacity`,
-    /// or 0 while blocks are parked (so that every free checks whether its
-    /// block is a parked, free one) or while the span is in the `full` list
-    /// (whose first free moves it). One compare on the fast path for all
-    /// three; 64 bits and a `Cell`, so that the compare reads it from
-    /// memory. Owner (or arena-lock holder) only.
-    fast_free_below: Cell<u64>,
     /// Blocks freed by threads other than the owner: the indexes of the
     /// list's first block (`reserved`: none) and last block, and how many
     /// blocks it holds, in one word (see [`remote_word`]; an empty list's
     /// word is `reserved`). In its own cache line: other threads write it.
     thread_free: Aligned64<AtomicU64>,
-    /// Links in a heap list or the arena's abandoned list.
-    next: Cell<*mut Span>,
-    prev: Cell<*mut Span>,
     /// Pages (from `start`) given back to the OS while the span is in use;
     /// the free blocks that start in them are off the free list ("parked")
     /// until [`Span::extend`] needs them. Owner (or claimer) only.
@@ -171,6 +181,13 @@ pub struct Span {
     /// Owner; reset by a purge (claimer or arena-lock holder).
     frees_while_parked: Cell<u32>,
 }
+
+/// Padding that ends the owner's line (see `Span`).
+const OWNER_LINE_PAD: usize = 10;
+const _: () = {
+    assert!(core::mem::offset_of!(Span, key) == 64);
+    assert!(core::mem::offset_of!(Span, thread_free) == 128);
+};
 
 /// A value alone in its cache line.
 #[repr(C, align(64))]
@@ -212,6 +229,7 @@ impl Span {
             state: AtomicU8::new(SpanState::Free as u8),
             class: Cell::new(0),
             slice_count: Cell::new(0),
+            _owner_line_end: [0; OWNER_LINE_PAD],
             owner_thread: AtomicUsize::new(0),
             heap: Cell::new(ptr::null_mut()),
             thread_free: Aligned64(AtomicU64::new(0)),
