@@ -1348,4 +1348,63 @@ mod tests {
             assert!(span.index_of(start.wrapping_sub(size)) >= reserved);
         }
     }
+
+    /// The bytes of one of the span's cache lines.
+    fn line_bytes(span: &Span, line: usize) -> [u8; 64] {
+        let mut bytes = [0u8; 64];
+        // SAFETY: `Span` is at least three lines long (the asserts by its
+        // definition); the bytes are only read, by the one thread using the
+        // span in this test.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                (span as *const Span).cast::<u8>().add(line * 64),
+                bytes.as_mut_ptr(),
+                64,
+            )
+        };
+        bytes
+    }
+
+    /// A free by another thread writes the remote list's line (and the
+    /// block) only: the owner's line and the fixed line are left as they
+    /// were, so the owner's stores never wait for a line another core took.
+    #[test]
+    fn a_remote_free_writes_neither_the_owners_line_nor_the_fixed_one() {
+        let layout = std::alloc::Layout::from_size_align(SLICE_SIZE, 64).unwrap();
+        // SAFETY: a non-zero size.
+        let start = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!start.is_null());
+        let span = Span::empty();
+        span.init(start, 1, SLICE_SIZE, 3, class_size(3));
+        span.set_owner(ptr::null_mut(), 7);
+        assert!(span.extend());
+        let (a, b) = (span.pop(), span.pop());
+        assert!(!a.is_null() && !b.is_null());
+        span.set_used(2);
+        let (owner_line, fixed_line, remote_line) = (
+            line_bytes(&span, 0),
+            line_bytes(&span, 1),
+            line_bytes(&span, 2),
+        );
+        let (a_index, b_index) = (span.index_of(a), span.index_of(b));
+        let (a, b) = (a as usize, b as usize);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: blocks of the live span, given up here; the owner
+                // touches nothing until the pushes are done.
+                unsafe {
+                    free_remote(&span, a as *mut u8, a_index, false);
+                    free_remote(&span, b as *mut u8, b_index, false);
+                }
+            });
+        });
+        assert_eq!(line_bytes(&span, 0), owner_line);
+        assert_eq!(line_bytes(&span, 1), fixed_line);
+        assert_ne!(line_bytes(&span, 2), remote_line);
+        // The owner gets both back.
+        assert_eq!(span.collect_remote(), 2);
+        assert_eq!(span.used(), 0);
+        // SAFETY: allocated above with this layout; the span is done with.
+        unsafe { std::alloc::dealloc(start, layout) };
+    }
 }
