@@ -80,15 +80,17 @@ pub enum SpanState {
 /// only the owner (or the arena-lock holder) writes are `Cell`s, fields that
 /// other threads read or write are atomics (relaxed loads and stores compile
 /// to plain moves). Three cache lines by who writes them: the owner's (line
-/// 0, written on every operation, touched by no other thread), the fixed
+/// 0, written on every operation; no other thread's `free` touches it, only
+/// statistics read `used` racily, and a claimer or the arena-lock holder
+/// uses it while the span is theirs), the fixed
 /// fields every freeing thread reads (line 1: remote frees never pull the
 /// owner's line away from it, and the owner's stores never invalidate the
 /// readers' copies), and `thread_free`, which other threads write.
 #[repr(C, align(64))]
 pub struct Span {
     // Line 0: what the owner writes on every operation, and its other
-    // fields. Other threads never touch this line, so the owner's stores
-    // stay in its own cache.
+    // fields. No other thread's `free` touches this line, so the owner's
+    // stores stay in its own cache.
     /// Index of the first block of the owner's free list (`reserved`: none;
     /// more: the list was corrupted). 64 bits so that a corrupted link is
     /// kept whole until it is checked.
@@ -1349,21 +1351,24 @@ mod tests {
         }
     }
 
-    /// The bytes of one of the span's cache lines.
-    fn line_bytes(span: &Span, line: usize) -> [u8; 64] {
-        let mut bytes = [0u8; 64];
-        // SAFETY: `Span` is at least three lines long (the asserts by its
-        // definition); the bytes are only read, by the one thread using the
-        // span in this test.
+    /// The owner's line (line 0) and the fields of the fixed line (line
+    /// 1, up to `state`; the bytes after it are padding, never written).
+    fn owner_and_fixed_bytes(span: &Span) -> [u8; 64 + FIXED_FIELDS_END] {
+        let mut bytes = [0u8; 64 + FIXED_FIELDS_END];
+        // SAFETY: these bytes are all fields of the span (line 0 ends with
+        // an explicit, initialised pad), so they are initialised; they are
+        // read only while no other thread writes the span.
         unsafe {
             ptr::copy_nonoverlapping(
-                (span as *const Span).cast::<u8>().add(line * 64),
+                (span as *const Span).cast::<u8>(),
                 bytes.as_mut_ptr(),
-                64,
+                bytes.len(),
             )
         };
         bytes
     }
+
+    const FIXED_FIELDS_END: usize = core::mem::offset_of!(Span, state) + 1 - 64;
 
     /// A free by another thread writes the remote list's line (and the
     /// block) only: the owner's line and the fixed line are left as they
@@ -1381,11 +1386,8 @@ mod tests {
         let (a, b) = (span.pop(), span.pop());
         assert!(!a.is_null() && !b.is_null());
         span.set_used(2);
-        let (owner_line, fixed_line, remote_line) = (
-            line_bytes(&span, 0),
-            line_bytes(&span, 1),
-            line_bytes(&span, 2),
-        );
+        let before = owner_and_fixed_bytes(&span);
+        let remote_before = span.thread_free.0.load(Ordering::Relaxed);
         let (a_index, b_index) = (span.index_of(a), span.index_of(b));
         let (a, b) = (a as usize, b as usize);
         std::thread::scope(|s| {
@@ -1398,9 +1400,17 @@ mod tests {
                 }
             });
         });
-        assert_eq!(line_bytes(&span, 0), owner_line);
-        assert_eq!(line_bytes(&span, 1), fixed_line);
-        assert_ne!(line_bytes(&span, 2), remote_line);
+        assert_eq!(
+            owner_and_fixed_bytes(&span)[..64],
+            before[..64],
+            "owner's line"
+        );
+        assert_eq!(
+            owner_and_fixed_bytes(&span)[64..],
+            before[64..],
+            "fixed line"
+        );
+        assert_ne!(span.thread_free.0.load(Ordering::Relaxed), remote_before);
         // The owner gets both back.
         assert_eq!(span.collect_remote(), 2);
         assert_eq!(span.used(), 0);
