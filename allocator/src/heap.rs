@@ -127,9 +127,8 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // the owner thread touches `free` and `used` of its spans.
     unsafe {
         let span = &*(*heap).current.get_unchecked(class).load(Ordering::Relaxed);
-        let block = span.pop();
+        let block = span.pop_counted();
         if !block.is_null() {
-            span.set_used(span.used() + 1);
             return block;
         }
         alloc_small_slow(heap, class)
@@ -170,11 +169,7 @@ pub unsafe fn try_alloc_direct(heap: *mut Heap, size: usize) -> *mut u8 {
 /// the empty span), and counts it out; null if there is none.
 #[inline(always)]
 fn take_block(span: &Span) -> *mut u8 {
-    let block = span.pop();
-    if !block.is_null() {
-        span.set_used(span.used() + 1);
-    }
-    block
+    span.pop_counted()
 }
 
 /// Allocates `size <= MEDIUM_MAX` bytes from `heap`.
@@ -249,18 +244,16 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
     let s = unsafe { &*span };
     // Read before the block is written, which the compiler cannot tell
     // apart from the span's fields.
-    let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
+    let (fast_below, code) = (s.fast_free_below(), s.link_code());
     // SAFETY: the caller owns the span.
     let index = unsafe { s.index_of_owned(p) };
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
     // `fast_below` is 0 for a span in the `full` list (see `Span`).
-    if index >= fast_below || unsafe { crate::span::looks_like_link(p, code, reserved) } {
+    if index >= fast_below || unsafe { crate::span::may_be_link(p, code) } {
         return LocalFree::Refused;
     }
     // SAFETY: a block of the caller's own span, given up by the caller.
-    unsafe { s.push_local(p, index, code) };
-    // After the push: the decrement's flags are the branch's.
-    if s.count_in_is_last() {
+    if unsafe { s.push_local_counted(p, index, code) } {
         return LocalFree::Emptied;
     }
     LocalFree::Done
@@ -290,13 +283,13 @@ pub unsafe fn free_local(span: *mut Span, p: *mut u8) {
     let s = unsafe { &*span };
     // Read before the block is written, which the compiler cannot tell
     // apart from the span's fields.
-    let (fast_below, reserved, code) = (s.fast_free_below(), s.reserved(), s.link_code());
+    let (fast_below, code) = (s.fast_free_below(), s.link_code());
     // SAFETY: the caller owns the span.
     let index = unsafe { s.index_of_owned(p) };
     // Below `fast_below`: a block start that was handed out, in a span with
     // no parked blocks.
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
-    if index >= fast_below || unsafe { crate::span::looks_like_link(p, code, reserved) } {
+    if index >= fast_below || unsafe { crate::span::may_be_link(p, code) } {
         // SAFETY: forwarded.
         return unsafe { free_local_checked(span, p, index) };
     }
@@ -314,10 +307,8 @@ unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode)
     let s = unsafe { &*span };
     // SAFETY: `p` is block `index` of the caller's own span, given up by the
     // caller, and `code` is the span's link code.
-    unsafe { s.push_local(p, index, code) };
-    let used = s.used().wrapping_sub(1);
-    s.set_used(used);
-    if used == 0 || s.is_full() {
+    let none_out = unsafe { s.push_local_counted(p, index, code) };
+    if none_out || s.is_full() {
         // SAFETY: forwarded.
         unsafe { free_local_slow(span, p) };
     }

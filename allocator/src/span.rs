@@ -31,8 +31,10 @@
 //! link word decodes to a link is probably freed already (a double free),
 //! which the owner confirms by walking its lists.
 //!
-//! `used` counts blocks handed out and not yet back on `free`. It is written
-//! only by the owner (plain load/store, never a read-modify-write) and read
+//! `used` counts blocks handed out and not yet back on `free`. It shares a
+//! word with the index of `free`'s first block, so `malloc` and `free` move
+//! both with the one store they make to the head anyway. It is written only
+//! by the owner (plain load/store, never a read-modify-write) and read
 //! racily by statistics.
 //!
 //! Span metadata is only ever reached through shared references: the
@@ -91,11 +93,18 @@ pub struct Span {
     // Line 0: what the owner writes on every operation, and its other
     // fields. No other thread's `free` touches this line, so the owner's
     // stores stay in its own cache.
-    /// Index of the first block of the owner's free list (`reserved`: none;
-    /// more: the list was corrupted). 64 bits so that a corrupted link is
-    /// kept whole until it is checked.
-    free: Cell<u64>,
-    /// The address of block `free` when `free` < `reserved` (meaningless
+    /// The owner's free list and its count, in one word that the fast
+    /// paths load and store once: the bits in `HEAD_INDEX` hold the index
+    /// of the list's first block (`reserved`: none; more: the list was
+    /// corrupted, kept saturated at `HEAD_INDEX` rather than cut to a valid
+    /// index), the bits above hold `used`: blocks out (including remote
+    /// frees not yet collected; plus one while the span is its heap's
+    /// current span, so the owner's free path never sees zero for it). A
+    /// separate count cost each `malloc` and `free` a read-modify-write of
+    /// memory on top of the store of the head. Written only by the owner;
+    /// statistics read the count racily (atomic, relaxed: plain moves).
+    head: AtomicU64,
+    /// The address of the list's first block when there is one (meaningless
     /// otherwise): `malloc` hands it out without turning the index into an
     /// address first, and `free` sets it to the pointer it has, so a block
     /// freed and allocated again costs no multiply on that path.
@@ -114,10 +123,6 @@ pub struct Span {
     /// Links in a heap list or the arena's abandoned list.
     next: Cell<*mut Span>,
     prev: Cell<*mut Span>,
-    /// Blocks out (including remote frees not yet collected; plus one while
-    /// the span is its heap's current span, so the owner's free path never
-    /// sees zero for it).
-    used: AtomicU32,
     class: Cell<u8>,
     /// Slices in this span (valid in the head slice). Arena lock.
     slice_count: Cell<u8>,
@@ -184,8 +189,16 @@ pub struct Span {
     frees_while_parked: Cell<u32>,
 }
 
+/// The low 16 bits of `Span::head`: the free list's first index (above
+/// every span's block count, so a saturated corrupt index stays corrupt).
+/// 16 bits, so that the fast paths' masks and count steps are immediates.
+const HEAD_INDEX: u64 = 0xffff;
+/// One block out, in `Span::head` above the index.
+const ONE_OUT: u64 = HEAD_INDEX + 1;
+const _: () = assert!((MAX_BLOCKS_PER_SPAN as u64) < HEAD_INDEX);
+
 /// Padding that ends the owner's line (see `Span`).
-const OWNER_LINE_PAD: usize = 10;
+const OWNER_LINE_PAD: usize = 14;
 const _: () = {
     assert!(core::mem::offset_of!(Span, key) == 64);
     assert!(core::mem::offset_of!(Span, thread_free) == 128);
@@ -216,12 +229,11 @@ impl Span {
     /// of these until it has a real span, so the fast path needs no null test.
     pub const fn empty() -> Span {
         Span {
-            free: Cell::new(0),
+            head: AtomicU64::new(0),
             free_block: Cell::new(ptr::null_mut()),
             key: AtomicU64::new(1),
             start: AtomicPtr::new(ptr::null_mut()),
             inverse: AtomicU64::new(0),
-            used: AtomicU32::new(0),
             block_size: AtomicU64::new(0),
             reserved: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
@@ -258,9 +270,9 @@ impl Span {
     ) {
         let reserved = slice_bytes.checked_div(block_size).unwrap_or(0) as u64;
         let shift = block_size.trailing_zeros() % usize::BITS;
+        self.set_used(0);
         self.set_free(reserved);
         self.key.store(new_span_key(start), Ordering::Relaxed);
-        self.used.store(0, Ordering::Relaxed);
         self.block_size.store(block_size as u64, Ordering::Relaxed);
         self.shift.store(shift as u8, Ordering::Relaxed);
         let inverse = odd_inverse(((block_size >> shift) as u64) | 1);
@@ -345,48 +357,26 @@ impl Span {
         self.fast_free_below.set(below);
     }
 
+    /// Blocks out (see `head`).
     #[inline(always)]
     pub fn used(&self) -> u32 {
-        self.used.load(Ordering::Relaxed)
+        (self.head.load(Ordering::Relaxed) / ONE_OUT) as u32
     }
 
-    /// Owner-only: counts one block back in; true if none is out now. One
-    /// unlocked `sub` whose flags the caller's branch reads (a relaxed load,
-    /// decrement and store compile to four instructions: the compiler does
-    /// not merge atomic accesses).
-    #[inline(always)]
-    pub fn count_in_is_last(&self) -> bool {
-        #[cfg(all(target_arch = "x86_64", not(arenalloc_tsan)))]
-        {
-            // SAFETY: `used` is a live, aligned `u32`. Only the owner writes
-            // it (the caller is the owner), so an unlocked read-modify-write
-            // loses nothing, as the relaxed load and store it replaces; other
-            // threads' racy reads see the old or the new value (an aligned
-            // 4-byte access is single-copy atomic on x86).
-            unsafe {
-                core::arch::asm!(
-                    "sub dword ptr [{span} + {used}], 1",
-                    "jz {last}",
-                    span = in(reg) self,
-                    used = const core::mem::offset_of!(Span, used),
-                    last = label { return true; },
-                    options(nostack),
-                );
-            }
-            false
-        }
-        #[cfg(any(not(target_arch = "x86_64"), arenalloc_tsan))]
-        {
-            let used = self.used().wrapping_sub(1);
-            self.set_used(used);
-            used == 0
-        }
-    }
-
-    /// Owner-only: a plain store, no read-modify-write.
+    /// Owner-only: sets the count of blocks out, keeping the list.
     #[inline(always)]
     pub fn set_used(&self, value: u32) {
-        self.used.store(value, Ordering::Relaxed)
+        let head = self.head.load(Ordering::Relaxed);
+        self.head.store(
+            (u64::from(value) * ONE_OUT) | (head & HEAD_INDEX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Index of the first block of the owner's free list (see `head`).
+    #[inline(always)]
+    fn free_index(&self) -> u64 {
+        self.head.load(Ordering::Relaxed) & HEAD_INDEX
     }
 
     /// Blocks that fit in the span; the index that ends its lists.
@@ -418,13 +408,25 @@ impl Span {
     /// the addition take straight from memory.
     #[inline(always)]
     fn set_free(&self, index: u64) {
-        self.free.set(index);
+        let head = self.head.load(Ordering::Relaxed);
+        self.head.store(
+            (head & !HEAD_INDEX) | index.min(HEAD_INDEX),
+            Ordering::Relaxed,
+        );
+        self.set_free_block(index);
+    }
+
+    /// Sets `free_block` to block `index`'s address and returns it (see
+    /// [`Span::set_free`]).
+    #[inline(always)]
+    fn set_free_block(&self, index: u64) -> *mut u8 {
         // SAFETY: both are live, aligned fields, and nobody writes them
         // while the caller owns the span (see above).
         let (start, block_size) =
             unsafe { (self.start.as_ptr().read(), self.block_size.as_ptr().read()) };
-        self.free_block
-            .set(start.wrapping_add(index.wrapping_mul(block_size) as usize));
+        let block = start.wrapping_add(index.wrapping_mul(block_size) as usize);
+        self.free_block.set(block);
+        block
     }
 
     /// Takes the first block of the owner's free list and clears its link
@@ -434,10 +436,24 @@ impl Span {
     /// it). Owner only.
     #[inline(always)]
     pub fn pop(&self) -> *mut u8 {
+        self.take_first(0)
+    }
+
+    /// [`Span::pop`], counting the block out in the same store: `malloc`'s
+    /// fast path.
+    #[inline(always)]
+    pub fn pop_counted(&self) -> *mut u8 {
+        self.take_first(ONE_OUT)
+    }
+
+    /// [`Span::pop`], adding `out` (0 or [`ONE_OUT`]) to the head word.
+    #[inline(always)]
+    fn take_first(&self, out: u64) -> *mut u8 {
         // Read once: the compiler cannot tell the block's link word from
         // the span's fields, and would read it again after the link.
         let reserved = self.reserved();
-        let index = self.free.get();
+        let head = self.head.load(Ordering::Relaxed);
+        let index = head & HEAD_INDEX;
         if index >= reserved {
             return ptr::null_mut();
         }
@@ -457,8 +473,14 @@ impl Span {
         }
         // SAFETY: as above.
         unsafe { word.write(0) };
-        self.set_free(next);
-        let next_block = self.free_block.get();
+        // `next` <= `reserved` fits the index bits.
+        self.head.store(
+            head.wrapping_sub(index)
+                .wrapping_add(next)
+                .wrapping_add(out),
+            Ordering::Relaxed,
+        );
+        let next_block = self.set_free_block(next);
         prefetch(next_block);
         block
     }
@@ -487,13 +509,13 @@ impl Span {
     /// Whether the owner's free list has a block.
     #[inline(always)]
     pub fn has_free(&self) -> bool {
-        self.free.get() < self.reserved()
+        self.free_index() < self.reserved()
     }
 
     /// Whether the owner's free list leads to something that is not a
     /// block of this span: a link word was overwritten.
     pub fn free_list_is_corrupt(&self) -> bool {
-        self.free.get() > self.reserved()
+        self.free_index() > self.reserved()
     }
 
     /// The index of the block that starts at `p`, or a number of at least
@@ -562,11 +584,41 @@ impl Span {
     /// caller.
     #[inline(always)]
     pub unsafe fn push_local(&self, p: *mut u8, index: u64, code: LinkCode) {
-        let head = self.free.get();
+        // SAFETY: forwarded.
+        unsafe { self.put_first(p, index, code, 0) };
+    }
+
+    /// [`Span::push_local`], counting the block back in with the same
+    /// store: `free`'s fast path. True if no block is out now.
+    ///
+    /// # Safety
+    /// As for [`Span::push_local`].
+    #[inline(always)]
+    pub unsafe fn push_local_counted(&self, p: *mut u8, index: u64, code: LinkCode) -> bool {
+        // SAFETY: forwarded.
+        let head = unsafe { self.put_first(p, index, code, ONE_OUT) };
+        head < ONE_OUT
+    }
+
+    /// Pushes as [`Span::push_local`] and takes `out` (0 or [`ONE_OUT`])
+    /// from the head word; returns the new head word.
+    ///
+    /// # Safety
+    /// As for [`Span::push_local`].
+    #[inline(always)]
+    unsafe fn put_first(&self, p: *mut u8, index: u64, code: LinkCode, out: u64) -> u64 {
+        let head = self.head.load(Ordering::Relaxed);
+        let first = head & HEAD_INDEX;
         // SAFETY: the caller gives the block up; its link word is ours.
-        unsafe { link_slot(p).write(code.encode(head)) };
-        self.free.set(index);
+        unsafe { link_slot(p).write(code.encode(first)) };
+        // `index` < `reserved` fits the index bits.
+        let head = head
+            .wrapping_sub(first)
+            .wrapping_add(index)
+            .wrapping_sub(out);
+        self.head.store(head, Ordering::Relaxed);
         self.free_block.set(p);
+        head
     }
 
     /// Whether the block of index `index` is on the owner's free list or
@@ -574,7 +626,7 @@ impl Span {
     /// suspected double free. Aborts on a corrupt list. Owner only.
     pub fn is_listed_free(&self, index: u64) -> bool {
         let (head, _, _) = remote_parts(self.thread_free.0.load(Ordering::Acquire));
-        self.list_contains(self.free.get(), index) || self.list_contains(head, index)
+        self.list_contains(self.free_index(), index) || self.list_contains(head, index)
     }
 
     /// Whether the list starting at `first` holds `index`. Pushes only
@@ -732,7 +784,7 @@ impl Span {
         let (reserved, code) = (self.reserved(), self.link_code());
         let mut kept_head = reserved;
         let mut kept_tail: *mut u8 = ptr::null_mut();
-        let mut index = self.free.get();
+        let mut index = self.free_index();
         while index < reserved {
             let block = self.block_at(index);
             // SAFETY: a free block of this span: its link word is its link.
@@ -787,7 +839,7 @@ impl Span {
     /// block twice (a double free made it a cycle or a duplicate).
     fn mark_free_list(&self, marks: &mut [u64], capacity: usize) {
         let (reserved, code) = (self.reserved(), self.link_code());
-        let mut index = self.free.get();
+        let mut index = self.free_index();
         while index < reserved {
             if index as usize >= capacity {
                 self.report_corrupt_list();
@@ -831,7 +883,7 @@ impl Span {
         let mut listed = [0u64; FREE_MARK_WORDS];
         self.mark_free_list(&mut listed, self.capacity.load(Ordering::Relaxed) as usize);
         let code = self.link_code();
-        let mut head = self.free.get();
+        let mut head = self.free_index();
         // Link in reverse so the list runs in address order.
         let mut index = parked_below;
         while index > 0 {
@@ -873,7 +925,7 @@ impl Span {
         let count = left.min(per_page);
         let code = self.link_code();
         // Link in address order so consecutive mallocs are adjacent.
-        let mut next = self.free.get();
+        let mut next = self.free_index();
         let mut index = u64::from(capacity + count);
         while index > u64::from(capacity) {
             index -= 1;
@@ -920,7 +972,7 @@ impl Span {
                     return self.collect_walked(first, pushed);
                 }
                 // SAFETY: as above.
-                unsafe { link_slot(last_block).write(code.encode(self.free.get())) };
+                unsafe { link_slot(last_block).write(code.encode(self.free_index())) };
             }
             self.set_free(first);
             return self.uncount_collected(pushed);
@@ -970,7 +1022,7 @@ impl Span {
             );
         }
         // SAFETY: the tail is a block of the list just taken: ours now.
-        unsafe { link_slot(tail).write(code.encode(self.free.get())) };
+        unsafe { link_slot(tail).write(code.encode(self.free_index())) };
         self.set_free(first);
         self.uncount_collected(count)
     }
@@ -1031,6 +1083,25 @@ pub unsafe fn looks_like_link(p: *mut u8, code: LinkCode, reserved: u64) -> bool
     let word = unsafe { link_slot(p).read() };
     code.decode(word) <= reserved
 }
+
+/// Whether the link word of the block at `p` decodes, with `code`, to an
+/// index that a link of some span could hold: the free fast path's look for
+/// a double free. Weaker than [`looks_like_link`] only for a word whose
+/// decoding lands between this span's block count and the largest one,
+/// which a word the list did not write does with odds below 2^-50; it
+/// saves the fast path the load of `reserved`. A cleared link word (0)
+/// decodes to at least 2^13 (the key's bit 0 rotated), above the bound.
+///
+/// # Safety
+/// `p` is readable for 8 bytes.
+#[inline(always)]
+pub unsafe fn may_be_link(p: *mut u8, code: LinkCode) -> bool {
+    // SAFETY: the caller's guarantee.
+    let word = unsafe { link_slot(p).read() };
+    code.decode(word) <= MAX_BLOCKS_PER_SPAN as u64
+}
+
+const _: () = assert!(MAX_BLOCKS_PER_SPAN < 1 << (64 - LINK_ROTATION));
 
 /// How one span life encodes the links of its lists (see the module).
 #[derive(Clone, Copy)]
@@ -1349,6 +1420,52 @@ mod tests {
             // Below the start.
             assert!(span.index_of(start.wrapping_sub(size)) >= reserved);
         }
+    }
+
+    /// The list head and the count share a word: popping and pushing
+    /// through the fast paths' counted forms moves both, the uncounted
+    /// forms and `set_used` move one each, and a corrupt index beyond the
+    /// index bits stays corrupt instead of wrapping to a valid one.
+    #[test]
+    fn the_head_word_keeps_list_and_count_apart() {
+        let layout = std::alloc::Layout::from_size_align(SLICE_SIZE, 64).unwrap();
+        // SAFETY: a non-zero size.
+        let start = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!start.is_null());
+        let span = Span::empty();
+        span.init(start, 1, SLICE_SIZE, 0, class_size(0));
+        assert!(span.extend());
+        span.set_used(1);
+        let (a, b) = (span.pop_counted(), span.pop_counted());
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        assert_eq!(span.used(), 3);
+        let c = span.pop();
+        assert_eq!(span.used(), 3);
+        let code = span.link_code();
+        // SAFETY: blocks of this span, handed out above and given back once.
+        unsafe {
+            span.push_local(c, span.index_of(c), code);
+            assert!(!span.push_local_counted(b, span.index_of(b), code));
+            assert!(!span.push_local_counted(a, span.index_of(a), code));
+        }
+        assert_eq!(span.used(), 1);
+        // Last in, first out, with the count untouched by `pop`.
+        assert_eq!(span.pop(), a);
+        assert_eq!(span.pop(), b);
+        assert_eq!(span.pop(), c);
+        assert_eq!(span.used(), 1);
+        // SAFETY: as above.
+        assert!(unsafe { span.push_local_counted(a, span.index_of(a), code) });
+        assert_eq!(span.used(), 0);
+        span.set_used(u32::MAX);
+        assert_eq!(span.used(), u32::MAX);
+        assert!(span.has_free() && !span.free_list_is_corrupt());
+        span.set_free(HEAD_INDEX + 1 + span.index_of(a));
+        assert!(span.free_list_is_corrupt());
+        assert_eq!(span.used(), u32::MAX);
+        assert!(span.pop().is_null());
+        // SAFETY: allocated above with this layout; the span is done with.
+        unsafe { std::alloc::dealloc(start, layout) };
     }
 
     /// The owner's line (line 0) and the fields of the fixed line (line
