@@ -1084,13 +1084,14 @@ pub unsafe fn looks_like_link(p: *mut u8, code: LinkCode, reserved: u64) -> bool
     code.decode(word) <= reserved
 }
 
-/// Whether the link word of the block at `p` decodes, with `code`, to an
-/// index that a link of some span could hold: the free fast path's look for
-/// a double free. Weaker than [`looks_like_link`] only for a word whose
-/// decoding lands between this span's block count and the largest one,
-/// which a word the list did not write does with odds below 2^-50; it
-/// saves the fast path the load of `reserved`. A cleared link word (0)
-/// decodes to at least 2^13 (the key's bit 0 rotated), above the bound.
+/// Whether the link word of the block at `p` could be a link written with
+/// `code`: its bits under the key's low 51 match, the index bits above are
+/// anything (up to 8191). The free fast path's look for a double free: one
+/// shift tests it, and no load of `reserved`. Weaker than
+/// [`looks_like_link`] only for a word whose index bits lie between this
+/// span's block count and 8191, which a word the list did not write has
+/// with odds of 2^-51; a cleared link word (0) never passes (the key's bit
+/// 0 is set).
 ///
 /// # Safety
 /// `p` is readable for 8 bytes.
@@ -1098,7 +1099,7 @@ pub unsafe fn looks_like_link(p: *mut u8, code: LinkCode, reserved: u64) -> bool
 pub unsafe fn may_be_link(p: *mut u8, code: LinkCode) -> bool {
     // SAFETY: the caller's guarantee.
     let word = unsafe { link_slot(p).read() };
-    code.decode(word) <= MAX_BLOCKS_PER_SPAN as u64
+    (word ^ code.key) << (64 - LINK_ROTATION) == 0
 }
 
 const _: () = assert!(MAX_BLOCKS_PER_SPAN < 1 << (64 - LINK_ROTATION));
@@ -1419,6 +1420,36 @@ mod tests {
             }
             // Below the start.
             assert!(span.index_of(start.wrapping_sub(size)) >= reserved);
+        }
+    }
+
+    /// `free`'s quick look passes every link the span could write and no
+    /// cleared word, nor a link with any of its low 51 bits flipped.
+    #[test]
+    fn the_quick_double_free_look_passes_links_only() {
+        let mut words = [0u64; 2];
+        let first = words.as_mut_ptr();
+        let p = first.cast::<u8>();
+        // SAFETY: `first` points at two writable words.
+        let set_link = |value: u64| unsafe { first.add(1).write(value) };
+        for key in [1u64, 0x9e37_79b9_7f4a_7c15, u64::MAX] {
+            let code = LinkCode { key };
+            set_link(0);
+            // SAFETY: `p` points at 16 readable bytes (link word second).
+            assert!(
+                !unsafe { may_be_link(p, code) },
+                "cleared word, key {key:#x}"
+            );
+            for index in 0..=MAX_BLOCKS_PER_SPAN as u64 {
+                set_link(code.encode(index));
+                // SAFETY: as above.
+                assert!(unsafe { may_be_link(p, code) }, "index {index}");
+                for bit in 0..LINK_ROTATION {
+                    set_link(code.encode(index) ^ (1 << bit));
+                    // SAFETY: as above.
+                    assert!(!unsafe { may_be_link(p, code) }, "index {index} bit {bit}");
+                }
+            }
         }
     }
 
