@@ -124,7 +124,8 @@ pub fn empty_heap() -> *mut Heap {
 pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: `class` < CLASS_COUNT (from the size-class functions); the
     // current span is the heap's own or the read-only empty span, and only
-    // the owner thread touches `free` and `used` of its spans.
+    // the owner thread touches the free-list head (with the count) of its
+    // spans.
     unsafe {
         let span = &*(*heap).current.get_unchecked(class).load(Ordering::Relaxed);
         let block = span.pop_counted();
@@ -253,7 +254,7 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
         return LocalFree::Refused;
     }
     // SAFETY: a block of the caller's own span, given up by the caller.
-    if unsafe { s.push_local_counted(p, index, code) } {
+    if unsafe { s.push_local(p, index, code) } {
         return LocalFree::Emptied;
     }
     LocalFree::Done
@@ -307,7 +308,7 @@ unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode)
     let s = unsafe { &*span };
     // SAFETY: `p` is block `index` of the caller's own span, given up by the
     // caller, and `code` is the span's link code.
-    let none_out = unsafe { s.push_local_counted(p, index, code) };
+    let none_out = unsafe { s.push_local(p, index, code) };
     if none_out || s.is_full() {
         // SAFETY: forwarded.
         unsafe { free_local_slow(span, p) };

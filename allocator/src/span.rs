@@ -4,7 +4,8 @@
 //! blocks), so blocks carry no header and a freed block's link word is free
 //! (its second word: see `LinkWord`) to link it into a list. Three lists
 //! per span:
-//! - `free`: blocks the owner hands out; owner-only, no atomics.
+//! - `free`: blocks the owner hands out; owner-only, no read-modify-write
+//!   (its head shares an atomic word with the count, for statistics).
 //! - bump region (`capacity..reserved`): never-touched blocks, carved into
 //!   `free` a page at a time so memory is faulted in only when used.
 //! - `thread_free`: blocks freed by other threads, pushed with one CAS and
@@ -101,7 +102,8 @@ pub struct Span {
     /// frees not yet collected; plus one while the span is its heap's
     /// current span, so the owner's free path never sees zero for it). A
     /// separate count cost each `malloc` and `free` a read-modify-write of
-    /// memory on top of the store of the head. Written only by the owner;
+    /// memory on top of the store of the head. Written by the owner (or a
+    /// claimer, or the arena-lock holder, while the span is theirs);
     /// statistics read the count racily (atomic, relaxed: plain moves).
     head: AtomicU64,
     /// The address of the list's first block when there is one (meaningless
@@ -195,6 +197,7 @@ pub struct Span {
 const HEAD_INDEX: u64 = 0xffff;
 /// One block out, in `Span::head` above the index.
 const ONE_OUT: u64 = HEAD_INDEX + 1;
+const _: () = assert!(ONE_OUT == 1 << 16);
 const _: () = assert!((MAX_BLOCKS_PER_SPAN as u64) < HEAD_INDEX);
 
 /// Padding that ends the owner's line (see `Span`).
@@ -363,14 +366,17 @@ impl Span {
         (self.head.load(Ordering::Relaxed) / ONE_OUT) as u32
     }
 
-    /// Owner-only: sets the count of blocks out, keeping the list.
+    /// Owner-only: sets the count of blocks out, keeping the list. The
+    /// count's 48 bits hold `value` sign-extended, so that they wrap as a
+    /// `u32` does: a count taken below zero by an undetected double free
+    /// (`u32::MAX` from `used`) and stored back reaches zero again, in the
+    /// fast paths' arithmetic, exactly when `used` does.
     #[inline(always)]
     pub fn set_used(&self, value: u32) {
         let head = self.head.load(Ordering::Relaxed);
-        self.head.store(
-            (u64::from(value) * ONE_OUT) | (head & HEAD_INDEX),
-            Ordering::Relaxed,
-        );
+        let count = value as i32 as i64 as u64;
+        self.head
+            .store((count << 16) | (head & HEAD_INDEX), Ordering::Relaxed);
     }
 
     /// Index of the first block of the owner's free list (see `head`).
@@ -576,37 +582,16 @@ impl Span {
         unsafe { looks_like_link(p, self.link_code(), self.reserved()) }
     }
 
-    /// Puts the block `p`, of index `index`, on the owner's free list;
-    /// `key` is `Span::key`. Owner only.
+    /// Puts the block `p`, of index `index`, on the owner's free list and
+    /// counts it back in, with one store of the head word; true if no
+    /// block is out now. `code` is the span's link code. Owner only.
     ///
     /// # Safety
     /// `p` is the block of index `index` of this span, given up by the
     /// caller.
     #[inline(always)]
-    pub unsafe fn push_local(&self, p: *mut u8, index: u64, code: LinkCode) {
-        // SAFETY: forwarded.
-        unsafe { self.put_first(p, index, code, 0) };
-    }
-
-    /// [`Span::push_local`], counting the block back in with the same
-    /// store: `free`'s fast path. True if no block is out now.
-    ///
-    /// # Safety
-    /// As for [`Span::push_local`].
-    #[inline(always)]
-    pub unsafe fn push_local_counted(&self, p: *mut u8, index: u64, code: LinkCode) -> bool {
-        // SAFETY: forwarded.
-        let head = unsafe { self.put_first(p, index, code, ONE_OUT) };
-        head < ONE_OUT
-    }
-
-    /// Pushes as [`Span::push_local`] and takes `out` (0 or [`ONE_OUT`])
-    /// from the head word; returns the new head word.
-    ///
-    /// # Safety
-    /// As for [`Span::push_local`].
-    #[inline(always)]
-    unsafe fn put_first(&self, p: *mut u8, index: u64, code: LinkCode, out: u64) -> u64 {
+    pub unsafe fn push_local(&self, p: *mut u8, index: u64, code: LinkCode) -> bool {
+        debug_assert!(index < self.reserved());
         let head = self.head.load(Ordering::Relaxed);
         let first = head & HEAD_INDEX;
         // SAFETY: the caller gives the block up; its link word is ours.
@@ -615,10 +600,10 @@ impl Span {
         let head = head
             .wrapping_sub(first)
             .wrapping_add(index)
-            .wrapping_sub(out);
+            .wrapping_sub(ONE_OUT);
         self.head.store(head, Ordering::Relaxed);
         self.free_block.set(p);
-        head
+        head < ONE_OUT
     }
 
     /// Whether the block of index `index` is on the owner's free list or
@@ -1473,27 +1458,29 @@ mod tests {
         let c = span.pop();
         assert_eq!(span.used(), 3);
         let code = span.link_code();
-        // SAFETY: blocks of this span, handed out above and given back once.
-        unsafe {
-            span.push_local(c, span.index_of(c), code);
-            assert!(!span.push_local_counted(b, span.index_of(b), code));
-            assert!(!span.push_local_counted(a, span.index_of(a), code));
-        }
-        assert_eq!(span.used(), 1);
+        // SAFETY (each push): a block of this span, handed out above and
+        // given back once.
+        assert!(!unsafe { span.push_local(c, span.index_of(c), code) });
+        assert!(!unsafe { span.push_local(b, span.index_of(b), code) });
+        assert!(unsafe { span.push_local(a, span.index_of(a), code) });
+        assert_eq!(span.used(), 0);
         // Last in, first out, with the count untouched by `pop`.
         assert_eq!(span.pop(), a);
         assert_eq!(span.pop(), b);
         assert_eq!(span.pop(), c);
-        assert_eq!(span.used(), 1);
-        // SAFETY: as above.
-        assert!(unsafe { span.push_local_counted(a, span.index_of(a), code) });
         assert_eq!(span.used(), 0);
+        // A count below zero, stored back, reaches zero as a `u32` would.
         span.set_used(u32::MAX);
         assert_eq!(span.used(), u32::MAX);
+        let (x, y) = (span.pop_counted(), span.pop_counted());
+        assert_eq!(span.used(), 1);
+        // SAFETY: as above.
+        assert!(unsafe { span.push_local(x, span.index_of(x), code) });
+        assert_eq!(span.used(), 0);
         assert!(span.has_free() && !span.free_list_is_corrupt());
-        span.set_free(HEAD_INDEX + 1 + span.index_of(a));
+        span.set_free(HEAD_INDEX + 1 + span.index_of(y));
         assert!(span.free_list_is_corrupt());
-        assert_eq!(span.used(), u32::MAX);
+        assert_eq!(span.used(), 0);
         assert!(span.pop().is_null());
         // SAFETY: allocated above with this layout; the span is done with.
         unsafe { std::alloc::dealloc(start, layout) };
