@@ -144,7 +144,7 @@ pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn try_alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: as in `alloc_small`.
-    unsafe { take_block(&*(*heap).current.get_unchecked(class).load(Ordering::Relaxed)) }
+    unsafe { (*(*heap).current.get_unchecked(class).load(Ordering::Relaxed)).pop_counted() }
 }
 
 /// `malloc`'s fast path for `size <= SMALL_TABLE_MAX`: as
@@ -157,20 +157,12 @@ pub unsafe fn try_alloc_direct(heap: *mut Heap, size: usize) -> *mut u8 {
     // SAFETY: `direct_index(size)` < DIRECT_ENTRIES for such sizes; the
     // rest as in `alloc_small`.
     unsafe {
-        take_block(
-            &*(*heap)
-                .direct
-                .get_unchecked(direct_index(size))
-                .load(Ordering::Relaxed),
-        )
+        (*(*heap)
+            .direct
+            .get_unchecked(direct_index(size))
+            .load(Ordering::Relaxed))
+        .pop_counted()
     }
-}
-
-/// Pops a block from `span`, a current span of the caller's own heap (or
-/// the empty span), and counts it out; null if there is none.
-#[inline(always)]
-fn take_block(span: &Span) -> *mut u8 {
-    span.pop_counted()
 }
 
 /// Allocates `size <= MEDIUM_MAX` bytes from `heap`.

@@ -1438,18 +1438,51 @@ mod tests {
         }
     }
 
-    /// The list head and the count share a word: popping and pushing
-    /// through the fast paths' counted forms moves both, the uncounted
-    /// forms and `set_used` move one each, and a corrupt index beyond the
-    /// index bits stays corrupt instead of wrapping to a valid one.
+    /// A span of one class over a zeroed slice of its own, given back when
+    /// the test is done with it.
+    struct SliceSpan {
+        span: Span,
+        start: *mut u8,
+    }
+
+    impl SliceSpan {
+        const LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_align(SLICE_SIZE, 64)
+        {
+            Ok(layout) => layout,
+            Err(_) => panic!("slice layout"),
+        };
+
+        fn new(class: usize) -> SliceSpan {
+            // SAFETY: a non-zero size.
+            let start = unsafe { std::alloc::alloc_zeroed(Self::LAYOUT) };
+            assert!(!start.is_null());
+            let slice = SliceSpan {
+                span: Span::empty(),
+                start,
+            };
+            slice
+                .span
+                .init(start, 1, SLICE_SIZE, class as u8, class_size(class));
+            slice
+        }
+    }
+
+    impl Drop for SliceSpan {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout; the span, the
+            // only user of the memory, goes with it.
+            unsafe { std::alloc::dealloc(self.start, Self::LAYOUT) };
+        }
+    }
+
+    /// The list head and the count share a word: `pop_counted` and
+    /// `push_local` move both, `pop` and `set_used` one each, and a corrupt
+    /// index beyond the index bits stays corrupt instead of wrapping to a
+    /// valid one.
     #[test]
     fn the_head_word_keeps_list_and_count_apart() {
-        let layout = std::alloc::Layout::from_size_align(SLICE_SIZE, 64).unwrap();
-        // SAFETY: a non-zero size.
-        let start = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!start.is_null());
-        let span = Span::empty();
-        span.init(start, 1, SLICE_SIZE, 0, class_size(0));
+        let slice = SliceSpan::new(0);
+        let span = &slice.span;
         assert!(span.extend());
         span.set_used(1);
         let (a, b) = (span.pop_counted(), span.pop_counted());
@@ -1482,8 +1515,6 @@ mod tests {
         assert!(span.free_list_is_corrupt());
         assert_eq!(span.used(), 0);
         assert!(span.pop().is_null());
-        // SAFETY: allocated above with this layout; the span is done with.
-        unsafe { std::alloc::dealloc(start, layout) };
     }
 
     /// The owner's line (line 0) and the fields of the fixed line (line
@@ -1510,18 +1541,14 @@ mod tests {
     /// were, so the owner's stores never wait for a line another core took.
     #[test]
     fn a_remote_free_writes_neither_the_owners_line_nor_the_fixed_one() {
-        let layout = std::alloc::Layout::from_size_align(SLICE_SIZE, 64).unwrap();
-        // SAFETY: a non-zero size.
-        let start = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!start.is_null());
-        let span = Span::empty();
-        span.init(start, 1, SLICE_SIZE, 3, class_size(3));
+        let slice = SliceSpan::new(3);
+        let span = &slice.span;
         span.set_owner(ptr::null_mut(), 7);
         assert!(span.extend());
         let (a, b) = (span.pop(), span.pop());
         assert!(!a.is_null() && !b.is_null());
         span.set_used(2);
-        let before = owner_and_fixed_bytes(&span);
+        let before = owner_and_fixed_bytes(span);
         let remote_before = span.thread_free.0.load(Ordering::Relaxed);
         let (a_index, b_index) = (span.index_of(a), span.index_of(b));
         let (a, b) = (a as usize, b as usize);
@@ -1530,18 +1557,18 @@ mod tests {
                 // SAFETY: blocks of the live span, given up here; the owner
                 // touches nothing until the pushes are done.
                 unsafe {
-                    free_remote(&span, a as *mut u8, a_index, false);
-                    free_remote(&span, b as *mut u8, b_index, false);
+                    free_remote(span, a as *mut u8, a_index, false);
+                    free_remote(span, b as *mut u8, b_index, false);
                 }
             });
         });
         assert_eq!(
-            owner_and_fixed_bytes(&span)[..64],
+            owner_and_fixed_bytes(span)[..64],
             before[..64],
             "owner's line"
         );
         assert_eq!(
-            owner_and_fixed_bytes(&span)[64..],
+            owner_and_fixed_bytes(span)[64..],
             before[64..],
             "fixed line"
         );
@@ -1549,7 +1576,5 @@ mod tests {
         // The owner gets both back.
         assert_eq!(span.collect_remote(), 2);
         assert_eq!(span.used(), 0);
-        // SAFETY: allocated above with this layout; the span is done with.
-        unsafe { std::alloc::dealloc(start, layout) };
     }
 }
