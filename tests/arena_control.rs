@@ -1509,12 +1509,9 @@ fn guards_restore_the_previous_arena_when_a_closure_panics() {
 const SPAN: usize = 64 * KIB;
 
 /// Fills `spans` spans of 1 KiB blocks in `arena` from the calling thread
-/// and frees every block, the last allocated first; returns the arena's
-/// bytes in use once filled and once freed. The list of blocks is made
-/// outside the arena, so only the blocks go into it. The thread's cache of
-/// freed blocks keeps the first ones freed (up to its bound: 32 of these),
-/// which the last-first order takes from the current span, pinned anyway:
-/// so the other spans empty, as these tests need.
+/// and frees every block; returns the arena's bytes in use once filled and
+/// once freed. The list of blocks is made outside the arena, so only the
+/// blocks go into it.
 fn fill_spans_then_free(arena: Arena, spans: usize) -> (usize, usize) {
     let mut blocks = Vec::with_capacity(spans * SPAN / KIB);
     let guard = arena.enter().unwrap();
@@ -1522,7 +1519,7 @@ fn fill_spans_then_free(arena: Arena, spans: usize) -> (usize, usize) {
         blocks.push(engine::malloc(KIB));
     }
     let filled = stats(arena).in_use_bytes;
-    for &b in blocks.iter().rev() {
+    for &b in &blocks {
         free(b);
     }
     let freed = stats(arena).in_use_bytes;

@@ -629,9 +629,7 @@ fn a_trim_never_takes_a_span_whose_last_block_the_owner_is_freeing() {
 }
 
 /// Thread O fills a span of 1 KiB blocks in arena X and starts the next
-/// one (with as many blocks as its heap's cache takes of the class, freed
-/// first: they fill the cache, so that the frees after go to their span),
-/// then frees the first span's blocks; its last free empties the span
+/// one, then frees the first span's blocks; its last free empties the span
 /// on `free`'s fast path, which hands it back from inside the allocator
 /// (`span_emptied`, going from the fast path's flag to the nesting depth
 /// with no moment outside). O is held just after that switch while this
@@ -643,25 +641,24 @@ fn last_free_against_trim() {
     let x = engine::arena_new().expect("arena X");
     let (o_id, o_go, o) = thread_with_pause(
         move || {
-            let cached =
-                engine::block_cache::bin_limit(engine::size_class::class_of(1024)) as usize;
             engine::arena_set(x).expect("enter X");
-            let blocks: Vec<usize> = (0..=PER_SPAN + cached)
+            let blocks: Vec<usize> = (0..=PER_SPAN)
                 .map(|_| engine::malloc(1024) as usize)
                 .collect();
             assert!(blocks.iter().all(|&b| b != 0));
-            // The second span's blocks: the cache takes all but the last.
-            // Then the first span's blocks but its last: its span is in O's
+            // The first span's blocks but its last: its span is in O's
             // available list then, with one block out.
-            for &b in blocks[PER_SPAN..].iter().chain(&blocks[..PER_SPAN - 1]) {
+            for &b in &blocks[..PER_SPAN - 1] {
                 // SAFETY: blocks of ours, each freed once.
                 unsafe { engine::free(b as *mut u8) };
             }
             blocks
         },
         move |blocks| {
-            // SAFETY: as above.
-            unsafe { engine::free(blocks[PER_SPAN - 1] as *mut u8) };
+            for &b in &blocks[PER_SPAN - 1..] {
+                // SAFETY: as above.
+                unsafe { engine::free(b as *mut u8) };
+            }
         },
     );
     let held = engine::arena_stats(x).unwrap().in_use_bytes;

@@ -17,16 +17,11 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::claim::ThreadClaim;
 
 use crate::arena::{Arena, ArenaState, PurgeKind};
-use crate::block_cache;
-use crate::block_cache::{BlockCache, CACHED_CLASSES};
 use crate::diag;
 use crate::housekeeping::Budget;
 use crate::roster::{HeapLinks, Roster};
-use crate::segment::{segment_base, span_of, Segment};
 use crate::size_class::{class_of, direct_entries_of, direct_index, CLASS_COUNT, DIRECT_ENTRIES};
-use crate::span::{
-    could_be_link, read_link_word, write_link_word, LinkCode, Span, SpanList, SpanState,
-};
+use crate::span::{LinkCode, Span, SpanList, SpanState};
 use crate::sync::Mutex;
 
 /// How many spans of the `full` list one refill inspects for blocks that
@@ -69,10 +64,6 @@ pub struct Heap {
     /// class's next refill (see `free_local_slow`); its share of
     /// [`KEPT_EMPTY_BYTES`]. For the policy only: never unsafe if off.
     kept_bytes: usize,
-    /// Blocks the owner freed, kept for its next `malloc` of their class
-    /// (see `block_cache`). Each is a block of one of this heap's spans,
-    /// counted out there, with [`span::mark_cached`]'s link word.
-    cache: BlockCache,
 }
 
 /// What all heaps together keep of empty spans for reuse at most: a thread
@@ -116,7 +107,6 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     pool_next: ptr::null_mut(),
     sweep_class: 0,
     kept_bytes: 0,
-    cache: BlockCache::empty(),
 });
 
 #[inline(always)]
@@ -124,18 +114,14 @@ pub fn empty_heap() -> *mut Heap {
     &EMPTY_HEAP.0 as *const Heap as *mut Heap
 }
 
-/// Takes a block of `class` from `heap`'s cache or its current span, or
-/// goes slow; null (errno `ENOMEM`) if out of memory.
+/// Pops a block of `class` from `heap`'s current span, or goes slow; null
+/// (errno `ENOMEM`) if out of memory.
 ///
 /// # Safety
 /// `heap` is a live heap of the calling thread (`thread::own_heap`), not
 /// the empty heap or a dead one.
 #[inline(always)]
 pub unsafe fn alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: the caller's own live heap.
-    if let Some(block) = unsafe { (*heap).take_cached(class) } {
-        return block;
-    }
     // SAFETY: `class` < CLASS_COUNT (from the size-class functions); the
     // current span is the heap's own or the read-only empty span, and only
     // the owner thread touches the free-list head (with the count) of its
@@ -161,24 +147,18 @@ pub unsafe fn try_alloc_small(heap: *mut Heap, class: usize) -> *mut u8 {
     unsafe { (*(*heap).current.get_unchecked(class).load(Ordering::Relaxed)).pop_counted() }
 }
 
-/// `malloc`'s fast path for `size <= SMALL_TABLE_MAX`: the block freed
-/// last into the heap's cache for the size's class, else as
+/// `malloc`'s fast path for `size <= SMALL_TABLE_MAX`: as
 /// [`try_alloc_small`], with the span found by size.
 ///
 /// # Safety
 /// As for [`try_alloc_small`].
 #[inline(always)]
 pub unsafe fn try_alloc_direct(heap: *mut Heap, size: usize) -> *mut u8 {
-    // SAFETY: the caller's heap, live or the empty heap (whose bins are
-    // empty and stay so: nothing frees into a heap that owns no span).
-    let h = unsafe { &*heap };
-    if let Some(block) = h.take_cached(class_of(size)) {
-        return block;
-    }
     // SAFETY: `direct_index(size)` < DIRECT_ENTRIES for such sizes; the
     // rest as in `alloc_small`.
     unsafe {
-        (*h.direct
+        (*(*heap)
+            .direct
             .get_unchecked(direct_index(size))
             .load(Ordering::Relaxed))
         .pop_counted()
@@ -242,13 +222,12 @@ pub enum LocalFree {
     Emptied,
 }
 
-/// `free`'s fast path: puts `p`, an address in `span`, in its heap's cache
-/// (or, with the class's bin full, on the span's free list) if it is a
-/// block start handed out, not looking freed, in a span with no parked
-/// blocks that is not in the `full` list. Refused, with nothing changed,
-/// otherwise: the caller then takes [`free_local`]. The span's count of
-/// blocks out is tested after a push to the list, not before (a current
-/// span never reaches 0: it is pinned). Calls nothing.
+/// `free`'s fast path: puts `p`, an address in `span`, on the owner's free
+/// list if it is a block start handed out, not looking freed, in a span
+/// with no parked blocks that is not in the `full` list. Refused, with
+/// nothing changed, otherwise: the caller then takes [`free_local`]. The
+/// span's count of blocks out is tested after the push, not before (a
+/// current span never reaches 0: it is pinned). Calls nothing.
 ///
 /// # Safety
 /// As for [`free_local`], and the caller is inside the allocator.
@@ -262,45 +241,15 @@ pub unsafe fn try_free_local(span: *mut Span, p: *mut u8) -> LocalFree {
     // SAFETY: the caller owns the span.
     let index = unsafe { s.index_of_owned(p) };
     // SAFETY: `p` lies in the caller's span, whose memory is mapped.
-    let (word, mark) = (unsafe { read_link_word(p) }, block_cache::mark());
     // `fast_below` is 0 for a span in the `full` list (see `Span`).
-    if index >= fast_below || looks_freed(word, code, mark) {
+    if index >= fast_below || unsafe { crate::span::may_be_link(p, code) } {
         return LocalFree::Refused;
-    }
-    // SAFETY: the caller owns the span, so its heap is one of the caller's
-    // pool heaps, which nobody else touches while the caller is inside.
-    let heap = unsafe { &*s.heap().cast::<Heap>() };
-    if heap.cache.push(s.class(), p) {
-        // SAFETY: a block start of the caller's span, given up by the
-        // caller.
-        unsafe { write_link_word(p, mark) };
-        return LocalFree::Done;
     }
     // SAFETY: a block of the caller's own span, given up by the caller.
     if unsafe { s.push_local(p, index, code) } {
         return LocalFree::Emptied;
     }
     LocalFree::Done
-}
-
-/// Aborts: the cached block `p` lost its mark (see `Heap::take_cached`).
-/// Named as the spans' lists name theirs: by the span.
-#[cold]
-#[inline(never)]
-fn report_overwritten_mark(p: *mut u8) -> ! {
-    // SAFETY: a cached block lies in a live span segment of ours, which is
-    // aligned; its span entry is live.
-    let span = unsafe { &*span_of(segment_base(p as usize) as *mut Segment, p) };
-    span.report_corrupt_list()
-}
-
-/// The free paths' look for a double free at a block whose link word is
-/// `word`: could it be a link of its span's lists (link code `code`), or
-/// the mark of a block in its heap's cache (`mark`)? Then the free takes
-/// the checked path, which looks for the block there.
-#[inline(always)]
-fn looks_freed(word: u64, code: LinkCode, mark: u64) -> bool {
-    could_be_link(word, code) || word == mark
 }
 
 /// After [`try_free_local`] said [`LocalFree::Emptied`]: gives the span
@@ -311,11 +260,8 @@ fn looks_freed(word: u64, code: LinkCode, mark: u64) -> bool {
 /// The caller owns `span`, whose last block out it just freed (`p`), and
 /// is inside the allocator.
 pub unsafe fn span_emptied(span: *mut Span, p: *mut u8) {
-    // SAFETY: the caller owns the span, so its heap is the caller's, and no
-    // other reference to it is live while the caller frees.
-    let heap = unsafe { &mut *(*span).heap().cast::<Heap>() };
     // SAFETY: forwarded.
-    unsafe { heap.span_freed_into(span, p, &mut ArenaLock::Take) };
+    unsafe { free_local_slow(span, p) }
 }
 
 /// Frees `p`, an address in `span`, which the calling thread owns: a block
@@ -326,262 +272,151 @@ pub unsafe fn span_emptied(span: *mut Span, p: *mut u8) {
 /// `span` is owned by the calling thread and `p` lies in it.
 #[inline(always)]
 pub unsafe fn free_local(span: *mut Span, p: *mut u8) {
-    // SAFETY: as in `span_emptied`.
-    let heap = unsafe { &mut *(*span).heap().cast::<Heap>() };
-    // SAFETY: forwarded.
-    unsafe { heap.free_owned(span, p, &mut ArenaLock::Take) };
+    // SAFETY: the caller owns the span and `p` lies in it.
+    let s = unsafe { &*span };
+    // Read before the block is written, which the compiler cannot tell
+    // apart from the span's fields.
+    let (fast_below, code) = (s.fast_free_below(), s.link_code());
+    // SAFETY: the caller owns the span.
+    let index = unsafe { s.index_of_owned(p) };
+    // Below `fast_below`: a block start that was handed out, in a span with
+    // no parked blocks.
+    // SAFETY: `p` lies in the caller's span, whose memory is mapped.
+    if index >= fast_below || unsafe { crate::span::may_be_link(p, code) } {
+        // SAFETY: forwarded.
+        return unsafe { free_local_checked(span, p, index) };
+    }
+    // SAFETY: a block of the caller's own span, given up by the caller.
+    unsafe { release_local(span, p, index, code) }
 }
 
-/// How a free on the owner's side gives an emptied span back to its arena:
-/// by taking the arena's lock, or under the lock its caller holds (a heap
-/// giving its cached blocks back during a purge or its thread's exit).
-pub(crate) enum ArenaLock<'a> {
-    Take,
-    Held(&'a mut ArenaState),
+/// The owner's push of block `p` (index `index`) and its accounting.
+///
+/// # Safety
+/// As for [`free_local`], and `p` is the block of index `index`, not free.
+#[inline(always)]
+unsafe fn release_local(span: *mut Span, p: *mut u8, index: u64, code: LinkCode) {
+    // SAFETY: the caller's own span, reached through a shared reference.
+    let s = unsafe { &*span };
+    // SAFETY: `p` is block `index` of the caller's own span, given up by the
+    // caller, and `code` is the span's link code.
+    let none_out = unsafe { s.push_local(p, index, code) };
+    if none_out || s.is_full() {
+        // SAFETY: forwarded.
+        unsafe { free_local_slow(span, p) };
+    }
 }
 
 /// How many of its owner's frees a current span with parked blocks takes
 /// on the checked path before it puts them back on its list.
 const RESTORE_AFTER_FREES: u32 = 64;
 
-impl Heap {
-    /// The block freed last into `class`'s bin, ready to hand out, if any.
-    /// Aborts if its mark was overwritten: a write after free, or a block
-    /// freed twice (its first time out cleared the mark), which must not be
-    /// handed out twice. Calls nothing else.
-    #[inline(always)]
-    fn take_cached(&self, class: usize) -> Option<*mut u8> {
-        let block = self.cache.pop(class)?;
-        // SAFETY: a cached block is a block start of one of the heap's
-        // spans, given up by the program and on no list: ours to hand out.
-        unsafe {
-            if read_link_word(block) != block_cache::mark() {
-                report_overwritten_mark(block);
-            }
-            write_link_word(block, 0);
-        }
-        Some(block)
+/// A local free whose pointer is not a block start of a block handed out,
+/// whose block looks freed already, or whose span has parked blocks: abort
+/// with a message if it is misuse, else free it (and, in a current span
+/// freed into often enough, put the parked blocks back on the list).
+#[cold]
+#[inline(never)]
+unsafe fn free_local_checked(span: *mut Span, p: *mut u8, index: u64) {
+    // SAFETY: the caller owns the span.
+    let s = unsafe { &*span };
+    if index >= s.reserved() {
+        diag::fatal_pointer("free", "pointer is not the start of a block", p);
     }
-
-    /// [`free_local`]'s work: `p`, an address in `span`, a span of this
-    /// heap, goes on the span's free list if it is a block start that does
-    /// not look freed already; anything else takes the checked path.
-    /// Returns the bytes unmapped (a span given back may take its segment
-    /// with it).
-    ///
-    /// # Safety
-    /// The caller is the heap's thread or holds a confirmed claim on it;
-    /// `span` is a span of this heap and `p` lies in it.
-    #[inline(always)]
-    unsafe fn free_owned(&mut self, span: *mut Span, p: *mut u8, lock: &mut ArenaLock) -> usize {
-        // SAFETY: the caller's span.
-        let s = unsafe { &*span };
-        // Read before the block is written, which the compiler cannot tell
-        // apart from the span's fields.
-        let (fast_below, code) = (s.fast_free_below(), s.link_code());
-        // SAFETY: the span is the caller's.
-        let index = unsafe { s.index_of_owned(p) };
-        // SAFETY: `p` lies in the caller's span, whose memory is mapped.
-        let word = unsafe { read_link_word(p) };
-        // Below `fast_below`: a block start that was handed out, in a span
-        // with no parked blocks.
-        if index >= fast_below || looks_freed(word, code, block_cache::mark()) {
-            // SAFETY: forwarded.
-            return unsafe { self.free_checked(span, p, index, lock) };
-        }
-        // SAFETY: a block of the caller's span, given up.
-        unsafe { self.release(span, p, index, code, lock) }
+    if index >= s.capacity() {
+        diag::fatal_pointer(
+            "free",
+            "pointer is not a block in use (never handed out)",
+            p,
+        );
     }
-
-    /// The push of block `p` (index `index`) on its span's list, and its
-    /// accounting; returns the bytes unmapped.
-    ///
-    /// # Safety
-    /// As for [`Heap::free_owned`], and `p` is the block of index `index`,
-    /// not free.
-    #[inline(always)]
-    unsafe fn release(
-        &mut self,
-        span: *mut Span,
-        p: *mut u8,
-        index: u64,
-        code: LinkCode,
-        lock: &mut ArenaLock,
-    ) -> usize {
-        // SAFETY: the caller's span.
-        let s = unsafe { &*span };
-        // SAFETY: `p` is block `index` of the span, given up by the caller,
-        // and `code` is the span's link code.
-        let none_out = unsafe { s.push_local(p, index, code) };
-        if none_out || s.is_full() {
-            // SAFETY: forwarded.
-            return unsafe { self.span_freed_into(span, p, lock) };
-        }
-        0
+    // A block on a list has a link word that decodes: only then is a walk
+    // of the lists worth it (a span with parked blocks sends every free
+    // here, and a walk per free made such frees cost O(free blocks)).
+    // SAFETY: `p` is a block start of the caller's span, mapped.
+    if s.is_parked(index) || (unsafe { s.looks_free(p) } && s.is_listed_free(index)) {
+        diag::fatal_pointer("free", "double free", p);
     }
-
-    /// A free whose pointer is not a block start of a block handed out,
-    /// whose block looks freed already, or whose span has parked blocks:
-    /// abort with a message if it is misuse, else free it (and, in a
-    /// current span freed into often enough, put the parked blocks back on
-    /// the list). Returns the bytes unmapped.
-    ///
-    /// # Safety
-    /// As for [`Heap::free_owned`].
-    #[cold]
-    #[inline(never)]
-    unsafe fn free_checked(
-        &mut self,
-        span: *mut Span,
-        p: *mut u8,
-        index: u64,
-        lock: &mut ArenaLock,
-    ) -> usize {
-        // SAFETY: the caller's span.
-        let s = unsafe { &*span };
-        if index >= s.reserved() {
-            diag::fatal_pointer("free", "pointer is not the start of a block", p);
-        }
-        if index >= s.capacity() {
-            diag::fatal_pointer(
-                "free",
-                "pointer is not a block in use (never handed out)",
-                p,
-            );
-        }
-        // A block on a list, or in the cache, has a link word that decodes:
-        // only then is a look through them worth it (a span with parked
-        // blocks sends every free here, and a walk per free made such frees
-        // cost O(free blocks)).
-        // SAFETY: `p` is a block start of the caller's span, mapped.
-        let cache_marked = unsafe { read_link_word(p) } == block_cache::mark();
+    // The heap's current span with parked blocks, freed into again and
+    // again: its owner is at work in it after a purge, so the blocks go
+    // back on the list. That writes a link into each, so their pages fault
+    // back in now: not at the first such free, or a thread that frees a
+    // few blocks and idles again (or exits) would bring back the span's
+    // pages for nothing. Else every free into it came here until an
+    // `extend` needed them, which a loop that reuses a few blocks never
+    // does: twice the fast path's cost, for good. Only frees into the
+    // current span count.
+    // SAFETY: the caller owns the span, so its heap is the caller's; the
+    // caller is inside the allocator (by depth), so no claimer holds it.
+    if s.has_parked()
+        && unsafe { (*s.heap().cast::<Heap>()).current(s.class()) } == span
+        && s.count_free_while_parked() >= RESTORE_AFTER_FREES
+    {
+        // Blocks other threads freed first: their collection checks each
+        // against the parked ones (a remote double free of a parked block
+        // aborts there), which the restore's relinking would otherwise cut
+        // short. The count stays above 0: the span is pinned, and `p` is out.
+        s.collect_remote();
+        let _ = s.restore_parked();
+        // At work: the next purge should not count this heap idle and give
+        // the pages back again at once (only slow paths mark activity).
         // SAFETY: as above.
-        if s.is_parked(index)
-            || ((unsafe { s.looks_free(p) } || cache_marked) && self.holds_free(s, p, index))
-        {
-            diag::fatal_pointer("free", "double free", p);
-        }
-        // The heap's current span with parked blocks, freed into again and
-        // again: its owner is at work in it after a purge, so the blocks go
-        // back on the list. That writes a link into each, so their pages
-        // fault back in now: not at the first such free, or a thread that
-        // frees a few blocks and idles again (or exits) would bring back the
-        // span's pages for nothing. Else every free into it came here until
-        // an `extend` needed them, which a loop that reuses a few blocks
-        // never does: twice the fast path's cost, for good. Only the owner's
-        // frees into the current span count.
-        if matches!(lock, ArenaLock::Take)
-            && s.has_parked()
-            && self.current(s.class()) == span
-            && s.count_free_while_parked() >= RESTORE_AFTER_FREES
-        {
-            // Blocks other threads freed first: their collection checks
-            // each against the parked ones (a remote double free of a
-            // parked block aborts there), which the restore's relinking
-            // would otherwise cut short. The count stays above 0: the span
-            // is pinned, and `p` is out.
-            s.collect_remote();
-            let _ = s.restore_parked();
-            // At work: the next purge should not count this heap idle and
-            // give the pages back again at once (only slow paths mark
-            // activity).
-            // SAFETY: the span's heap pointer is this pool heap's.
-            unsafe { note_activity(s.heap().cast()) };
-        }
-        // The program's data only happened to decode to a link.
-        // SAFETY: a block start of the caller's span, not on a free list.
-        unsafe { self.release(span, p, index, s.link_code(), lock) }
+        unsafe { note_activity(s.heap().cast()) };
     }
+    // The program's data only happened to decode to a link.
+    // SAFETY: a block start of the caller's span, not on a free list.
+    unsafe { release_local(span, p, index, s.link_code()) }
+}
 
-    /// A free made `span` empty, or gave a block to a span in the `full`
-    /// list. Returns the bytes unmapped.
-    ///
-    /// # Safety
-    /// As for [`Heap::free_owned`]; `p` was the block freed.
-    #[cold]
-    #[inline(never)]
-    unsafe fn span_freed_into(
-        &mut self,
-        span: *mut Span,
-        p: *mut u8,
-        lock: &mut ArenaLock,
-    ) -> usize {
-        // SAFETY: the caller's span.
-        let s = unsafe { &*span };
-        if matches!(lock, ArenaLock::Take) {
-            // The owner at work (a claimer giving cached blocks back is not).
-            // SAFETY: the span's heap pointer is this pool heap's.
-            unsafe { note_activity(s.heap().cast()) };
-        }
-        // Free blocks that the purger may give back later.
-        crate::housekeeping::note_pending();
-        let class = s.class().min(CLASS_COUNT - 1);
-        match s.state() {
-            SpanState::Full => {
-                // SAFETY: a Full span is in its heap's full list.
-                unsafe { self.full[class].remove(span) };
-                if s.used() == 0 && !(self.avail[class].is_empty() && self.try_keep_empty(s)) {
-                    return self.retire(span, lock);
-                }
+/// A local free made a span empty, or gave a block to a span in the `full`
+/// list.
+#[cold]
+#[inline(never)]
+unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
+    // SAFETY: the caller owns `span`, so its heap is the caller's.
+    let s = unsafe { &*span };
+    // SAFETY: the span's heap is the caller's own pool heap.
+    unsafe { note_activity(s.heap().cast()) };
+    // Free blocks that the purger may give back later.
+    crate::housekeeping::note_pending();
+    // SAFETY: as above.
+    let heap = unsafe { &mut *s.heap().cast::<Heap>() };
+    let class = s.class().min(CLASS_COUNT - 1);
+    match s.state() {
+        SpanState::Full => {
+            // SAFETY: a Full span is in its heap's full list.
+            unsafe { heap.full[class].remove(span) };
+            if s.used() == 0 && !(heap.avail[class].is_empty() && heap.try_keep_empty(s)) {
+                heap.retire(span);
+            } else {
                 s.set_state(SpanState::Available);
                 // SAFETY: just unlinked.
-                unsafe { self.avail[class].push_back(span) };
-                0
-            }
-            // The class's only span with room besides the current one stays,
-            // empty, for the next refill: a program that frees a batch and
-            // allocates the next one would otherwise hand the span back and
-            // take one again (a retire's walk, the arena lock, fresh blocks
-            // carved) at every batch. As mimalloc keeps a class's only page.
-            // At most one a class, and `KEPT_EMPTY_LIMIT` bytes in all; the
-            // purger gives them back once the heap idles.
-            SpanState::Available
-                if self.avail[class].head == span
-                    && self.avail[class].tail == span
-                    && self.try_keep_empty(s) =>
-            {
-                0
-            }
-            SpanState::Available => {
-                // SAFETY: an Available span is in its heap's avail list.
-                unsafe { self.avail[class].remove(span) };
-                self.retire(span, lock)
-            }
-            // The current span is pinned: reaching zero means a block was
-            // freed twice.
-            _ => diag::fatal_pointer("free", "double free (block count underflow)", p),
-        }
-    }
-
-    /// Whether block `p` (index `index`) of `s`, a span of this heap, is
-    /// free: on one of the span's lists or in the heap's cache. The check of
-    /// a suspected double free (O(free blocks)). Owner or claimer.
-    fn holds_free(&self, s: &Span, p: *mut u8, index: u64) -> bool {
-        s.is_listed_free(index) || self.cache.holds(s.class(), p)
-    }
-
-    /// Gives the blocks in `class`'s bin back to their spans, as the owner's
-    /// `free` would; returns the bytes unmapped on the way (spans that
-    /// emptied go back to the arena, whose lock the caller holds).
-    ///
-    /// # Safety
-    /// The caller is the heap's thread or holds a confirmed claim on it, and
-    /// `state` is the locked state of the heap's arena.
-    unsafe fn flush_bin(&mut self, class: usize, state: &mut ArenaState) -> usize {
-        let mut unmapped = 0;
-        let mut lock = ArenaLock::Held(state);
-        while let Some(p) = self.take_cached(class) {
-            // SAFETY: a cached block is a block start of a span of this heap
-            // (counted out there) in a live span segment, which is aligned;
-            // taken as `malloc` would hand it out, then freed.
-            unsafe {
-                let segment = segment_base(p as usize) as *mut Segment;
-                unmapped += self.free_owned(span_of(segment, p), p, &mut lock);
+                unsafe { heap.avail[class].push_back(span) };
             }
         }
-        unmapped
+        // The class's only span with room besides the current one stays,
+        // empty, for the next refill: a program that frees a batch and
+        // allocates the next one would otherwise hand the span back and
+        // take one again (a retire's walk, the arena lock, fresh blocks
+        // carved) at every batch. As mimalloc keeps a class's only page.
+        // At most one a class, and `KEPT_EMPTY_LIMIT` bytes in all; the
+        // purger gives them back once the heap idles.
+        SpanState::Available
+            if heap.avail[class].head == span
+                && heap.avail[class].tail == span
+                && heap.try_keep_empty(s) => {}
+        SpanState::Available => {
+            // SAFETY: an Available span is in its heap's avail list.
+            unsafe { heap.avail[class].remove(span) };
+            heap.retire(span);
+        }
+        // The current span is pinned: reaching zero means a block was freed
+        // twice.
+        _ => diag::fatal_pointer("free", "double free (block count underflow)", p),
     }
+}
 
+impl Heap {
     /// Counts the emptied span `s` as kept, if [`KEPT_EMPTY_LIMIT`] has
     /// room for it (two heaps at once may go past it by a span each).
     fn try_keep_empty(&mut self, s: &Span) -> bool {
@@ -637,7 +472,6 @@ impl Heap {
         self.pool_next = ptr::null_mut();
         self.sweep_class = 0;
         self.kept_bytes = 0;
-        self.cache.reset();
     }
 
     /// The heap's arena is being destroyed, and with it every span: forget
@@ -649,7 +483,6 @@ impl Heap {
         self.clear_current();
         self.avail = [SpanList::EMPTY; CLASS_COUNT];
         self.full = [SpanList::EMPTY; CLASS_COUNT];
-        self.cache.forget_all();
         self.unkeep_empty(usize::MAX);
         self.forget_arena();
     }
@@ -736,7 +569,7 @@ impl Heap {
                             }
                         }
                         if s.used() == 0 {
-                            self.retire(span, &mut ArenaLock::Take);
+                            self.retire(span);
                         } else {
                             s.set_state(SpanState::Available);
                             // SAFETY: unlinked above.
@@ -883,16 +716,13 @@ impl Heap {
     }
 
     /// Gives an empty span (in no list) back to the arena.
-    /// Returns the bytes unmapped.
-    fn retire(&mut self, span: *mut Span, lock: &mut ArenaLock) -> usize {
+    fn retire(&mut self, span: *mut Span) {
         // Counted before the lock: the walk does not lengthen the hold.
         // SAFETY: an empty, unlinked span of this heap (the owner's).
         unsafe { (*span).check_before_retire() };
+        let mut state = self.arena().state.lock();
         // SAFETY: empty, unlinked span of this heap's arena, checked above.
-        match lock {
-            ArenaLock::Take => unsafe { self.arena().state.lock().retire_checked_span(span) },
-            ArenaLock::Held(state) => unsafe { state.retire_checked_span(span) },
-        }
+        unsafe { state.retire_checked_span(span) };
     }
 
     /// Gives back what this idle heap holds but does not use: spans that
@@ -918,10 +748,6 @@ impl Heap {
             if budget.spent() {
                 return (purged, Some(class));
             }
-            // Cached blocks first: they hold spans that are empty otherwise,
-            // and pages that are free otherwise.
-            // SAFETY: forwarded from the caller.
-            purged += unsafe { self.flush_bin(class, state) };
             let current = self.current(class);
             if current != empty_span() {
                 // SAFETY: the heap's current span; the claim makes its
@@ -1038,10 +864,6 @@ impl Heap {
         }
         // SAFETY: this heap is in its arena's list; we hold the lock.
         unsafe { state.remove_heap(links_ptr(self)) };
-        for class in 0..CACHED_CLASSES {
-            // SAFETY: the heap's own thread; `state` is its arena's, locked.
-            unsafe { self.flush_bin(class, &mut state) };
-        }
         self.unkeep_empty(usize::MAX);
         for class in 0..CLASS_COUNT {
             let current = self.current(class);
@@ -1187,35 +1009,6 @@ pub fn count_preferring(roster: &Roster) -> usize {
     count
 }
 
-/// Blocks, and their bytes, that the heaps in `roster` hold in their
-/// caches (read racily): free to the program, though counted out in their
-/// spans.
-pub fn cached_in(roster: &Roster) -> (usize, usize) {
-    let (mut blocks, mut bytes) = (0, 0);
-    roster.for_each(|links| {
-        // SAFETY: rosters hold links of pool heaps (`links_ptr`), which are
-        // never unmapped; the counts are atomics.
-        let (b, n) = unsafe { (*heap_of(links)).cache.cached() };
-        blocks += b;
-        bytes += n;
-    });
-    (blocks, bytes)
-}
-
-/// Whether block `p` (index `index`) of `span`, a span of the calling
-/// thread, is free: on one of its lists or in its heap's cache. Owner only.
-///
-/// # Safety
-/// The calling thread owns `span` and is inside the allocator.
-pub unsafe fn is_free_block(span: *mut Span, p: *mut u8, index: u64) -> bool {
-    // SAFETY: the caller owns the span, so its heap is one of the caller's
-    // pool heaps, which nobody else touches while the caller is inside.
-    unsafe {
-        let s = &*span;
-        (*s.heap().cast::<Heap>()).holds_free(s, p, index)
-    }
-}
-
 /// The arena is being destroyed: every heap in its roster forgets its
 /// spans and dies; the roster ends empty.
 ///
@@ -1266,8 +1059,6 @@ pub fn new_heap(
 ) -> Option<*mut Heap> {
     // A thread's id is the address of its state (`thread::current_thread_id`).
     let thread_id = thread as *const ThreadState as usize;
-    // Before any block can be cached.
-    block_cache::draw_mark_secret();
     let heap = {
         let mut pool = POOL.lock();
         if !pool.free.is_null() {

@@ -20,8 +20,7 @@
 //!    pending flag, the delay, budgets), `stats` (process-wide counters and
 //!    the figures' types), `claim` (the owner/purger handshake).
 //! 3. `span` (blocks of one class, free lists), `roster` (an arena's heaps
-//!    as the purger sees them: a claim and an activity count each),
-//!    `block_cache` (a heap's stacks of freed block addresses by class).
+//!    as the purger sees them: a claim and an activity count each).
 //! 4. `segment` (slices of spans, the ownership map), `large_block` (large
 //!    blocks' headers, an arena's live list and cache of them). Spans and
 //!    regions record what became free and when; they name their owner heap
@@ -48,7 +47,6 @@
 #![no_std]
 
 pub mod arena;
-pub mod block_cache;
 pub mod c_contract;
 pub mod claim;
 pub mod diag;
@@ -607,14 +605,10 @@ unsafe fn check_block_in_use(span: *mut span::Span, p: *mut u8, operation: &str)
     if mine && thread::inside_allocator(|| s.is_parked(index)) {
         diag::fatal_pointer(operation, "block was freed already", p);
     }
-    // SAFETY: a block start of the span (its link word is a list's link, or
-    // a cached block's mark, if the block is free).
-    let cache_marked = unsafe { span::read_link_word(p) } == block_cache::mark();
-    // SAFETY: as above.
-    if unsafe { s.looks_free(p) } || cache_marked {
+    // SAFETY: a block start of the span.
+    if unsafe { s.looks_free(p) } {
         let freed = if mine {
-            // SAFETY: the thread's own span; inside.
-            thread::inside_allocator(|| unsafe { heap::is_free_block(span, p, index) })
+            thread::inside_allocator(|| s.is_listed_free(index))
         } else {
             true
         };

@@ -261,31 +261,23 @@ pub fn create_lock() -> &'static Mutex<impl Sized> {
 /// One arena's figures, with the threads that prefer it (which only their
 /// heaps know). Arena lock.
 pub fn arena_stats(state: &ArenaState) -> ArenaStats {
-    let mut stats = ArenaStats {
+    ArenaStats {
         threads: crate::heap::count_preferring(state.heaps()),
         ..state.stats()
-    };
-    // Blocks in the heaps' caches are free, though their spans count them.
-    let (blocks, bytes) = crate::heap::cached_in(state.heaps());
-    stats.live_blocks = stats.live_blocks.saturating_sub(blocks);
-    stats.live_bytes = stats.live_bytes.saturating_sub(bytes);
-    stats
+    }
 }
 
 /// The allocator's figures now. Takes each arena's lock in turn.
 pub fn gather_stats() -> Stats {
     let mut stats = Stats::from_counters();
     for_each_arena(|arena| {
-        let state = arena.state.lock();
-        state.for_each_segment(|segment| {
+        arena.state.lock().for_each_segment(|segment| {
             stats.segments += 1;
             segment.for_each_span(|span| {
                 let (blocks, bytes) = span.live();
                 stats.add_small_live(blocks, bytes);
             });
         });
-        let (blocks, bytes) = crate::heap::cached_in(state.heaps());
-        stats.remove_small_live(blocks, bytes);
     });
     stats
 }

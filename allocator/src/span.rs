@@ -1069,36 +1069,6 @@ pub unsafe fn looks_like_link(p: *mut u8, code: LinkCode, reserved: u64) -> bool
     code.decode(word) <= reserved
 }
 
-/// The link word of the block at `p` (see [`link_slot`]).
-///
-/// # Safety
-/// `p` is readable for 16 bytes.
-#[inline(always)]
-pub unsafe fn read_link_word(p: *mut u8) -> u64 {
-    // SAFETY: the caller's guarantee.
-    unsafe { link_slot(p).read() }
-}
-
-/// Stores `word` in the link word of the block at `p`: a heap's cache marks
-/// the blocks it holds there, and clears the mark (0, as in every block
-/// handed out) before it hands one out.
-///
-/// # Safety
-/// `p` is a block start of a span, given up by the program and on no list
-/// (the link word is the allocator's).
-#[inline(always)]
-pub unsafe fn write_link_word(p: *mut u8, word: u64) {
-    // SAFETY: the caller's guarantee.
-    unsafe { link_slot(p).write(word) };
-}
-
-/// Whether `word`, the link word of a block of a span whose link code is
-/// `code`, could be a link of it (see [`may_be_link`]).
-#[inline(always)]
-pub fn could_be_link(word: u64, code: LinkCode) -> bool {
-    (word ^ code.key) << (64 - LINK_ROTATION) == 0
-}
-
 /// Whether the link word of the block at `p` could be a link written with
 /// `code`: its bits under the key's low 51 match, the index bits above are
 /// anything (up to 8191). The free fast path's look for a double free: one
@@ -1113,7 +1083,8 @@ pub fn could_be_link(word: u64, code: LinkCode) -> bool {
 #[inline(always)]
 pub unsafe fn may_be_link(p: *mut u8, code: LinkCode) -> bool {
     // SAFETY: the caller's guarantee.
-    could_be_link(unsafe { link_slot(p).read() }, code)
+    let word = unsafe { link_slot(p).read() };
+    (word ^ code.key) << (64 - LINK_ROTATION) == 0
 }
 
 const _: () = assert!(MAX_BLOCKS_PER_SPAN < 1 << (64 - LINK_ROTATION));
@@ -1218,11 +1189,8 @@ pub unsafe fn free_remote(span: *const Span, p: *mut u8, index: u64, zero: bool)
         )
     };
     // SAFETY: as above; `p` is a block start of the span. (The key and the
-    // list end as read above: read again, they took two more loads.) A
-    // block in its owner's cache carries the cache's mark instead.
-    if unsafe { looks_like_link(p, code, end) }
-        || unsafe { read_link_word(p) } == crate::block_cache::mark()
-    {
+    // list end as read above: read again, they took two more loads.)
+    if unsafe { looks_like_link(p, code, end) } {
         crate::diag::fatal_pointer("free", "double free", p);
     }
     if zero {

@@ -89,13 +89,6 @@ impl Stats {
         self.live_blocks += blocks;
         self.live_bytes += bytes;
     }
-
-    /// Takes back `blocks` of `bytes` in all that spans count as live but
-    /// the heaps hold free in their caches.
-    pub fn remove_small_live(&mut self, blocks: usize, bytes: usize) {
-        self.live_blocks = self.live_blocks.saturating_sub(blocks);
-        self.live_bytes = self.live_bytes.saturating_sub(bytes);
-    }
 }
 
 /// What one arena holds, kept under its lock (slow paths only: spans taken
