@@ -1555,36 +1555,40 @@ fn while_threads_emptied_a_span<R>(arena: Arena, threads: usize, then: impl FnOn
 }
 
 #[test]
-fn a_span_emptied_by_frees_stays_while_it_is_its_class_only_one_until_a_trim() {
-    // No housekeeper: it would give the kept span back once the heap idles.
+fn spans_emptied_by_frees_stay_up_to_a_bound_per_class_until_a_trim() {
+    // No housekeeper: it would give the kept spans back once the heap idles.
     in_child_with(
-        "a_span_emptied_by_frees_stays_while_it_is_its_class_only_one_until_a_trim",
+        "spans_emptied_by_frees_stay_up_to_a_bound_per_class_until_a_trim",
         &[("ARENALLOC_BACKGROUND", "0")],
-        keep_one_empty_span,
+        keep_empty_spans,
     );
 }
 
-/// A thread fills three spans of 1 KiB blocks in an arena (two full ones
-/// and its current one) and frees every block: the first span to empty
-/// stays, as its class's only available span, for the next batch; the
-/// second goes back to the arena; the current span stays pinned. A trim
-/// from another thread, while the owner waits outside the allocator, takes
-/// both. Fails where every emptied span goes back at once (in use: one
-/// span, not two).
-fn keep_one_empty_span() {
+/// A thread fills `KEEP_EMPTY_PER_CLASS + 2` spans of 1 KiB blocks in an
+/// arena (all full but its current one) and frees every block: the first
+/// `KEEP_EMPTY_PER_CLASS` spans to empty stay, as its class's spans with
+/// room, for the next batch; the one after goes back to the arena; the
+/// current span stays pinned. A trim from another thread, while the owner
+/// waits outside the allocator, takes them all. Fails where every emptied
+/// span goes back at once (in use: one span), and where fewer or more are
+/// kept.
+fn keep_empty_spans() {
+    const KEEP: usize = engine::heap::KEEP_EMPTY_PER_CLASS;
     let arena = Arena::new().unwrap();
     let (freed_tx, freed_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let owner = thread::spawn(move || {
-        freed_tx.send(fill_spans_then_free(arena, 3)).unwrap();
+        freed_tx
+            .send(fill_spans_then_free(arena, KEEP + 2))
+            .unwrap();
         done_rx.recv().unwrap();
     });
     let (filled, freed) = freed_rx.recv().unwrap();
-    assert_eq!(filled, 3 * SPAN, "three spans of 1 KiB blocks");
+    assert_eq!(filled, (KEEP + 2) * SPAN, "spans of 1 KiB blocks");
     assert_eq!(
         freed,
-        2 * SPAN,
-        "after the frees: the current span and one kept empty span"
+        (KEEP + 1) * SPAN,
+        "after the frees: the current span and {KEEP} kept empty spans"
     );
     let _ = arena.trim();
     assert_eq!(stats(arena).in_use_bytes, 0, "the trim left a span");

@@ -1265,6 +1265,19 @@ impl SpanList {
         self.head.is_null()
     }
 
+    /// Whether the list holds fewer than `n` spans (a walk of `n` at most).
+    pub fn shorter_than(&self, n: usize) -> bool {
+        let mut at = self.head;
+        for _ in 0..n {
+            if at.is_null() {
+                return true;
+            }
+            // SAFETY: members of a list are live spans.
+            at = unsafe { SpanList::next_of(at) };
+        }
+        false
+    }
+
     /// # Safety
     /// `span` is valid and in no list.
     pub unsafe fn push_back(&mut self, span: *mut Span) {
