@@ -593,10 +593,11 @@ fn a_double_free_after_its_link_was_overwritten_is_never_handed_out_twice() {
 
 /// The same double free in a span that is not the thread's current one:
 /// the second free makes the span's count of blocks out reach 0 while
-/// another block, `a`, is live. The span stays with its heap (its class's
-/// only available span is kept for the next refill); when it would go back
-/// to its arena (with `a`), here by a trim, before any `malloc` reaches the
-/// block again, its free blocks are counted first, and the trim aborts.
+/// another block, `a`, is live. The span stays with its heap (its class
+/// has few spans with room, so it is kept for the next refills); when it
+/// would go back to its arena (with `a`), here by a trim, before any
+/// `malloc` reaches the block again, its free blocks are counted first,
+/// and the trim aborts.
 #[test]
 fn a_double_free_after_its_link_was_overwritten_never_lets_its_span_go_with_a_live_block() {
     expect_abort(
