@@ -55,6 +55,13 @@ pub struct Heap {
     arena_handle: AtomicU64,
     /// The thread's other heaps (one per arena it used).
     pub next_in_thread: *mut Heap,
+    /// This heap, as the pool handed it out: a pointer that reaches the
+    /// whole `HeapSlot`, links included. Spans name their heap by it, and
+    /// the roster is given its links through it; a pointer taken from a
+    /// `&mut Heap` reaches the heap's own bytes only, and following it to
+    /// the links was undefined behaviour (Miri's Stacked Borrows). Set once,
+    /// when the pool carves the heap (null in the empty heap).
+    this: *mut Heap,
     /// Link in the pool of unused heaps.
     pool_next: *mut Heap,
     /// Secure mode: the size class the next sweep for emptied spans starts
@@ -113,6 +120,7 @@ pub static EMPTY_HEAP: ReadOnly<Heap> = ReadOnly(Heap {
     thread_id: 0,
     arena_handle: AtomicU64::new(1),
     next_in_thread: ptr::null_mut(),
+    this: ptr::null_mut(),
     pool_next: ptr::null_mut(),
     sweep_class: 0,
     kept_bytes: 0,
@@ -720,10 +728,7 @@ impl Heap {
         // SAFETY: the span was handed over under the arena lock; no other
         // thread owns it.
         let s = unsafe { &*span };
-        s.set_owner(
-            (self as *mut Heap).cast(),
-            crate::secure::owner_tag(self.thread_id),
-        );
+        s.set_owner(self.this.cast(), crate::secure::owner_tag(self.thread_id));
         s.set_state(SpanState::Available);
     }
 
@@ -875,7 +880,7 @@ impl Heap {
             return;
         }
         // SAFETY: this heap is in its arena's list; we hold the lock.
-        unsafe { state.remove_heap(links_ptr(self)) };
+        unsafe { state.remove_heap(links_ptr(self.this)) };
         self.unkeep_empty(usize::MAX);
         for class in 0..CLASS_COUNT {
             let current = self.current(class);
@@ -1094,7 +1099,7 @@ pub fn new_heap(
     // SAFETY: the heap is ours alone: fresh from the pool (mapped, aligned,
     // writable memory that nothing else references; all-zero links are
     // valid ones).
-    unsafe { (*heap).init(arena.as_ptr(), thread_id, ptr::null_mut()) };
+    unsafe { prepare(heap, arena.as_ptr(), thread_id) };
     // SAFETY: as above; the lock in `join_arena` publishes it to the purger.
     unsafe { links(heap) }.set_thread(thread as *const ThreadState as *const (), &thread.claim);
     if join_arena(arena, heap, life) {
@@ -1104,6 +1109,19 @@ pub fn new_heap(
         unsafe { recycle_heap(heap) };
         None
     }
+}
+
+/// Makes the heap `heap`, fresh from the pool, an empty heap of `arena`
+/// for `thread_id`, in no thread's chain yet.
+///
+/// # Safety
+/// `heap` is the pool's pointer to a heap nobody else references (mapped,
+/// aligned, writable memory; all-zero links are valid ones).
+unsafe fn prepare(heap: *mut Heap, arena: *const Arena, thread_id: usize) {
+    // SAFETY: the caller's guarantee.
+    let h = unsafe { &mut *heap };
+    h.init(arena, thread_id, ptr::null_mut());
+    h.this = heap;
 }
 
 /// Makes the dead heap `heap` (of the calling thread) a heap of `arena` in
@@ -1149,4 +1167,40 @@ pub unsafe fn recycle_heap(heap: *mut Heap) {
     // SAFETY: the caller no longer uses the heap.
     unsafe { (*heap).pool_next = pool.free };
     pool.free = heap;
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+    /// A span adopted by a heap leads back to the heap's whole pool slot:
+    /// the activity a free path records through the span's heap pointer
+    /// lands in the slot's links, beyond the heap itself. Run under Miri
+    /// (`cargo +nightly miri test -p arenalloc-engine --lib heap::tests`),
+    /// it failed with the pointer taken from `&mut Heap` (Stacked Borrows:
+    /// no item grants access to the links' bytes).
+    #[test]
+    fn an_adopted_span_leads_back_to_its_heaps_links() {
+        let (slot_layout, span_layout) = (Layout::new::<HeapSlot>(), Layout::new::<Span>());
+        // SAFETY: zeroed memory is a valid heap slot and a valid span (the
+        // pool and the segments hand out zeroed memory the same way); both
+        // are used only here, then freed with their layouts.
+        unsafe {
+            let slot = alloc_zeroed(slot_layout).cast::<HeapSlot>();
+            let span = alloc_zeroed(span_layout).cast::<Span>();
+            assert!(!slot.is_null() && !span.is_null());
+            let heap = slot.cast::<Heap>();
+            prepare(heap, ptr::null(), 1);
+            (*heap).adopt(span);
+            let links = &*links_ptr(heap);
+            assert!(links.is_idle_since_last_pass(1));
+            note_activity((*span).heap().cast());
+            assert!(!links.is_idle_since_last_pass(2), "the activity was lost");
+            dealloc(span.cast(), span_layout);
+            dealloc(slot.cast(), slot_layout);
+        }
+    }
 }
