@@ -59,8 +59,9 @@ pub struct Heap {
     /// whole `HeapSlot`, links included. Spans name their heap by it, and
     /// the roster is given its links through it; a pointer taken from a
     /// `&mut Heap` reaches the heap's own bytes only, and following it to
-    /// the links was undefined behaviour (Miri's Stacked Borrows). Set once,
-    /// when the pool carves the heap (null in the empty heap).
+    /// the links was undefined behaviour (Miri's Stacked Borrows). Set by
+    /// `new_heap` whenever the pool hands the heap out (always to the same
+    /// value; null in the empty heap, which never joins an arena).
     this: *mut Heap,
     /// Link in the pool of unused heaps.
     pool_next: *mut Heap,
@@ -81,8 +82,8 @@ pub struct Heap {
 /// spans held 60 MB more in `mem_scenario threads`).
 const KEPT_EMPTY_LIMIT: usize = 4 << 20;
 
-/// Spans with room, besides the current one, below which a class keeps a
-/// span that empties (see `free_local_slow`). One kept per class made a
+/// Other spans with room (besides the current one and the span itself)
+/// below which a class keeps a span that empties (see `free_local_slow`). One kept per class made a
 /// program that frees batches of many sizes (`sh6bench`) give back and
 /// take again a span of each of its busier classes at every batch; four
 /// took 5% off its time (pinned to one CPU, paired) and 3% of its
@@ -879,7 +880,8 @@ impl Heap {
         if !core::ptr::eq(self.arena_ptr(), arena) {
             return;
         }
-        // SAFETY: this heap is in its arena's list; we hold the lock.
+        // SAFETY: this heap is in its arena's list (so it came from
+        // `new_heap`, which set `this`); we hold the lock.
         unsafe { state.remove_heap(links_ptr(self.this)) };
         self.unkeep_empty(usize::MAX);
         for class in 0..CLASS_COUNT {
