@@ -82,13 +82,13 @@ pub struct Heap {
 /// spans held 60 MB more in `mem_scenario threads`).
 const KEPT_EMPTY_LIMIT: usize = 4 << 20;
 
-/// Other spans with room (besides the current one and the span itself)
-/// below which a class keeps a span that empties (see `free_local_slow`). One kept per class made a
-/// program that frees batches of many sizes (`sh6bench`) give back and
-/// take again a span of each of its busier classes at every batch; four
-/// took 5% off its time (pinned to one CPU, paired) and 3% of its
-/// instructions; sixteen did no better. The process-wide
-/// [`KEPT_EMPTY_LIMIT`] bounds them all the same.
+/// A span that empties stays with its heap while its class has fewer than
+/// this many other spans with room, besides the current one (see
+/// `free_local_slow`). One kept per class made a program that frees
+/// batches of many sizes (`sh6bench`) give back and take again a span of
+/// each of its busier classes at every batch; four took 5% off its time
+/// (pinned to one CPU, paired) and 3% of its instructions; sixteen did no
+/// better. The process-wide [`KEPT_EMPTY_LIMIT`] bounds them all the same.
 pub const KEEP_EMPTY_PER_CLASS: usize = 4;
 
 /// Bytes of empty spans kept by all heaps (see [`KEPT_EMPTY_LIMIT`]).
@@ -414,15 +414,14 @@ unsafe fn free_local_slow(span: *mut Span, p: *mut u8) {
                 unsafe { heap.avail[class].push_back(span) };
             }
         }
-        // A span that empties while its class has few others with room
-        // besides the current one stays, empty, for the next refills: a
-        // program that frees a batch and allocates the next one would
-        // otherwise hand its spans back and take them again (a retire's
-        // walk, the arena lock, fresh blocks carved) at every batch. As
-        // mimalloc keeps a class's only page. At most
-        // `KEEP_EMPTY_PER_CLASS` a class (counting the span itself), and
-        // `KEPT_EMPTY_LIMIT` bytes in all; the purger gives them back once
-        // the heap idles.
+        // A span that empties while its class has fewer than
+        // `KEEP_EMPTY_PER_CLASS` other spans with room besides the current
+        // one stays, empty, for the next refills: a program that frees a
+        // batch and allocates the next one would otherwise hand its spans
+        // back and take them again (a retire's walk, the arena lock, fresh
+        // blocks carved) at every batch. As mimalloc keeps a class's only
+        // page. `KEPT_EMPTY_LIMIT` bytes in all; the purger gives them back
+        // once the heap idles. (This span is in the list: hence the + 1.)
         SpanState::Available
             if heap.avail[class].shorter_than(KEEP_EMPTY_PER_CLASS + 1)
                 && heap.try_keep_empty(s) => {}
