@@ -43,7 +43,7 @@ typedef struct {
 } item_t;
 
 typedef struct {
-    pthread_t thread;
+    THREAD_OWNED pthread_t thread;
     int id;
     long jobs;
     uint64_t alloc_sum, free_sum;

@@ -37,7 +37,7 @@ enum {
 /* ---- workload ---------------------------------------------------------- */
 
 typedef struct {
-    pthread_t thread;
+    THREAD_OWNED pthread_t thread;
     int id;
     long iterations;
     unsigned char *given;   /* object allocated by the main thread */

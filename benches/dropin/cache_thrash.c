@@ -31,7 +31,7 @@ enum {
 /* ---- workload ---------------------------------------------------------- */
 
 typedef struct {
-    pthread_t thread;
+    THREAD_OWNED pthread_t thread;
     int id;
     long iterations;
     uint64_t sum;

@@ -39,7 +39,7 @@ typedef struct {
 } item_t;
 
 typedef struct {
-    pthread_t thread;
+    THREAD_OWNED pthread_t thread;
     int id;
     long iterations;
     uint64_t alloc_sum, free_sum;

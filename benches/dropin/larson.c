@@ -46,7 +46,7 @@ typedef struct {
 } slot_t;
 
 typedef struct {
-    slot_t *slots;        /* the array being handed from thread to thread */
+    THREAD_OWNED slot_t *slots; /* the array being handed from thread to thread */
     uint64_t rng;
     uint64_t alloc_sum;   /* sum of (v + n) over every block allocated */
     uint64_t free_sum;    /* same, over every block freed */

@@ -41,7 +41,7 @@ enum {
 static _Atomic(unsigned char *) transfer[TRANSFERS];
 
 typedef struct {
-    unsigned char **kept;   /* retained blocks, survive to the next iteration */
+    THREAD_OWNED unsigned char **kept; /* retained blocks, survive to the next iteration */
     long nkept;
     uint64_t fresh_sum;     /* (v + n) over malloc'd blocks: the printed checksum */
     uint64_t alloc_sum;     /* ... plus blocks produced by realloc */

@@ -57,11 +57,12 @@ typedef struct {
 } mailbox_t;
 
 typedef struct {
-    pthread_t thread;
+    THREAD_OWNED pthread_t thread;
     int id;
     long loops;
     uint64_t alloc_sum, free_sum;
-    mailbox_t box;
+    /* Written by the peer that posts: a block of its own. */
+    THREAD_OWNED mailbox_t box;
 } worker_t;
 
 static worker_t workers[NTHREADS];

@@ -56,7 +56,7 @@ static struct {
            PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0};
 
 typedef struct {
-    pthread_t thread;
+    THREAD_OWNED pthread_t thread;
     int id;
     long batches;
     uint64_t sum;           /* producers: allocated; consumers: freed */
