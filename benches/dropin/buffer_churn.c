@@ -49,6 +49,7 @@ typedef struct {
     uint64_t alloc_sum, free_sum;
     uint64_t bytes;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 static size_t pick_size(uint64_t *rng)
 {

@@ -43,6 +43,7 @@ typedef struct {
     unsigned char *given;   /* object allocated by the main thread */
     uint64_t sum;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 /* Allocate an object, hammer it, check it, free it. */
 static uint64_t scratch(int id, long iteration)

@@ -36,6 +36,7 @@ typedef struct {
     long iterations;
     uint64_t sum;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 /* Allocate an object, hammer it, check it, free it. */
 static uint64_t thrash(int id, long iteration)

@@ -22,6 +22,10 @@
  * changed by up to 2x from run to run with it.
  */
 #define THREAD_OWNED _Alignas(128)
+/* Put after the type of a thread's own state: the build fails if its first
+ * member lost THREAD_OWNED. */
+#define ASSERT_THREAD_OWNED(type) \
+    _Static_assert(_Alignof(type) >= 128, #type " must start with THREAD_OWNED")
 
 static void die(const char *msg)
 {

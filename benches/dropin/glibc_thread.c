@@ -44,6 +44,7 @@ typedef struct {
     long iterations;
     uint64_t alloc_sum, free_sum;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 /* Inverse-square distribution on [MIN_SIZE, MAX_SIZE]: 1/size is uniform, so
  * size = a*b / (b - u*(b - a)) with u uniform in [0, 1). */

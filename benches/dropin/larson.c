@@ -51,6 +51,7 @@ typedef struct {
     uint64_t alloc_sum;   /* sum of (v + n) over every block allocated */
     uint64_t free_sum;    /* same, over every block freed */
 } lineage_t;
+ASSERT_THREAD_OWNED(lineage_t);
 
 static lineage_t lineages[NLINEAGES];
 static long generations;

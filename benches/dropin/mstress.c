@@ -47,6 +47,7 @@ typedef struct {
     uint64_t alloc_sum;     /* ... plus blocks produced by realloc */
     uint64_t free_sum;      /* (v + n) over every block freed or realloc'd away */
 } slotstate_t;
+ASSERT_THREAD_OWNED(slotstate_t);
 
 static slotstate_t state[NTHREADS];
 

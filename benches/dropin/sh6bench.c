@@ -43,6 +43,7 @@ typedef struct {
     long batches;
     uint64_t alloc_sum, free_sum;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 /* 50% 1..64 bytes, 30% 65..512, 20% 513..MAX_SIZE */
 static size_t pick_size(uint64_t *rng)

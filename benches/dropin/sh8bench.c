@@ -61,6 +61,7 @@ typedef struct {
     /* Written by the peer that posts: a block of its own. */
     THREAD_OWNED mailbox_t box;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 static worker_t workers[NTHREADS];
 static atomic_int finished;

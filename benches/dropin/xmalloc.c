@@ -62,6 +62,7 @@ typedef struct {
     uint64_t sum;           /* producers: allocated; consumers: freed */
     long blocks;
 } worker_t;
+ASSERT_THREAD_OWNED(worker_t);
 
 static void *producer(void *arg)
 {
