@@ -12,9 +12,14 @@
 //! releases; `free` takes the remote list, below). Without a working
 //! `membarrier` nothing is ever claimed.
 //!
+//! The fast paths' side is [`FastClaim`], written here once over four
+//! accesses to the fields that `tls::Current` provides: through a
+//! reference, or in the preloaded library relative to the thread pointer,
+//! so that a fast path never loads the thread pointer itself.
+//!
 //! `free`'s fast path does not read `claimed`: it enters with
-//! [`ThreadClaim::enter_unchecked`] and then compares the span's owner with
-//! the thread's [`ThreadClaim::owner_key`], which it must read anyway. A
+//! [`FastClaim::enter_unchecked`] and then compares the span's owner with
+//! the thread's [`FastClaim::owner_key`], which it must read anyway. A
 //! claimer changes the key before its barrier, so an owner that enters
 //! after it finds its own spans foreign and frees as another thread would
 //! (onto the span's remote list, which needs no claim).
@@ -83,7 +88,7 @@ impl ThreadClaim {
     /// Owner, inside through [`enter_unchecked`]: the thread's id, unless a
     /// claimer holds the heaps (then a value no span's owner matches).
     ///
-    /// [`enter_unchecked`]: ThreadClaim::enter_unchecked
+    /// [`enter_unchecked`]: FastClaim::enter_unchecked
     #[inline(always)]
     pub fn owner_key(&self) -> usize {
         // Acquire, as `enter`'s look at `claimed`: an owner that sees the
@@ -110,19 +115,24 @@ impl ThreadClaim {
         depth
     }
 
-    /// Owner, on a fast path: marks the thread inside, unless a claimer
-    /// holds the heaps (then false, and the thread is outside again): the
-    /// caller takes its slow path, which enters with [`enter`] and waits.
-    /// Calls nothing, so a fast path that uses it can stay a leaf function.
-    /// Leave with [`leave_fast`].
-    ///
-    /// [`enter`]: ThreadClaim::enter
-    /// [`leave_fast`]: ThreadClaim::leave_fast
+    /// Owner, entering a fast path: sets the fast path's flag (a plain
+    /// store; see [`FastClaim`]).
     #[inline(always)]
-    pub fn try_enter(&self) -> bool {
+    pub fn set_fast(&self) {
         self.fast.store(1, Ordering::Relaxed);
-        // As in `enter`.
-        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Owner, leaving a fast path: clears the flag (every write before it
+    /// is published to the next claimer).
+    #[inline(always)]
+    pub fn clear_fast(&self) {
+        self.fast.store(0, Ordering::Release);
+    }
+
+    /// Owner: whether a claimer has marked this claim (an acquire load: the
+    /// owner's later reads of its heaps stay after it).
+    #[inline(always)]
+    pub fn is_claimed(&self) -> bool {
         #[cfg(all(target_arch = "x86_64", not(arenalloc_tsan)))]
         {
             // One compare of the flag in memory (the compiler never merges
@@ -136,39 +146,19 @@ impl ThreadClaim {
                     "cmp byte ptr [{claim} + {claimed}], 0",
                     "jne {taken}",
                     claim = in(reg) self,
-                    claimed = const core::mem::offset_of!(ThreadClaim, claimed),
+                    claimed = const CLAIMED_AT,
                     taken = label {
-                        self.fast.store(0, Ordering::Release);
-                        return false;
+                        return true;
                     },
                     options(nostack),
                 );
             }
-            true
+            false
         }
         #[cfg(any(not(target_arch = "x86_64"), arenalloc_tsan))]
         {
-            if self.claimed.load(Ordering::Acquire) {
-                self.fast.store(0, Ordering::Release);
-                return false;
-            }
-            true
+            self.claimed.load(Ordering::Acquire)
         }
-    }
-
-    /// Owner, on `free`'s fast path: marks the thread inside without looking
-    /// at the claim. The caller must then read [`owner_key`] and touch only
-    /// spans whose owner equals it: a claim marked before the owner's entry
-    /// has changed the key (the claimer's barrier orders the two), and one
-    /// marked after sees the flag and backs off. Leave with [`leave_fast`].
-    ///
-    /// [`owner_key`]: ThreadClaim::owner_key
-    /// [`leave_fast`]: ThreadClaim::leave_fast
-    #[inline(always)]
-    pub fn enter_unchecked(&self) {
-        self.fast.store(1, Ordering::Relaxed);
-        // As in `enter`.
-        compiler_fence(Ordering::SeqCst);
     }
 
     /// Owner, on a fast path entered with [`try_enter`]: goes on inside as
@@ -177,7 +167,7 @@ impl ThreadClaim {
     /// while (the depth is raised before the flag goes), so no claim can be
     /// confirmed in between, and none needs to be waited for.
     ///
-    /// [`try_enter`]: ThreadClaim::try_enter
+    /// [`try_enter`]: FastClaim::try_enter
     /// [`leave`]: ThreadClaim::leave
     #[inline(always)]
     pub fn enter_from_fast(&self) -> u32 {
@@ -188,16 +178,6 @@ impl ThreadClaim {
         compiler_fence(Ordering::SeqCst);
         self.fast.store(0, Ordering::Release);
         depth
-    }
-
-    /// Owner: leaves a fast path entered with [`try_enter`] or
-    /// [`enter_unchecked`] (its writes are published to the next claimer).
-    ///
-    /// [`try_enter`]: ThreadClaim::try_enter
-    /// [`enter_unchecked`]: ThreadClaim::enter_unchecked
-    #[inline(always)]
-    pub fn leave_fast(&self) {
-        self.fast.store(0, Ordering::Release);
     }
 
     /// Owner: leaves the allocator (every heap and span write before this is
@@ -239,7 +219,8 @@ impl ThreadClaim {
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok();
         if marked {
-            // Before the barrier, as the flag: see `enter_unchecked`.
+            // Before the barrier, as the flag: see
+            // `FastClaim::enter_unchecked`.
             let key = self.owner_key.load(Ordering::Relaxed);
             self.owner_key
                 .store(key | CLAIMED_KEY_BIT, Ordering::SeqCst);
@@ -281,6 +262,67 @@ impl ThreadClaim {
         self.owner_key
             .store(key & !CLAIMED_KEY_BIT, Ordering::Release);
         self.claimed.store(false, Ordering::Release);
+    }
+}
+
+/// Where `fast` lies in a [`ThreadClaim`] (for `tls`'s accesses relative
+/// to the thread pointer).
+pub const FAST_AT: usize = core::mem::offset_of!(ThreadClaim, fast);
+/// Where `claimed` lies in a [`ThreadClaim`].
+pub const CLAIMED_AT: usize = core::mem::offset_of!(ThreadClaim, claimed);
+/// Where `owner_key` lies in a [`ThreadClaim`].
+pub const OWNER_KEY_AT: usize = core::mem::offset_of!(ThreadClaim, owner_key);
+
+/// The owner's side of the handshake on its fast paths, which call nothing
+/// (so they stay leaf functions): written once here, over four accesses to
+/// the calling thread's claim that an implementation (`tls::Current`)
+/// provides with the orderings each names; the compiler keeps each in
+/// program order with the caller's own memory accesses.
+pub trait FastClaim: Copy {
+    /// `fast = 1`, a plain store.
+    fn set_fast(self);
+    /// `fast = 0`, a release store.
+    fn clear_fast(self);
+    /// `claimed`, an acquire load.
+    fn is_claimed(self) -> bool;
+    /// `owner_key`, an acquire load: see [`ThreadClaim::owner_key`].
+    fn owner_key(self) -> usize;
+
+    /// Marks the thread inside, unless a claimer holds the heaps (then
+    /// false, and the thread is outside again): the caller takes its slow
+    /// path, which enters with [`ThreadClaim::enter`] and waits. Leave with
+    /// [`FastClaim::leave_fast`].
+    #[inline(always)]
+    fn try_enter(self) -> bool {
+        self.set_fast();
+        // As in `ThreadClaim::enter`.
+        compiler_fence(Ordering::SeqCst);
+        if self.is_claimed() {
+            self.clear_fast();
+            return false;
+        }
+        true
+    }
+
+    /// `free`'s entry: marks the thread inside without looking at the
+    /// claim. The caller must then read [`FastClaim::owner_key`] and touch
+    /// only spans whose owner equals it: a claim marked before the owner's
+    /// entry has changed the key (the claimer's barrier orders the two),
+    /// and one marked after sees the flag and backs off. Leave with
+    /// [`FastClaim::leave_fast`].
+    #[inline(always)]
+    fn enter_unchecked(self) {
+        self.set_fast();
+        // As in `ThreadClaim::enter`.
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Leaves a fast path entered with [`FastClaim::try_enter`] or
+    /// [`FastClaim::enter_unchecked`] (its writes are published to the next
+    /// claimer).
+    #[inline(always)]
+    fn leave_fast(self) {
+        self.clear_fast();
     }
 }
 

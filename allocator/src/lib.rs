@@ -74,6 +74,7 @@ pub mod tls;
 use core::ptr;
 
 use arena::Arena;
+use claim::FastClaim;
 use segment::{Segment, SegmentKind, OWNERSHIP};
 use size_class::{class_of_aligned, class_size, MEDIUM_MAX};
 use span::SpanState;
@@ -101,13 +102,13 @@ pub fn malloc(size: usize) -> *mut u8 {
     }
     // The fast path calls nothing (every other case is a tail call), so it
     // needs no stack frame.
-    let claim = thread::current_claim();
-    if !claim.try_enter() {
+    let me = tls::Current::get();
+    if !me.try_enter() {
         return malloc_small_slow(size);
     }
     // SAFETY: the current heap belongs to this thread, which is inside.
-    let block = unsafe { heap::try_alloc_direct(thread::current_heap(), size) };
-    claim.leave_fast();
+    let block = unsafe { heap::try_alloc_direct(me.heap(), size) };
+    me.leave_fast();
     if block.is_null() {
         return malloc_small_slow(size);
     }
@@ -122,14 +123,13 @@ fn malloc_by_class(size: usize) -> *mut u8 {
     if size > MEDIUM_MAX {
         return alloc_large(thread::preferred_arena(), size, MIN_ALIGN, false);
     }
-    let claim = thread::current_claim();
-    if !claim.try_enter() {
+    let me = tls::Current::get();
+    if !me.try_enter() {
         return malloc_small_slow(size);
     }
     // SAFETY: the current heap belongs to this thread, which is inside.
-    let block =
-        unsafe { heap::try_alloc_small(thread::current_heap(), size_class::class_of(size)) };
-    claim.leave_fast();
+    let block = unsafe { heap::try_alloc_small(me.heap(), size_class::class_of(size)) };
+    me.leave_fast();
     if block.is_null() {
         return malloc_small_slow(size);
     }
@@ -362,23 +362,23 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
     // Inside first, then the owner key: a claimer changes the key before
     // its barrier, so the comparison below also tells whether a claim holds
     // this thread's heaps (no separate look at the claim; see `claim`).
-    let claim = thread::current_claim();
-    claim.enter_unchecked();
+    let me = tls::Current::get();
+    me.enter_unchecked();
     // SAFETY: `span` is the live span that holds `p` (a purger retires only
     // spans with no live block). Its owner may change meanwhile (another
     // heap adopts an abandoned span), but never to or from this thread's
     // key while this thread is here.
-    if unsafe { (*span).owner_thread() } != claim.owner_key() {
-        claim.leave_fast();
+    if unsafe { (*span).owner_thread() } != me.owner_key() {
+        me.leave_fast();
         // SAFETY: as above: another thread's span, or this thread's while
         // a claimer holds it; either takes the remote list.
         return unsafe { free_remote(p, span) };
     }
     // SAFETY: this thread owns the span and is inside; `p` is its block.
     match unsafe { heap::try_free_local(span, p) } {
-        heap::LocalFree::Done => claim.leave_fast(),
+        heap::LocalFree::Done => me.leave_fast(),
         heap::LocalFree::Refused => {
-            claim.leave_fast();
+            me.leave_fast();
             // SAFETY: forwarded.
             unsafe { free_local_slow(p, span) }
         }

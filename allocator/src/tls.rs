@@ -24,6 +24,12 @@ use crate::heap::ThreadState;
 ))]
 mod model {
     use super::ThreadState;
+    use crate::claim::{self, FastClaim};
+    use crate::heap::Heap;
+
+    /// Where the claim and the current heap lie in the state.
+    const CLAIM_AT: usize = core::mem::offset_of!(ThreadState, claim);
+    const STATE_HEAP_AT: usize = core::mem::offset_of!(ThreadState, heap);
 
     // The state's initial image, copied into every new thread's TLS: the
     // claim is at rest with the owner key of a thread without heaps, the
@@ -68,6 +74,125 @@ mod model {
         }
         address as *const ThreadState
     }
+
+    /// The state's offset from the thread pointer (see [`Current`]).
+    #[inline(always)]
+    fn offset() -> usize {
+        let offset: usize;
+        // SAFETY: reads the GOT entry the dynamic linker wrote before any
+        // code of this object ran and never changes: pure, and no memory
+        // Rust code can see.
+        unsafe {
+            core::arch::asm!(
+                "movq arenalloc_thread_state@GOTTPOFF(%rip), {offset}",
+                offset = out(reg) offset,
+                options(att_syntax, pure, nomem, nostack, preserves_flags),
+            );
+        }
+        offset
+    }
+
+    /// The calling thread's state, as an offset from the thread pointer:
+    /// each access below is one instruction with an `%fs:` operand, so a
+    /// fast path never loads the thread pointer (`%fs:0`) to make an
+    /// address first (one dependent load fewer at the head of `malloc`).
+    /// The claim's accesses are compiler barriers (no `nomem` or
+    /// `readonly`), as the atomics they stand for; on x86 a load is an
+    /// acquire and a store a release. The heap's load is relaxed.
+    #[derive(Clone, Copy)]
+    pub struct Current(usize);
+
+    impl Current {
+        #[inline(always)]
+        pub fn get() -> Current {
+            Current(offset())
+        }
+
+        /// The thread's current heap (a relaxed load).
+        #[inline(always)]
+        pub fn heap(self) -> *mut Heap {
+            let heap: *mut Heap;
+            // SAFETY: `%fs:offset` is the calling thread's state (the
+            // dynamic linker's offset for this object's TLS symbol); `heap`
+            // is an aligned word of it, read whole.
+            unsafe {
+                core::arch::asm!(
+                    "movq %fs:{at}({offset}), {heap}",
+                    offset = in(reg) self.0,
+                    at = const STATE_HEAP_AT,
+                    heap = out(reg) heap,
+                    options(att_syntax, nostack, readonly, preserves_flags),
+                );
+            }
+            heap
+        }
+    }
+
+    impl FastClaim for Current {
+        #[inline(always)]
+        fn set_fast(self) {
+            // SAFETY: as in `heap`; `fast` is a byte of the state that only
+            // its thread stores.
+            unsafe {
+                core::arch::asm!(
+                    "movb $1, %fs:{at}({offset})",
+                    offset = in(reg) self.0,
+                    at = const CLAIM_AT + claim::FAST_AT,
+                    options(att_syntax, nostack, preserves_flags),
+                );
+            }
+        }
+
+        #[inline(always)]
+        fn clear_fast(self) {
+            // SAFETY: as in `set_fast`.
+            unsafe {
+                core::arch::asm!(
+                    "movb $0, %fs:{at}({offset})",
+                    offset = in(reg) self.0,
+                    at = const CLAIM_AT + claim::FAST_AT,
+                    options(att_syntax, nostack, preserves_flags),
+                );
+            }
+        }
+
+        #[inline(always)]
+        fn is_claimed(self) -> bool {
+            // One compare of the flag in memory, as `ThreadClaim::
+            // is_claimed`. SAFETY: as in `heap`; `claimed` is a byte of the
+            // state, read whole.
+            unsafe {
+                core::arch::asm!(
+                    "cmpb $0, %fs:{at}({offset})",
+                    "jne {taken}",
+                    offset = in(reg) self.0,
+                    at = const CLAIM_AT + claim::CLAIMED_AT,
+                    taken = label {
+                        return true;
+                    },
+                    options(att_syntax, nostack),
+                );
+            }
+            false
+        }
+
+        #[inline(always)]
+        fn owner_key(self) -> usize {
+            let key: usize;
+            // SAFETY: as in `heap`; `owner_key` is an aligned word of the
+            // state, read whole.
+            unsafe {
+                core::arch::asm!(
+                    "movq %fs:{at}({offset}), {key}",
+                    offset = in(reg) self.0,
+                    at = const CLAIM_AT + claim::OWNER_KEY_AT,
+                    key = out(reg) key,
+                    options(att_syntax, nostack, preserves_flags),
+                );
+            }
+            key
+        }
+    }
 }
 
 #[cfg(not(all(
@@ -78,7 +203,11 @@ mod model {
 mod model {
     extern crate std;
 
+    use core::sync::atomic::Ordering;
+
     use super::ThreadState;
+    use crate::claim::FastClaim;
+    use crate::heap::Heap;
 
     std::thread_local! {
         static STATE: ThreadState = const { ThreadState::initial() };
@@ -87,6 +216,45 @@ mod model {
     #[inline(always)]
     pub fn state() -> *const ThreadState {
         STATE.with(|s| s as *const ThreadState)
+    }
+
+    /// The calling thread's state, by reference: the compiler addresses
+    /// `thread_local!` at a fixed offset from the thread pointer already.
+    #[derive(Clone, Copy)]
+    pub struct Current(&'static ThreadState);
+
+    impl Current {
+        #[inline(always)]
+        pub fn get() -> Current {
+            // SAFETY: the calling thread's own TLS, alive as long as the
+            // thread, which is as long as any caller can hold it.
+            Current(unsafe { &*state() })
+        }
+
+        /// The thread's current heap (a relaxed load).
+        #[inline(always)]
+        pub fn heap(self) -> *mut Heap {
+            self.0.heap.load(Ordering::Relaxed)
+        }
+    }
+
+    impl FastClaim for Current {
+        #[inline(always)]
+        fn set_fast(self) {
+            self.0.claim.set_fast();
+        }
+        #[inline(always)]
+        fn clear_fast(self) {
+            self.0.claim.clear_fast();
+        }
+        #[inline(always)]
+        fn is_claimed(self) -> bool {
+            self.0.claim.is_claimed()
+        }
+        #[inline(always)]
+        fn owner_key(self) -> usize {
+            self.0.claim.owner_key()
+        }
     }
 }
 
@@ -97,6 +265,12 @@ pub fn state() -> *const ThreadState {
     model::state()
 }
 
+/// The calling thread's state as `malloc`'s and `free`'s fast paths reach
+/// it: its side of the claim handshake ([`FastClaim`]) and its current heap.
+///
+/// [`FastClaim`]: crate::claim::FastClaim
+pub use model::Current;
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -104,8 +278,8 @@ mod tests {
     use core::mem::offset_of;
     use core::sync::atomic::Ordering::Relaxed;
 
-    use super::state;
-    use crate::claim::{ThreadClaim, NO_HEAP_KEY};
+    use super::{state, Current};
+    use crate::claim::{FastClaim, ThreadClaim, NO_HEAP_KEY};
     use crate::heap::empty_heap;
     use crate::heap::ThreadState;
 
@@ -140,5 +314,51 @@ mod tests {
         .unwrap();
         assert_eq!(at_start, (true, true, true, true, true));
         assert_ne!(there, state() as usize, "two threads share one slot");
+    }
+
+    /// The fast paths' handle reaches the very fields of the thread's state
+    /// (in the preloaded library's model, through offsets from the thread
+    /// pointer that nothing else checks): each of its accesses is seen
+    /// through the state's address, and each change made through the
+    /// address is seen by it.
+    #[test]
+    fn the_fast_paths_handle_reads_and_writes_the_threads_own_state() {
+        std::thread::spawn(|| {
+            // SAFETY: this thread's own state; no allocator call of this
+            // thread runs while the test holds it.
+            let s = unsafe { &*state() };
+            let me = Current::get();
+            assert_eq!(me.heap(), s.heap.load(Relaxed));
+            // The current and the previous heap start equal: tell them apart
+            // for a moment (this thread's heap is never used meanwhile).
+            let at_start = s.heap.load(Relaxed);
+            let marker = core::ptr::NonNull::<crate::heap::Heap>::dangling().as_ptr();
+            s.heap.store(marker, Relaxed);
+            assert_eq!(me.heap(), marker);
+            s.heap.store(at_start, Relaxed);
+            assert_eq!(me.owner_key(), NO_HEAP_KEY);
+            // As the thread's first heap would (its id: its state's address).
+            let id = state() as usize;
+            s.claim.set_owner_key(id);
+            assert_eq!(me.owner_key(), id);
+            assert!(me.try_enter(), "no claim is marked");
+            assert!(!s.claim.is_at_rest(), "the fast flag is not seen set");
+            me.leave_fast();
+            assert!(s.claim.is_at_rest(), "the fast flag is not seen cleared");
+            me.enter_unchecked();
+            assert!(!s.claim.is_at_rest());
+            me.leave_fast();
+            assert!(s.claim.try_claim());
+            assert!(me.is_claimed(), "a marked claim is not seen");
+            assert_ne!(me.owner_key(), id, "the claimed key is not seen");
+            assert!(!me.try_enter(), "entered past a marked claim");
+            assert!(s.claim.confirm(), "a refused entry left the flag set");
+            s.claim.release();
+            assert!(!me.is_claimed());
+            assert_eq!(me.owner_key(), id);
+            assert!(s.claim.is_at_rest());
+        })
+        .join()
+        .unwrap();
     }
 }
