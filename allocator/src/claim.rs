@@ -275,10 +275,10 @@ pub const OWNER_KEY_AT: usize = core::mem::offset_of!(ThreadClaim, owner_key);
 
 /// The owner's side of the handshake on its fast paths, which call nothing
 /// (so they stay leaf functions): written once here, over four accesses to
-/// the calling thread's claim that an implementation (`tls::Current`)
-/// provides with the orderings each names; the compiler keeps each in
-/// program order with the caller's own memory accesses.
-pub trait FastClaim: Copy {
+/// the calling thread's claim that `tls::Current` provides with the
+/// orderings each names (the fences between them are here). Crate-private:
+/// the handshake is only as sound as those accesses.
+pub(crate) trait FastClaim: Copy {
     /// `fast = 1`, a plain store.
     fn set_fast(self);
     /// `fast = 0`, a release store.

@@ -917,13 +917,13 @@ fn release_to_arena(state: &mut ArenaState, span: *mut Span) {
 }
 
 /// What a thread keeps in its TLS: its current heap, and its side of the
-/// purger's claim handshake (next to the heap pointer, so the fast path
-/// computes one TLS address for both). Laid out as `tls` initialises it.
+/// purger's claim handshake (in one block, so the fast paths reach both
+/// from one TLS offset: see `tls::Current`). Laid out as `tls` initialises
+/// it.
 #[repr(C)]
 pub struct ThreadState {
-    /// First, so that the claim's address is the state's: the fast paths
-    /// test its flags at fixed offsets from the one TLS address they
-    /// compute (see `ThreadClaim::try_enter`).
+    /// First, so that the claim's address is the state's (the thread's id,
+    /// `thread::current_thread_id`, is both).
     pub(crate) claim: ThreadClaim,
     /// The heap of the thread's preferred arena. Written only by the owner
     /// (relaxed atomics are plain moves); read by statistics, which count

@@ -29,8 +29,9 @@ pub fn current_heap() -> *mut Heap {
     this_thread().heap.load(Ordering::Relaxed)
 }
 
-/// The calling thread's side of the claim handshake, for fast paths that
-/// enter and leave the allocator themselves (see [`inside_allocator`]).
+/// The calling thread's side of the claim handshake, by address (the fast
+/// paths reach it through `tls::Current`; see [`inside_allocator`] for the
+/// slow paths).
 #[inline(always)]
 pub fn current_claim() -> &'static ThreadClaim {
     &this_thread().claim
@@ -92,8 +93,8 @@ pub fn in_default_arena<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// A number that identifies the calling thread among live threads: the
-/// address of its state. `free` compares it with a span's owner and then
-/// needs that address for its claim anyway, so one computation serves both.
+/// address of its state. Spans record it as their owner; `free` compares
+/// the owner with the copy in the state's claim (the owner key).
 /// Aligned to 8, so never 0, never `DEAD_OWNER` and with bit 0 free for
 /// `secure::owner_tag`.
 #[inline(always)]

@@ -1,5 +1,6 @@
 //! Where each thread's allocator state lives: one thread-local
-//! [`ThreadState`], reached by [`state`].
+//! [`ThreadState`], reached by [`state`] (its address) and, on the fast
+//! paths, by [`Current`].
 //!
 //! `malloc` and `free` each read it, so how it is reached matters. Linked
 //! into an executable, Rust's `thread_local!` is best: the compiler
@@ -10,7 +11,9 @@
 //! the C ABI crate turns on), on x86-64 Linux, the state is defined in
 //! assembly and read with the initial-exec model, as C allocators do: the
 //! thread pointer plus an offset the dynamic linker writes into the GOT
-//! once, two instructions. An initial-exec object needs its TLS in the
+//! once, two instructions; the fast paths go further ([`Current`]): they
+//! load the offset and give every access an `%fs:` operand, without the
+//! load of the thread pointer that making an address takes. An initial-exec object needs its TLS in the
 //! static TLS block: always so when it is preloaded or linked in; a
 //! `dlopen` after start-up works while glibc's surplus static TLS (hundreds
 //! of bytes) has room for these 40 bytes (tests/c_dlopen.rs).
@@ -20,9 +23,12 @@ use crate::heap::ThreadState;
 #[cfg(all(
     feature = "initial-exec-tls",
     target_arch = "x86_64",
-    target_os = "linux"
+    target_os = "linux",
+    not(arenalloc_tsan)
 ))]
 mod model {
+    use core::marker::PhantomData;
+
     use super::ThreadState;
     use crate::claim::{self, FastClaim};
     use crate::heap::Heap;
@@ -99,13 +105,14 @@ mod model {
     /// The claim's accesses are compiler barriers (no `nomem` or
     /// `readonly`), as the atomics they stand for; on x86 a load is an
     /// acquire and a store a release. The heap's load is relaxed.
+    /// Not `Send`: it means the state of the thread that holds it.
     #[derive(Clone, Copy)]
-    pub struct Current(usize);
+    pub struct Current(usize, PhantomData<*const ()>);
 
     impl Current {
         #[inline(always)]
         pub fn get() -> Current {
-            Current(offset())
+            Current(offset(), PhantomData)
         }
 
         /// The thread's current heap (a relaxed load).
@@ -158,9 +165,9 @@ mod model {
 
         #[inline(always)]
         fn is_claimed(self) -> bool {
-            // One compare of the flag in memory, as `ThreadClaim::
-            // is_claimed`. SAFETY: as in `heap`; `claimed` is a byte of the
-            // state, read whole.
+            // One compare of the flag in memory, as `ThreadClaim::is_claimed`.
+            // SAFETY: as in `heap`; `claimed` is a byte of the state, read
+            // whole.
             unsafe {
                 core::arch::asm!(
                     "cmpb $0, %fs:{at}({offset})",
@@ -198,11 +205,13 @@ mod model {
 #[cfg(not(all(
     feature = "initial-exec-tls",
     target_arch = "x86_64",
-    target_os = "linux"
+    target_os = "linux",
+    not(arenalloc_tsan)
 )))]
 mod model {
     extern crate std;
 
+    use core::marker::PhantomData;
     use core::sync::atomic::Ordering;
 
     use super::ThreadState;
@@ -220,15 +229,16 @@ mod model {
 
     /// The calling thread's state, by reference: the compiler addresses
     /// `thread_local!` at a fixed offset from the thread pointer already.
+    /// Not `Send`: the reference lives as long as the thread that holds it.
     #[derive(Clone, Copy)]
-    pub struct Current(&'static ThreadState);
+    pub struct Current(&'static ThreadState, PhantomData<*const ()>);
 
     impl Current {
         #[inline(always)]
         pub fn get() -> Current {
             // SAFETY: the calling thread's own TLS, alive as long as the
-            // thread, which is as long as any caller can hold it.
-            Current(unsafe { &*state() })
+            // thread; `Current` cannot leave the thread (not `Send`).
+            Current(unsafe { &*state() }, PhantomData)
         }
 
         /// The thread's current heap (a relaxed load).
@@ -269,7 +279,7 @@ pub fn state() -> *const ThreadState {
 /// it: its side of the claim handshake ([`FastClaim`]) and its current heap.
 ///
 /// [`FastClaim`]: crate::claim::FastClaim
-pub use model::Current;
+pub(crate) use model::Current;
 
 #[cfg(test)]
 mod tests {
@@ -334,8 +344,9 @@ mod tests {
             let at_start = s.heap.load(Relaxed);
             let marker = core::ptr::NonNull::<crate::heap::Heap>::dangling().as_ptr();
             s.heap.store(marker, Relaxed);
-            assert_eq!(me.heap(), marker);
+            let seen = me.heap();
             s.heap.store(at_start, Relaxed);
+            assert_eq!(seen, marker);
             assert_eq!(me.owner_key(), NO_HEAP_KEY);
             // As the thread's first heap would (its id: its state's address).
             let id = state() as usize;
