@@ -1777,3 +1777,62 @@ fn global_dealloc_frees_every_size_and_alignment_back_to_its_arena() {
     // SAFETY: nothing of it is used again.
     unsafe { arena.destroy() }.unwrap();
 }
+
+/// Blocks of 20 000 bytes live in spans of three 64 KiB slices, so most of
+/// a span's blocks lie in its tail slices, whose entries no thread owns:
+/// `free` then finds the span through its head (`segment::slice_entry`).
+/// The owner's free puts such a block back on its own list (the next
+/// `malloc` of the size returns it, before a block freed earlier), another
+/// thread's free puts it on the remote list, and once the owner has exited
+/// the arena has nothing in use.
+#[test]
+fn blocks_in_the_tail_slices_of_a_span_go_back_to_their_span() {
+    const SIZE: usize = 20_000;
+    let arena = Arena::new().unwrap();
+    let owner = thread::spawn(move || {
+        // Room made before the guard: these vectors stay out of the arena.
+        let mut blocks: Vec<*mut u8> = Vec::with_capacity(9);
+        let mut in_tail: Vec<*mut u8> = Vec::with_capacity(9);
+        let guard = arena.enter().unwrap();
+        blocks.extend((0..9).map(|_| engine::malloc(SIZE)));
+        let first = *blocks.iter().min().unwrap() as usize;
+        in_tail.extend(
+            blocks
+                .iter()
+                .copied()
+                .filter(|&b| !b.is_null() && b as usize - first >= SPAN),
+        );
+        // A block of the head slice first, so the owner's list is not
+        // empty: a tail block sent to the remote list instead would not be
+        // the next one handed out.
+        let in_head = first as *mut u8;
+        free(in_head);
+        let freed_by_owner = in_tail[0];
+        free(freed_by_owner);
+        let again = engine::malloc(SIZE);
+        let again_head = engine::malloc(SIZE);
+        drop(guard);
+        assert!(blocks.iter().all(|b| !b.is_null()));
+        assert!(
+            in_tail.len() >= 2,
+            "expected blocks past the first slice of their span: {blocks:?}"
+        );
+        assert_eq!(
+            again, freed_by_owner,
+            "the owner's free did not list the block"
+        );
+        assert_eq!(again_head, in_head);
+        let remote = in_tail[1] as usize;
+        thread::spawn(move || free(remote as *mut u8))
+            .join()
+            .unwrap();
+        for &b in blocks.iter().filter(|&&b| b != in_tail[1]) {
+            free(b);
+        }
+    });
+    owner.join().unwrap();
+    let _ = arena.trim();
+    assert_eq!(stats(arena).in_use_bytes, 0, "a block of the span is lost");
+    // SAFETY: nothing of it is used again.
+    unsafe { arena.destroy() }.unwrap();
+}

@@ -243,6 +243,55 @@ fn free_of_an_interior_pointer_1_byte_in_on_the_owning_thread_aborts() {
     );
 }
 
+/// A block of 20 000 bytes in a tail slice of its span (spans of that class
+/// have three 64 KiB slices; `free` finds such a block's span through the
+/// head), with the span's other blocks live.
+fn block_in_a_tail_slice() -> *mut u8 {
+    let blocks: Vec<*mut u8> = (0..9).map(|_| engine::malloc(20_000)).collect();
+    assert!(blocks.iter().all(|b| !b.is_null()));
+    let first = *blocks.iter().min().unwrap() as usize;
+    let p = *blocks
+        .iter()
+        .find(|&&b| b as usize - first >= 1 << 16)
+        .expect("a block past the first slice of its span");
+    std::mem::forget(blocks);
+    p
+}
+
+#[test]
+fn double_free_in_a_tail_slice_of_a_span_aborts() {
+    expect_abort(
+        "double_free_in_a_tail_slice_of_a_span_aborts",
+        "double free",
+        || {
+            let p = block_in_a_tail_slice();
+            announce(p);
+            // SAFETY: the first free is valid, the second deliberately not.
+            unsafe {
+                engine::free(p);
+                engine::free(p);
+            }
+            p
+        },
+    );
+}
+
+#[test]
+fn interior_pointer_in_a_tail_slice_on_the_owning_thread_aborts() {
+    expect_abort(
+        "interior_pointer_in_a_tail_slice_on_the_owning_thread_aborts",
+        "not the start of a block",
+        || {
+            // SAFETY: inside the 20 000-byte block.
+            let q = unsafe { block_in_a_tail_slice().add(16) };
+            announce(q);
+            // SAFETY: deliberately invalid: the engine must abort.
+            unsafe { engine::free(q) };
+            q
+        },
+    );
+}
+
 #[test]
 fn double_free_after_allocs_busy() {
     expect_abort("double_free_after_allocs_busy", "double free", || {
