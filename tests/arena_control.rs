@@ -1779,8 +1779,8 @@ fn global_dealloc_frees_every_size_and_alignment_back_to_its_arena() {
 }
 
 /// Blocks of 20 000 bytes live in spans of three 64 KiB slices, so most of
-/// a span's blocks lie in its tail slices, whose entries no thread owns:
-/// `free` then finds the span through its head (`segment::slice_entry`).
+/// a span's blocks lie in its tail slices, whose frees must find the span
+/// through its head (the thirteenth session tried a `free` that did not).
 /// The owner's free puts such a block back on its own list (the next
 /// `malloc` of the size returns it, before a block freed earlier), another
 /// thread's free puts it on the remote list, and once the owner has exited
@@ -1795,6 +1795,8 @@ fn blocks_in_the_tail_slices_of_a_span_go_back_to_their_span() {
         let mut in_tail: Vec<*mut u8> = Vec::with_capacity(9);
         let guard = arena.enter().unwrap();
         blocks.extend((0..9).map(|_| engine::malloc(SIZE)));
+        // Checked after the guard is dropped (a failed assert allocates).
+        let all_there = blocks.iter().all(|b| !b.is_null());
         let first = *blocks.iter().min().unwrap() as usize;
         in_tail.extend(
             blocks
@@ -1802,6 +1804,10 @@ fn blocks_in_the_tail_slices_of_a_span_go_back_to_their_span() {
                 .copied()
                 .filter(|&b| !b.is_null() && b as usize - first >= SPAN),
         );
+        if !all_there || in_tail.len() < 2 {
+            drop(guard);
+            panic!("expected 9 blocks, 2 or more past the first slice of their span: {blocks:?}");
+        }
         // A block of the head slice first, so the owner's list is not
         // empty: a tail block sent to the remote list instead would not be
         // the next one handed out.
@@ -1812,11 +1818,6 @@ fn blocks_in_the_tail_slices_of_a_span_go_back_to_their_span() {
         let again = engine::malloc(SIZE);
         let again_head = engine::malloc(SIZE);
         drop(guard);
-        assert!(blocks.iter().all(|b| !b.is_null()));
-        assert!(
-            in_tail.len() >= 2,
-            "expected blocks past the first slice of their span: {blocks:?}"
-        );
         assert_eq!(
             again, freed_by_owner,
             "the owner's free did not list the block"

@@ -244,12 +244,16 @@ fn free_of_an_interior_pointer_1_byte_in_on_the_owning_thread_aborts() {
 }
 
 /// A block of 20 000 bytes in a tail slice of its span (spans of that class
-/// have three 64 KiB slices; `free` finds such a block's span through the
-/// head), with the span's other blocks live.
+/// have three 64 KiB slices; `free` must find such a block's span through
+/// the head), with the span's other blocks live.
 fn block_in_a_tail_slice() -> *mut u8 {
     let blocks: Vec<*mut u8> = (0..9).map(|_| engine::malloc(20_000)).collect();
     assert!(blocks.iter().all(|b| !b.is_null()));
     let first = *blocks.iter().min().unwrap() as usize;
+    assert!(
+        blocks.iter().all(|&b| (b as usize) < first + 3 * (1 << 16)),
+        "expected one span of three slices: {blocks:?}"
+    );
     let p = *blocks
         .iter()
         .find(|&&b| b as usize - first >= 1 << 16)

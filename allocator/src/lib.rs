@@ -318,8 +318,8 @@ pub unsafe fn free(p: *mut u8) {
         return unsafe { free_found_late(p) };
     };
     // SAFETY: the ownership map holds live segments only; `p` lies in this
-    // one, so this is the entry of `p`'s slice.
-    unsafe { free_in_span(segment::slice_entry(segment, p), p) }
+    // one, so `span` holds `p`.
+    unsafe { free_in_span(segment::span_of(segment, p), p) }
 }
 
 /// [`free`] for a caller whose language guarantees that `p` is a live block
@@ -353,12 +353,10 @@ pub unsafe fn free_known_block(p: *mut u8, align: usize) {
     }
 }
 
-/// `free` of a block in `span`, or in the span whose tail slice `span` is.
+/// `free` of a block in `span`.
 ///
 /// # Safety
-/// `span` is the entry of `p`'s slice in its live span segment, or the
-/// head of the live span that holds `p`; `p` is a block given up by the
-/// caller.
+/// `span` is the live span that holds `p`, a block given up by the caller.
 #[inline(always)]
 unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
     // Inside first, then the owner key: a claimer changes the key before
@@ -366,16 +364,15 @@ unsafe fn free_in_span(span: *mut span::Span, p: *mut u8) {
     // this thread's heaps (no separate look at the claim; see `claim`).
     let me = tls::Current::get();
     me.enter_unchecked();
-    // SAFETY: `span` is the head of the live span that holds `p` (a purger
-    // retires only spans with no live block), or an entry of one of its
-    // tail slices, which no thread owns while the span lives (see
-    // `Span::init_tail`). The head's owner may change meanwhile (another
+    // SAFETY: `span` is the live span that holds `p` (a purger retires only
+    // spans with no live block). Its owner may change meanwhile (another
     // heap adopts an abandoned span), but never to or from this thread's
     // key while this thread is here.
     if unsafe { (*span).owner_thread() } != me.owner_key() {
         me.leave_fast();
-        // SAFETY: as above.
-        return unsafe { free_not_owned(p, span) };
+        // SAFETY: as above: another thread's span, or this thread's while
+        // a claimer holds it; either takes the remote list.
+        return unsafe { free_remote(p, span) };
     }
     // SAFETY: this thread owns the span and is inside; `p` is its block.
     match unsafe { heap::try_free_local(span, p) } {
@@ -438,39 +435,6 @@ unsafe fn free_found_late(p: *mut u8) {
         // SAFETY: `block` is the header the ownership map gives for `p`.
         Owner::Large(block) => unsafe { large::free(block, p) },
     }
-}
-
-/// `free` whose slice entry `entry` the calling thread does not own: a
-/// tail slice of a span larger than a slice (whose head is then looked up
-/// and freed into as usual), or a span that the thread may not touch (see
-/// [`free_remote`]).
-///
-/// # Safety
-/// As for [`free_in_span`], outside the allocator.
-#[cold]
-#[inline(never)]
-unsafe fn free_not_owned(p: *mut u8, entry: *mut span::Span) {
-    let segment = segment::segment_base(p as usize) as *mut Segment;
-    // SAFETY: `entry` is in a live span segment that holds `p`.
-    let span = unsafe { segment::span_of(segment, p) };
-    if span != entry {
-        // SAFETY: `span` is the head of the live span that holds `p`.
-        return unsafe { free_in_larger_span(span, p) };
-    }
-    // SAFETY: forwarded.
-    unsafe { free_remote(p, span) }
-}
-
-/// [`free_in_span`] of a block in a tail slice of its span, with the head.
-///
-/// # Safety
-/// `span` is the head of the live span that holds `p`, a block given up by
-/// the caller.
-#[cold]
-#[inline(never)]
-unsafe fn free_in_larger_span(span: *mut span::Span, p: *mut u8) {
-    // SAFETY: forwarded.
-    unsafe { free_in_span(span, p) }
 }
 
 /// `free` of a block in a span that the calling thread may not touch: one

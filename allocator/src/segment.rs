@@ -462,25 +462,6 @@ pub fn segment_base(p: usize) -> usize {
     p & !(SEGMENT_SIZE - 1)
 }
 
-/// The entry of the slice that holds `p` in a `Spans` segment, found with
-/// no load: the span itself for a span of one slice (every class up to
-/// 8 KiB), and otherwise an entry that no thread owns (a tail slice's, or a
-/// free slice's: see `Span::init_tail`), so that `free`'s owner test sends
-/// it to the slow path, which looks the head up with [`span_of`].
-///
-/// # Safety
-/// `segment` is a live `Spans` segment that contains `p`.
-#[inline(always)]
-pub unsafe fn slice_entry(segment: *mut Segment, p: *mut u8) -> *mut Span {
-    let slice = (p as usize - segment as usize) >> SLICE_SHIFT;
-    // SAFETY: `slice` < SLICES_PER_SEGMENT because `p` is inside `segment`.
-    unsafe {
-        ptr::addr_of_mut!((*segment).spans)
-            .cast::<Span>()
-            .add(slice)
-    }
-}
-
 /// The span that holds block `p` of a `Spans` segment.
 ///
 /// # Safety

@@ -297,12 +297,9 @@ impl Span {
     }
 
     /// Marks a slice's entry as not a span of its own (a tail slice, or a
-    /// free one), owned by no thread: `free` tests a block's slice entry's
-    /// owner before it looks for the span's head (see
-    /// `segment::slice_entry`). Arena lock.
+    /// free one). Arena lock.
     pub fn init_tail(&self) {
         self.set_state(SpanState::Free);
-        self.owner_thread.store(0, Ordering::Relaxed);
     }
 
     /// Live blocks and their bytes, as statistics (`used` is read racily;
