@@ -135,32 +135,33 @@ mod model {
         }
     }
 
-    impl FastClaim for Current {
+    impl Current {
+        /// `fast = VALUE`: one byte store of a constant.
         #[inline(always)]
-        fn set_fast(self) {
+        fn store_fast<const VALUE: u8>(self) {
             // SAFETY: as in `heap`; `fast` is a byte of the state that only
             // its thread stores.
             unsafe {
                 core::arch::asm!(
-                    "movb $1, %fs:{at}({offset})",
+                    "movb ${value}, %fs:{at}({offset})",
                     offset = in(reg) self.0,
+                    value = const VALUE,
                     at = const CLAIM_AT + claim::FAST_AT,
                     options(att_syntax, nostack, preserves_flags),
                 );
             }
         }
+    }
+
+    impl FastClaim for Current {
+        #[inline(always)]
+        fn set_fast(self) {
+            self.store_fast::<1>();
+        }
 
         #[inline(always)]
         fn clear_fast(self) {
-            // SAFETY: as in `set_fast`.
-            unsafe {
-                core::arch::asm!(
-                    "movb $0, %fs:{at}({offset})",
-                    offset = in(reg) self.0,
-                    at = const CLAIM_AT + claim::FAST_AT,
-                    options(att_syntax, nostack, preserves_flags),
-                );
-            }
+            self.store_fast::<0>();
         }
 
         #[inline(always)]
