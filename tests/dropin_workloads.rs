@@ -1,10 +1,11 @@
 //! The drop-in harness's workload programs (`benches/dropin/*.c`) as tests:
-//! each one builds with the harness's flags (`-Werror`, so a thread's own
-//! state that lost its 128-byte alignment fails the build: see
-//! `ASSERT_THREAD_OWNED` in `common.h`), then runs once on the system
-//! allocator and once with `LD_PRELOAD=libarenalloc.so`. Each program checks
-//! the bytes of every block before it frees it and prints a checksum of what
-//! it allocated; both runs must succeed and print the same line.
+//! each one builds with the harness's flags (a thread's own state that lost
+//! its 128-byte alignment fails the build: see `ASSERT_THREAD_OWNED` in
+//! `common.h`), then runs once on the system allocator and once with
+//! `LD_PRELOAD=libarenalloc.so`. Each program checks a stamp in the blocks
+//! it frees (most of them; see `benches/dropin/README.md`) and prints a
+//! checksum of what it allocated; both runs must succeed and print the same
+//! line.
 //!
 //! Speed is the harness's business (`benches/dropin_harness.py`), not this
 //! test's: it times nothing.

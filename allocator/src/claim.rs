@@ -12,14 +12,14 @@
 //! releases; `free` takes the remote list, below). Without a working
 //! `membarrier` nothing is ever claimed.
 //!
-//! The fast paths' side is [`FastClaim`], written here once over four
+//! The fast paths' side is `FastClaim`, written here once over four
 //! accesses to the fields that `tls::Current` provides: through a
 //! reference, or in the preloaded library relative to the thread pointer,
 //! so that a fast path never loads the thread pointer itself.
 //!
 //! `free`'s fast path does not read `claimed`: it enters with
-//! [`FastClaim::enter_unchecked`] and then compares the span's owner with
-//! the thread's [`FastClaim::owner_key`], which it must read anyway. A
+//! `FastClaim::enter_unchecked` and then compares the span's owner with
+//! the thread's `FastClaim::owner_key`, which it must read anyway. A
 //! claimer changes the key before its barrier, so an owner that enters
 //! after it finds its own spans foreign and frees as another thread would
 //! (onto the span's remote list, which needs no claim).
@@ -85,10 +85,9 @@ impl ThreadClaim {
         self.owner_key.store(thread_id, Ordering::Relaxed);
     }
 
-    /// Owner, inside through [`enter_unchecked`]: the thread's id, unless a
-    /// claimer holds the heaps (then a value no span's owner matches).
-    ///
-    /// [`enter_unchecked`]: FastClaim::enter_unchecked
+    /// Owner, inside through `FastClaim::enter_unchecked`: the thread's id,
+    /// unless a claimer holds the heaps (then a value no span's owner
+    /// matches).
     #[inline(always)]
     pub fn owner_key(&self) -> usize {
         // Acquire, as `enter`'s look at `claimed`: an owner that sees the
@@ -116,7 +115,7 @@ impl ThreadClaim {
     }
 
     /// Owner, entering a fast path: sets the fast path's flag (a plain
-    /// store; see [`FastClaim`]).
+    /// store; see `FastClaim`).
     #[inline(always)]
     pub fn set_fast(&self) {
         self.fast.store(1, Ordering::Relaxed);
@@ -161,13 +160,13 @@ impl ThreadClaim {
         }
     }
 
-    /// Owner, on a fast path entered with [`try_enter`]: goes on inside as
+    /// Owner, on `free`'s fast path (entered with
+    /// `FastClaim::enter_unchecked`): goes on inside as
     /// a slow path does, by the depth, and clears the fast path's flag;
     /// returns the depth to give to [`leave`]. The thread is inside all the
     /// while (the depth is raised before the flag goes), so no claim can be
     /// confirmed in between, and none needs to be waited for.
     ///
-    /// [`try_enter`]: FastClaim::try_enter
     /// [`leave`]: ThreadClaim::leave
     #[inline(always)]
     pub fn enter_from_fast(&self) -> u32 {

@@ -1,6 +1,6 @@
 //! Where each thread's allocator state lives: one thread-local
 //! [`ThreadState`], reached by [`state`] (its address) and, on the fast
-//! paths, by [`Current`].
+//! paths, by `Current`.
 //!
 //! `malloc` and `free` each read it, so how it is reached matters. Linked
 //! into an executable, Rust's `thread_local!` is best: the compiler
@@ -11,10 +11,11 @@
 //! the C ABI crate turns on), on x86-64 Linux, the state is defined in
 //! assembly and read with the initial-exec model, as C allocators do: the
 //! thread pointer plus an offset the dynamic linker writes into the GOT
-//! once, two instructions; the fast paths go further ([`Current`]): they
+//! once, two instructions; the fast paths go further (`Current`): they
 //! load the offset and give every access an `%fs:` operand, without the
-//! load of the thread pointer that making an address takes. An initial-exec object needs its TLS in the
-//! static TLS block: always so when it is preloaded or linked in; a
+//! load of the thread pointer that making an address takes. An
+//! initial-exec object needs its TLS in the static TLS block: always so
+//! when it is preloaded or linked in; a
 //! `dlopen` after start-up works while glibc's surplus static TLS (hundreds
 //! of bytes) has room for these 40 bytes (tests/c_dlopen.rs).
 
@@ -133,9 +134,7 @@ mod model {
             }
             heap
         }
-    }
 
-    impl Current {
         /// `fast = VALUE`: one byte store of a constant.
         #[inline(always)]
         fn store_fast<const VALUE: u8>(self) {

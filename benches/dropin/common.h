@@ -8,6 +8,7 @@
 #ifndef DROPIN_COMMON_H
 #define DROPIN_COMMON_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +23,9 @@
  * changed by up to 2x from run to run with it.
  */
 #define THREAD_OWNED _Alignas(128)
-/* Put after the type of a thread's own state: the build fails if its first
- * member lost THREAD_OWNED. */
+/* Put after the type of a thread's own state: the build fails unless the
+ * type is 128-byte aligned (THREAD_OWNED on a member). A member that another
+ * thread writes gets THREAD_OWNED of its own and an offsetof assert. */
 #define ASSERT_THREAD_OWNED(type) \
     _Static_assert(_Alignof(type) >= 128, #type " must start with THREAD_OWNED")
 

@@ -62,6 +62,7 @@ typedef struct {
     THREAD_OWNED mailbox_t box;
 } worker_t;
 ASSERT_THREAD_OWNED(worker_t);
+_Static_assert(offsetof(worker_t, box) % 128 == 0, "the mailbox needs a block of its own");
 
 static worker_t workers[NTHREADS];
 static atomic_int finished;
