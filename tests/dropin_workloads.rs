@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use native::{capi_libs, compile_with, run_with_limit, tail};
+use native::{capi_libs, compile_with, run_with_limit, tail, Run};
 
 /// Generous: each run takes about a second; this only catches hangs.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -32,6 +32,17 @@ fn workload_sources() -> Vec<PathBuf> {
         .collect();
     sources.sort();
     sources
+}
+
+/// Runs `exe 1`, with `preload` as `LD_PRELOAD` (announcing the load), or
+/// with none.
+fn run_workload(exe: &Path, preload: Option<&Path>) -> Run {
+    let mut cmd = Command::new(exe);
+    cmd.arg("1").env_remove("LD_PRELOAD");
+    if let Some(lib) = preload {
+        cmd.env("LD_PRELOAD", lib).env("ARENALLOC_VERBOSE", "1");
+    }
+    run_with_limit(&mut cmd, RUN_LIMIT)
 }
 
 #[test]
@@ -63,20 +74,14 @@ fn every_dropin_workload_builds_and_prints_the_same_checksum_on_arenalloc() {
             ],
             &name,
         );
-        let mut plain = Command::new(&exe);
-        plain.arg("1").env_remove("LD_PRELOAD");
-        let plain = run_with_limit(&mut plain, RUN_LIMIT);
+        let plain = run_workload(&exe, None);
         assert!(
             plain.status.success() && !plain.timed_out,
             "{name} fails on the system allocator ({}): the workload itself is broken\n{}",
             plain.describe_status(),
             tail(&plain.stderr_text(), 10)
         );
-        let mut ours = Command::new(&exe);
-        ours.arg("1")
-            .env("LD_PRELOAD", &libs.so)
-            .env("ARENALLOC_VERBOSE", "1");
-        let ours = run_with_limit(&mut ours, RUN_LIMIT);
+        let ours = run_workload(&exe, Some(&libs.so));
         assert!(
             ours.status.success() && !ours.timed_out,
             "{name} fails under arenalloc ({})\n{}",

@@ -63,23 +63,22 @@ mod model {
 
     const _: () = assert!(core::mem::size_of::<ThreadState>() == 40);
 
+    /// The calling thread's state: the thread pointer plus the state's
+    /// offset from it (slow paths; the fast paths use [`Current`]).
     #[inline(always)]
     pub fn state() -> *const ThreadState {
-        let address: usize;
-        // SAFETY: the thread pointer (fs:0 on x86-64 Linux, glibc and musl)
-        // plus the GOT entry, which holds the symbol's offset from it and
-        // which the dynamic linker wrote before any code of this object ran.
-        // The result is the same for the life of the thread, so the asm may
-        // be treated as pure; it reads no memory Rust code can see.
+        let thread_pointer: usize;
+        // SAFETY: reads the thread pointer's own copy at `%fs:0` (x86-64
+        // Linux, glibc and musl), the same for the life of the thread: pure,
+        // and no memory Rust code can see.
         unsafe {
             core::arch::asm!(
-                "movq %fs:0, {address}",
-                "addq arenalloc_thread_state@GOTTPOFF(%rip), {address}",
-                address = out(reg) address,
-                options(att_syntax, pure, nomem, nostack),
+                "movq %fs:0, {thread_pointer}",
+                thread_pointer = out(reg) thread_pointer,
+                options(att_syntax, pure, nomem, nostack, preserves_flags),
             );
         }
-        address as *const ThreadState
+        thread_pointer.wrapping_add(offset()) as *const ThreadState
     }
 
     /// The state's offset from the thread pointer (see [`Current`]).
